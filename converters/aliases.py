@@ -1,0 +1,67 @@
+"""Model references: TransformerLens aliases, HF hub ids with @revision, local directories."""
+import dataclasses
+import os
+import re
+
+from ucore.errors import UserError
+
+STANFORD = {
+    "small": ("alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-small-x81",
+              "darkmatter-gpt2-small-x343", "expanse-gpt2-small-x777"),
+    "medium": ("arwen-gpt2-medium-x21", "beren-gpt2-medium-x49", "celebrimbor-gpt2-medium-x81",
+               "durin-gpt2-medium-x343", "eowyn-gpt2-medium-x777"),
+}
+ALIASES = {
+    f"stanford-gpt2-{size}-{letter}": f"stanford-crfm/{name}"
+    for size, names in STANFORD.items() for letter, name in zip("abcde", names)
+}
+ALIASES.update({
+    "gpt2": "openai-community/gpt2", "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium", "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl", "distilgpt2": "distilbert/distilgpt2",
+})
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_REVISION = re.compile(r"^[A-Za-z0-9._/-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+  kind: str                   # "local" or "hub"
+  location: str               # directory, or hub repo id
+  revision: str | None        # hub branch/tag/commit (e.g. checkpoint-400000), None = main
+  alias: str | None = None
+
+  def describe(self) -> str:
+    rev = f"@{self.revision}" if self.revision else ""
+    return f"{self.alias or self.location}{rev}"
+
+
+def checkpoint_revision(step: int) -> str:
+  """The Mistral/CRFM branch name for a training step."""
+  return f"checkpoint-{int(step)}"
+
+
+def parse(ref: str) -> ModelRef:
+  """'stanford-gpt2-small-a@checkpoint-1000' | 'org/name@rev' | '/path/to/dir'."""
+  if not ref or not ref.strip():
+    raise UserError("--model is empty: pass an alias (e.g. stanford-gpt2-small-a), a hub id "
+                    "(org/name[@revision]) or a local directory")
+  ref = ref.strip()
+  if os.path.isdir(ref):
+    return ModelRef("local", os.path.abspath(ref), None)
+  if ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
+    raise UserError(f"local model directory {ref} does not exist")
+  name, _, revision = ref.partition("@")
+  if "@" in ref and not revision:
+    raise UserError(f"model reference {ref!r} has an empty revision after '@'")
+  if revision and not _REVISION.match(revision):
+    raise UserError(f"revision {revision!r} is not a valid branch, tag or commit name")
+  if name in ALIASES:
+    return ModelRef("hub", ALIASES[name], revision or None, alias=name)
+  if "/" not in name:
+    close = sorted(a for a in ALIASES if a.startswith(name.split("-")[0]))[:6]
+    raise UserError(f"unknown model alias {name!r}; known aliases include "
+                    f"{', '.join(close or sorted(ALIASES)[:6])}, or pass org/name or a directory")
+  if not _HUB_ID.match(name):
+    raise UserError(f"{name!r} is neither an existing directory nor a valid hub id (org/name)")
+  return ModelRef("hub", name, revision or None)

@@ -1,0 +1,64 @@
+"""Interventions as data: a mapping hook name -> Intervention, applied inside the forward pass.
+
+An Intervention is a pytree whose `value` is traced (so a sweep over values reuses one
+compiled function) and whose kind/neurons are static. Plain callables `x -> x'` are accepted
+too (compiled per distinct function).
+"""
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+KINDS = ("zero", "fix", "scale", "add", "patch")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Intervention:
+  kind: str = dataclasses.field(metadata=dict(static=True))
+  neurons: Optional[tuple] = dataclasses.field(metadata=dict(static=True))
+  value: Optional[jax.Array] = None
+
+  def __call__(self, x):
+    idx = (Ellipsis,) if self.neurons is None else (Ellipsis, jnp.asarray(self.neurons))
+    if self.kind == "zero":
+      return x.at[idx].set(0)
+    if self.kind == "fix":
+      return x.at[idx].set(jnp.asarray(self.value, x.dtype))
+    if self.kind == "scale":
+      return x.at[idx].multiply(jnp.asarray(self.value, x.dtype))
+    if self.kind == "add":
+      return x + jnp.asarray(self.value, x.dtype)
+    if self.kind == "patch":
+      return x.at[idx].set(jnp.asarray(self.value, x.dtype)[idx])
+    raise ValueError(f"unknown intervention kind {self.kind!r}; one of {KINDS}")
+
+
+def _neurons(neurons):
+  return None if neurons is None else tuple(int(n) for n in jnp.atleast_1d(
+      jnp.asarray(neurons)).tolist())
+
+
+def zero_neurons(neurons=None) -> Intervention:
+  """Set the given last-axis units (all if None) to 0."""
+  return Intervention("zero", _neurons(neurons), None)
+
+
+def fix_neurons(neurons, value) -> Intervention:
+  """Set the given units to `value` (scalar, or one value per unit) at every position."""
+  return Intervention("fix", _neurons(neurons), jnp.asarray(value, jnp.float32))
+
+
+def scale_neurons(neurons, factor) -> Intervention:
+  return Intervention("scale", _neurons(neurons), jnp.asarray(factor, jnp.float32))
+
+
+def add_vector(vector) -> Intervention:
+  """Add a vector (broadcast over batch and position) to the activation."""
+  return Intervention("add", None, jnp.asarray(vector, jnp.float32))
+
+
+def patch_from(activation, neurons=None) -> Intervention:
+  """Replace the activation (or the given units of it) by one recorded in another run."""
+  return Intervention("patch", _neurons(neurons), jnp.asarray(activation))

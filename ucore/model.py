@@ -1,0 +1,253 @@
+"""HookedGPT2: a converted (or trained) GPT-2 with TransformerLens-style activation access.
+
+  model = ucore.load_model("ckpt/small-a")
+  logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_post"))
+  logits = model.run_with_hooks(tokens, {"blocks.3.mlp.hook_post": zero_neurons([7])})
+
+A checkpoint directory holds config.json (GPT2Config), params/ (orbax), tokenizer/ and
+manifest.json, which is written last and marks the directory complete.
+"""
+import functools
+import hashlib
+import os
+from typing import Callable, Iterable, Mapping, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ucore import atomic
+from ucore.errors import UserError
+from ucore.gpt2 import GPT2LM, hook_names
+from ucore.gpt2_config import GPT2Config
+from ucore.interventions import Intervention
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+PARAMS = "params"
+TOKENIZER = "tokenizer"
+FORMAT = "ucore-gpt2/1"
+
+NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over every parameter's path, dtype, shape and bytes (identifies the weights)."""
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    arr = np.ascontiguousarray(np.asarray(leaf))
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def init_params(config: GPT2Config, seed: int = 0):
+  module = GPT2LM(config)
+  tokens = jnp.zeros((1, min(8, config.n_positions)), jnp.int32)
+  return module.init(jax.random.PRNGKey(seed), tokens)["params"]
+
+
+def abstract_params(config: GPT2Config):
+  return jax.eval_shape(lambda: init_params(config))
+
+
+class HookedGPT2:
+  """Params + config + a cache of compiled forward functions."""
+
+  def __init__(self, config: GPT2Config, params, *, dtype=jnp.float32,
+               fingerprint: Optional[str] = None, manifest: Optional[dict] = None,
+               path: Optional[str] = None):
+    self.config = config
+    self.params = params
+    self.dtype = jnp.dtype(dtype)
+    self.module = GPT2LM(config, dtype=self.dtype)
+    self._fingerprint = fingerprint
+    self.manifest = manifest or {}
+    self.path = path
+    self._hook_names = hook_names(config)
+    self._hook_name_set = frozenset(self._hook_names)
+
+  @property
+  def fingerprint(self) -> str:
+    if self._fingerprint is None:
+      self._fingerprint = params_fingerprint(self.params)
+    return self._fingerprint
+
+  @property
+  def hook_names(self) -> list[str]:
+    return list(self._hook_names)
+
+  # ---- input checks -------------------------------------------------------------------
+  def _check_tokens(self, tokens):
+    if not hasattr(tokens, "shape") or len(tokens.shape) != 2:
+      raise UserError(f"tokens must be an integer array [batch, pos]; got shape "
+                      f"{getattr(tokens, 'shape', None)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise UserError(f"tokens must be integers; got dtype {tokens.dtype}")
+    if tokens.shape[1] > self.config.n_positions:
+      raise UserError(f"sequence length {tokens.shape[1]} exceeds the model's context "
+                      f"{self.config.n_positions}")
+    if isinstance(tokens, np.ndarray) and tokens.size:
+      lo, hi = int(tokens.min()), int(tokens.max())
+      if lo < 0 or hi >= self.config.vocab_size:
+        raise UserError(f"token ids must lie in [0, {self.config.vocab_size}); got "
+                        f"[{lo}, {hi}] — is the token store from another tokenizer?")
+
+  def _resolve_names(self, names_filter: NamesFilter) -> frozenset:
+    if names_filter is None:
+      return self._hook_name_set
+    if isinstance(names_filter, str):
+      names_filter = [names_filter]
+    if callable(names_filter):
+      return frozenset(n for n in self._hook_names if names_filter(n))
+    names = frozenset(names_filter)
+    unknown = names - self._hook_name_set
+    if unknown:
+      raise UserError(f"unknown hook names {sorted(unknown)[:5]}; see model.hook_names")
+    return names
+
+  def _split_interventions(self, interventions):
+    interventions = dict(interventions or {})
+    unknown = set(interventions) - self._hook_name_set
+    if unknown:
+      raise UserError(f"interventions name unknown hooks {sorted(unknown)[:5]}")
+    data = {k: v for k, v in interventions.items() if isinstance(v, Intervention)}
+    funcs = tuple(sorted(((k, v) for k, v in interventions.items()
+                          if not isinstance(v, Intervention)), key=lambda kv: kv[0]))
+    for name, fn in funcs:
+      if not callable(fn):
+        raise UserError(f"intervention for {name} is neither an Intervention nor a callable")
+    return data, funcs
+
+  # ---- forward ------------------------------------------------------------------------
+  @functools.lru_cache(maxsize=64)
+  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple):
+    module = self.module
+    func_map = dict(funcs)
+
+    def forward(params, tokens, data_interventions):
+      cache = {}
+
+      def hook(name, x):
+        fn = data_interventions.get(name) or func_map.get(name)
+        if fn is not None:
+          x = fn(x)
+        if name in names:
+          cache[name] = x
+        return x
+
+      out = module.apply({"params": params}, tokens, hook, stop_at_layer)
+      return out, cache
+
+    return jax.jit(forward)
+
+  def run_with_cache(self, tokens, names_filter: NamesFilter = None,
+                     stop_at_layer: Optional[int] = None,
+                     interventions: Optional[Mapping] = None):
+    """Returns (logits, cache). With stop_at_layer=l, the first value is the residual stream
+    entering block l. `cache` maps hook name -> array for the requested hooks only."""
+    self._check_tokens(tokens)
+    if stop_at_layer is not None and not 0 <= stop_at_layer <= self.config.n_layer:
+      raise UserError(f"stop_at_layer={stop_at_layer} outside [0, {self.config.n_layer}]")
+    names = self._resolve_names(names_filter)
+    data, funcs = self._split_interventions(interventions)
+    fn = self._compiled(names, stop_at_layer, funcs)
+    return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
+              else tokens, data)
+
+  def run_with_hooks(self, tokens, interventions: Mapping, stop_at_layer=None):
+    return self.run_with_cache(tokens, names_filter=(), stop_at_layer=stop_at_layer,
+                               interventions=interventions)[0]
+
+  def __call__(self, tokens):
+    return self.run_with_cache(tokens, names_filter=())[0]
+
+  def neuron_activations(self, tokens, layers: Optional[Iterable[int]] = None,
+                         hook: str = "mlp.hook_post", interventions=None):
+    """[batch, pos, len(layers) * d_mlp] float32; flat index = layer_position*d_mlp + neuron.
+    Stops the forward pass after the last requested layer."""
+    layers = list(range(self.config.n_layer)) if layers is None else [int(l) for l in layers]
+    if not layers or any(not 0 <= l < self.config.n_layer for l in layers):
+      raise UserError(f"layers {layers} must be non-empty and within [0, {self.config.n_layer})")
+    names = [f"blocks.{l}.{hook}" for l in layers]
+    stop = max(layers) + 1
+    _, cache = self.run_with_cache(tokens, names_filter=names,
+                                   stop_at_layer=None if stop == self.config.n_layer else stop,
+                                   interventions=interventions)
+    return jnp.concatenate([cache[n].astype(jnp.float32) for n in names], axis=-1)
+
+  def __hash__(self):
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+
+# ---- save / load -------------------------------------------------------------------------
+def save_model(directory: str, config: GPT2Config, params, *, manifest: dict,
+               tokenizer_files=None) -> str:
+  """Writes a complete checkpoint directory atomically; returns the params fingerprint."""
+  import orbax.checkpoint as ocp
+  from ucore import tokenizer as tok
+  from ucore import __version__
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and os.listdir(directory):
+    raise UserError(f"output directory {directory} is not empty; choose a new --workdir "
+                    "or remove it")
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  fingerprint = params_fingerprint(params)
+  with atomic.staged_dir(directory) as staging:
+    atomic.write_json(os.path.join(staging, CONFIG), config.to_dict())
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(staging, PARAMS), params)
+    ckptr.wait_until_finished()
+    if tokenizer_files is not None:
+      tok.copy_files(tokenizer_files, os.path.join(staging, TOKENIZER))
+    full = dict(manifest, format=FORMAT, toolkit_version=__version__,
+                params_fingerprint=fingerprint)
+    atomic.write_json(os.path.join(staging, MANIFEST), full)
+  return fingerprint
+
+
+def read_manifest(directory: str) -> dict:
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isdir(directory):
+    raise UserError(f"model directory {directory} does not exist; convert one with "
+                    "`python main.py convert --model=... --workdir=...`")
+  if not os.path.isfile(path):
+    raise UserError(f"{directory} is not a complete converted checkpoint (no {MANIFEST}); "
+                    "re-run the conversion into an empty directory")
+  try:
+    manifest = atomic.read_json(path)
+  except ValueError as e:
+    raise UserError(f"{path} is corrupt ({e}); re-run the conversion") from e
+  if manifest.get("format") != FORMAT:
+    raise UserError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+  return manifest
+
+
+def load_model(directory: str, *, dtype=jnp.float32, verify: bool = True) -> HookedGPT2:
+  """Loads a checkpoint written by `save_model` (converter or trainer)."""
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(directory)
+  manifest = read_manifest(directory)
+  try:
+    config = GPT2Config.from_dict(atomic.read_json(os.path.join(directory, CONFIG)))
+  except (OSError, ValueError, TypeError) as e:
+    raise UserError(f"cannot read {directory}/{CONFIG}: {e}") from e
+  target = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(config))
+  try:
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS), target)
+  except Exception as e:  # orbax raises many types for missing/corrupt files
+    raise UserError(f"cannot restore params from {directory}/{PARAMS}: "
+                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+  fingerprint = manifest["params_fingerprint"]
+  if verify:
+    actual = params_fingerprint(params)
+    if actual != fingerprint:
+      raise UserError(f"params in {directory} do not match the manifest's fingerprint "
+                      "(corrupted or modified); re-run the conversion")
+  return HookedGPT2(config, params, dtype=dtype, fingerprint=fingerprint, manifest=manifest,
+                    path=directory)

@@ -1,0 +1,65 @@
+"""TransformerLens weight processing: fold LayerNorm, center writing weights, center unembed.
+
+The paper's weight statistics (w_in/w_out norms, input bias, cos with W_U, ...) are taken on
+these processed weights. Every step leaves log-probabilities unchanged: folded LayerNorm
+scale/bias move into the weights that read the normalized stream; weights that write to the
+residual stream are centered because every reader subtracts the mean anyway; W_U is centered
+across the vocabulary, which shifts all logits of a position by one constant.
+Arithmetic in float64, result float32.
+"""
+import dataclasses
+
+import numpy as np
+
+from ucore.gpt2_config import GPT2Config
+
+
+def _np(tree):
+  if isinstance(tree, dict):
+    return {k: _np(v) for k, v in tree.items()}
+  return np.asarray(tree, np.float64)
+
+
+def _fold_ln_into(ln: dict, dense: dict):
+  """LN(x) @ K + c with LN's (scale w, bias b) -> normalized(x) @ K' + c', K' centered."""
+  w, b = ln["scale"], ln["bias"]
+  kernel = w[:, None] * dense["kernel"]
+  bias = dense.get("bias", 0.0) + b @ dense["kernel"]
+  kernel = kernel - kernel.mean(axis=0, keepdims=True)   # input is zero-mean: free to center
+  ln["scale"], ln["bias"] = np.ones_like(w), np.zeros_like(b)
+  return kernel, bias
+
+
+def _center_out(dense: dict):
+  dense["kernel"] = dense["kernel"] - dense["kernel"].mean(axis=1, keepdims=True)
+  dense["bias"] = dense["bias"] - dense["bias"].mean()
+
+
+def process_transformer_lens(config: GPT2Config, params) -> tuple[GPT2Config, dict]:
+  """Returns (config with an untied, biased unembedding, processed float32 params)."""
+  p = _np(params)
+  for l in range(config.n_layer):
+    block = p[f"h_{l}"]
+    block["attn"]["c_attn"]["kernel"], block["attn"]["c_attn"]["bias"] = _fold_ln_into(
+        block["ln_1"], block["attn"]["c_attn"])
+    block["mlp"]["c_fc"]["kernel"], block["mlp"]["c_fc"]["bias"] = _fold_ln_into(
+        block["ln_2"], block["mlp"]["c_fc"])
+    _center_out(block["attn"]["c_proj"])
+    _center_out(block["mlp"]["c_proj"])
+  unembed = p["wte"]["embedding"].T if config.tie_word_embeddings else p["lm_head"]["kernel"]
+  unembed_bias = p.get("lm_head", {}).get("bias", np.zeros(config.vocab_size))
+  kernel, bias = _fold_ln_into(p["ln_f"], {"kernel": unembed, "bias": unembed_bias})
+  kernel = kernel - kernel.mean(axis=1, keepdims=True)
+  bias = bias - bias.mean()
+  p["lm_head"] = {"kernel": kernel, "bias": bias}
+  for name in ("wte", "wpe"):
+    emb = p[name]["embedding"]
+    p[name]["embedding"] = emb - emb.mean(axis=1, keepdims=True)
+  new_config = dataclasses.replace(config, tie_word_embeddings=False, unembed_bias=True)
+  return new_config, _f32(p)
+
+
+def _f32(tree):
+  if isinstance(tree, dict):
+    return {k: _f32(v) for k, v in tree.items()}
+  return np.asarray(tree, np.float32)
