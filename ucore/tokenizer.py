@@ -78,3 +78,51 @@ def load(files: TokenizerFiles):
 def load_from_dir_or_default(directory: str | None):
   files = files_in_dir(directory) if directory else None
   return load(files or gpt2_files_offline())
+
+
+# ---- small byte-level BPE for small model families (added with issue 3, token datasets) ----
+ENDOFTEXT = "<|endoftext|>"
+
+
+def train_byte_level_bpe(texts, vocab_size: int, out_dir: str) -> TokenizerFiles:
+  """Trains a GPT-2-style byte-level BPE on `texts` (an iterable of str) and writes
+  `vocab.json` + `merges.txt` into `out_dir` (readable by `load`).
+
+  The vocabulary holds all 256 byte symbols, `<|endoftext|>` (id 0; the BOS/EOS of the token
+  recipe) and merges up to `vocab_size` entries. Deterministic for the same texts in the same
+  order.
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  vocab_size = int(vocab_size)
+  if vocab_size < 257 + 1:
+    raise UserError(f"byte-level BPE vocab_size={vocab_size} is too small: it needs 256 byte "
+                    "symbols + <|endoftext|> + merges (use >= 512)")
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size, min_frequency=2, special_tokens=[ENDOFTEXT],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  os.makedirs(out_dir, exist_ok=True)
+  tok.model.save(out_dir)
+  files = files_in_dir(out_dir)
+  if files is None:
+    raise RuntimeError(f"tokenizers did not write vocab.json/merges.txt into {out_dir}")
+  return files
+
+
+def special_id(files: TokenizerFiles, token: str = ENDOFTEXT) -> int | None:
+  """The id of a special token in the vocabulary file, or None."""
+  import json
+  with open(files.vocab, "r", encoding="utf-8") as f:
+    vocab = json.load(f)
+  return vocab.get(token)
+
+
+def vocab_size(files: TokenizerFiles) -> int:
+  """Number of ids the model's embedding must hold: max id + 1."""
+  import json
+  with open(files.vocab, "r", encoding="utf-8") as f:
+    vocab = json.load(f)
+  return max(vocab.values()) + 1

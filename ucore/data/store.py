@@ -1,0 +1,229 @@
+"""A finished token store: zarr3 arrays (tensorstore) + a manifest written last.
+
+Layout of a store directory:
+  manifest.json      the commit marker: written last, atomically; its presence means complete
+  tokens/            zarr3 int32 [num_rows, ctx], chunks [chunk_rows, ctx], zstd
+  labels/            zarr3 int32 [num_rows]: index into manifest["label_names"]
+  tokenizer/         vocab.json + merges.txt the rows were made with
+  .build/            (only while building) resumable progress; removed when done
+
+Readers open only what they read: `read_rows(a, b)` touches the chunks of rows [a, b);
+`iter_batches(..., process_index, process_count)` reads only this process's rows.
+"""
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+
+from ucore.errors import UserError
+
+FORMAT = "ucore.token_store"
+VERSION = 1
+MANIFEST = "manifest.json"
+TOKENS = "tokens"
+LABELS = "labels"
+TOKENIZER_DIR = "tokenizer"
+FILL_VALUE = -1   # never a token id: unwritten chunks read as -1 (and are never trusted)
+
+
+def _kvstore(path: str) -> dict:
+  # The file kvstore needs the trailing '/' (else listing matches by prefix).
+  return {"driver": "file", "path": os.path.abspath(path).rstrip("/") + "/"}
+
+
+def zarr_spec(path: str, shape, chunks) -> dict:
+  return {
+      "driver": "zarr3",
+      "kvstore": _kvstore(path),
+      "metadata": {
+          "shape": list(shape),
+          "data_type": "int32",
+          "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+          "chunk_key_encoding": {"name": "default"},
+          "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                     {"name": "zstd", "configuration": {"level": 3, "checksum": False}}],
+          "fill_value": FILL_VALUE,
+          "dimension_names": ["row", "position"][:len(shape)],
+      },
+  }
+
+
+def create_array(path: str, shape, chunks):
+  import tensorstore as ts
+  return ts.open(zarr_spec(path, shape, chunks), create=True, delete_existing=True).result()
+
+
+def open_array(path: str, write: bool = False):
+  import tensorstore as ts
+  spec = {"driver": "zarr3", "kvstore": _kvstore(path)}
+  return ts.open(spec, open=True, read=True, write=write).result()
+
+
+def store_id_of(manifest: dict) -> str:
+  """sha256 of the identifying content: what was built from what (not timings, not paths)."""
+  ident = {k: manifest[k] for k in ("format", "version", "source", "recipe", "tokenizer",
+                                    "num_rows", "label_names")}
+  if ident["source"].get("kind") == "files":   # files are identified by content, not location
+    ident["source"] = dict(ident["source"], files=[f["sha256"] for f in ident["source"]["files"]])
+  return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+class TokenStore:
+  """A complete store. Attributes: path, num_rows, ctx, store_id, manifest, tokenizer_sha256,
+  label_names, bos_id, eos_id, mask_exclude_ids."""
+
+  def __init__(self, path: str, manifest: dict, tokens, labels):
+    self.path = path
+    self.manifest = manifest
+    self.num_rows = int(manifest["num_rows"])
+    self.ctx = int(manifest["recipe"]["ctx"])
+    self.store_id = manifest["store_id"]
+    self.tokenizer_sha256 = manifest["tokenizer"]["sha256"]
+    self.label_names = list(manifest["label_names"])
+    self.bos_id = int(manifest["tokenizer"]["bos_id"])
+    self.eos_id = int(manifest["tokenizer"]["eos_id"])
+    self.mask_exclude_ids = tuple(manifest["mask_exclude_ids"])
+    self._tokens = tokens
+    self._labels = labels
+
+  def __repr__(self):
+    return (f"TokenStore({self.path!r}, rows={self.num_rows}, ctx={self.ctx}, "
+            f"labels={len(self.label_names)}, id={self.store_id[:12]})")
+
+  @property
+  def tokenizer_dir(self) -> str:
+    return os.path.join(self.path, TOKENIZER_DIR)
+
+  def _check_range(self, start, stop):
+    start, stop = int(start), int(stop)
+    if not 0 <= start <= stop <= self.num_rows:
+      raise ValueError(f"row range [{start}, {stop}) outside [0, {self.num_rows})")
+    return start, stop
+
+  def read_rows(self, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as int32 [stop - start, ctx]."""
+    start, stop = self._check_range(start, stop)
+    if start == stop:
+      return np.zeros((0, self.ctx), np.int32)
+    return np.asarray(self._tokens[start:stop].read().result(), dtype=np.int32)
+
+  def row_labels(self, start: int, stop: int) -> np.ndarray:
+    """Label ids (index into label_names) of rows [start, stop), int32."""
+    start, stop = self._check_range(start, stop)
+    if start == stop:
+      return np.zeros((0,), np.int32)
+    return np.asarray(self._labels[start:stop].read().result(), dtype=np.int32)
+
+  def iter_batches(self, batch_rows: int, start_row: int = 0, stop_row: int | None = None,
+                   process_index: int = 0, process_count: int = 1, pad_id: int | None = None):
+    """Yields (global_row_start, rows) for global batches of `batch_rows` rows over
+    [start_row, stop_row); `rows` is int32 [batch_rows // process_count, ctx]: process p gets
+    rows [g + p*k, g + (p+1)*k) of the batch starting at g (k = batch_rows // process_count),
+    and reads nothing else.
+
+    The final short batch (fewer than batch_rows rows left) is yielded, not dropped, with the
+    same row-to-process layout cut at stop_row: leading processes get their full k rows, the
+    rest fewer, possibly zero (an empty [0, ctx] array — still yielded, so every process runs
+    the same number of steps). With `pad_id` set, every slice is padded up to k rows with
+    pad_id, so shapes never change; `mask.token_mask(..., pad_id=pad_id)` then drops them.
+    """
+    batch_rows, process_count, process_index = int(batch_rows), int(process_count), int(process_index)
+    if batch_rows <= 0 or process_count <= 0 or not 0 <= process_index < process_count:
+      raise ValueError(f"bad batch_rows={batch_rows} / process {process_index} of {process_count}")
+    if batch_rows % process_count:
+      raise UserError(f"batch_rows={batch_rows} is not divisible by process_count="
+                      f"{process_count}; choose a multiple")
+    stop_row = self.num_rows if stop_row is None else int(stop_row)
+    start_row, stop_row = self._check_range(start_row, stop_row)
+    k = batch_rows // process_count
+    for g in range(start_row, stop_row, batch_rows):
+      a = min(g + process_index * k, stop_row)
+      b = min(a + k, stop_row)
+      rows = self.read_rows(a, b)
+      if pad_id is not None and rows.shape[0] < k:
+        pad = np.full((k - rows.shape[0], self.ctx), int(pad_id), np.int32)
+        rows = np.concatenate([rows, pad], axis=0)
+      yield g, rows
+
+  def iter_device_batches(self, batch_rows: int, num_local_devices: int, **kwargs):
+    """Like iter_batches, with each process's slice split over its local devices:
+    yields (global_row_start, int32 [num_local_devices, rows_per_device, ctx]). Needs equal
+    shapes, so the final batch is padded: pass pad_id (required)."""
+    if kwargs.get("pad_id") is None:
+      raise ValueError("iter_device_batches needs pad_id (the final batch is padded)")
+    per_process = batch_rows // kwargs.get("process_count", 1)
+    if per_process % num_local_devices:
+      raise UserError(f"{per_process} rows per process do not split over "
+                      f"{num_local_devices} local devices; choose batch_rows accordingly")
+    for g, rows in self.iter_batches(batch_rows, **kwargs):
+      yield g, rows.reshape(num_local_devices, per_process // num_local_devices, self.ctx)
+
+  def check_tokenizer(self, tokenizer_sha256: str) -> None:
+    """UserError unless the rows were made with the tokenizer whose files hash to this."""
+    if tokenizer_sha256 != self.tokenizer_sha256:
+      raise UserError(f"token store {self.path} was made with tokenizer {self.tokenizer_sha256[:12]} "
+                      f"but the model's tokenizer is {tokenizer_sha256[:12]}; re-tokenize with "
+                      "the model's tokenizer")
+
+  def check_vocab_size(self, model_vocab_size: int) -> None:
+    """UserError if a token id of this store's tokenizer would fall outside the model's
+    embedding (vocab_size bigger than the model's d_vocab)."""
+    if int(self.manifest["tokenizer"]["vocab_size"]) > int(model_vocab_size):
+      raise UserError(f"token store {self.path} uses a {self.manifest['tokenizer']['vocab_size']}"
+                      f"-token vocabulary but the model has {model_vocab_size}; re-tokenize with "
+                      "the model's tokenizer")
+
+
+def read_manifest(path: str) -> dict:
+  mpath = os.path.join(path, MANIFEST)
+  try:
+    with open(mpath, "r", encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"token store manifest {mpath} is unreadable ({e}); rebuild the store") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    raise UserError(f"{path} is not a token store (manifest format is not {FORMAT!r})")
+  if manifest.get("version") != VERSION:
+    raise UserError(f"token store {path} has version {manifest.get('version')}, this code reads "
+                    f"version {VERSION}; rebuild it")
+  return manifest
+
+
+def open_store(path: str) -> TokenStore:
+  """Opens a complete store; UserError if missing, incomplete, foreign or corrupt."""
+  if not path or not os.path.isdir(path):
+    raise UserError(f"token store {path!r} does not exist; build it with "
+                    "`python main.py tokenize --config=... --workdir=...`")
+  if not os.path.exists(os.path.join(path, MANIFEST)):
+    if os.path.isdir(os.path.join(path, ".build")):
+      raise UserError(f"token store {path} is incomplete (no {MANIFEST}); rerun the same "
+                      "tokenize command to finish it")
+    raise UserError(f"{path} is not a token store (no {MANIFEST})")
+  manifest = read_manifest(path)
+  try:
+    required = ("store_id", "num_rows", "recipe", "tokenizer", "label_names", "mask_exclude_ids")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+      raise ValueError(f"manifest lacks {missing}")
+    if store_id_of(manifest) != manifest["store_id"]:
+      raise ValueError("store_id does not match the manifest's content (edited by hand?)")
+    num_rows, ctx = int(manifest["num_rows"]), int(manifest["recipe"]["ctx"])
+    tokens = open_array(os.path.join(path, TOKENS))
+    labels = open_array(os.path.join(path, LABELS))
+    if tuple(tokens.shape) != (num_rows, ctx) or tokens.dtype.numpy_dtype != np.int32:
+      raise ValueError(f"tokens array is {tokens.dtype}{list(tokens.shape)}, manifest says "
+                       f"int32[{num_rows}, {ctx}]")
+    if tuple(labels.shape) != (num_rows,):
+      raise ValueError(f"labels array has shape {list(labels.shape)}, expected [{num_rows}]")
+  except UserError:
+    raise
+  except Exception as e:  # tensorstore / json / key errors: a damaged store
+    raise UserError(f"token store {path} is corrupt: {' '.join(str(e).split())[:300]}; "
+                    "rebuild it") from e
+  return TokenStore(os.path.abspath(path), manifest, tokens, labels)
+
+
+def ceil_rows(num_tokens: int, ctx: int) -> int:
+  return int(math.ceil(int(num_tokens) / int(ctx)))
