@@ -1,0 +1,21 @@
+"""The paper's GPT2-medium run: stanford-gpt2-medium-a against b..e, 100M Pile tokens.
+
+  python main.py correlate --config=configs/correlate_gpt2_medium.py --workdir=runs/corr_medium \
+      --config.token_store=data/pile_test_100m
+  python main.py plan --config=configs/correlate_gpt2_medium.py --plan_device=tpu-v5p --plan_devices=32
+"""
+from ucore.corr.config import default_config
+
+SEEDS = ("a", "b", "c", "d", "e")
+
+
+def get_config():
+  c = default_config()
+  c.models = [f"ckpt/stanford-gpt2-medium-{s}" for s in SEEDS]   # a = reference
+  c.model_names = [f"stanford-gpt2-medium-{s}" for s in SEEDS]   # table column suffixes
+  c.token_store = "data/pile_test_100m"   # same 1e8 tokens as small
+  c.max_tokens = 100_000_000     # the paper's 1e8 tokens
+  c.batch_rows = 32              # 16,384 tokens per step
+  c.mesh.tok = 2                 # 2 × (devices/2) grid of accumulator blocks
+  c.mesh.neu = -1                # the rest split the partner neurons
+  return c

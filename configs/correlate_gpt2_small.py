@@ -1,0 +1,23 @@
+"""The paper's GPT2-small run: stanford-gpt2-small-a against b..e, all layers, 100M Pile tokens.
+
+  python main.py convert --model=stanford-gpt2-small-a --workdir=ckpt/stanford-gpt2-small-a  # ×5
+  python main.py correlate --config=configs/correlate_gpt2_small.py --workdir=runs/corr_small \
+      --config.token_store=data/pile_test_100m
+  python main.py plan --config=configs/correlate_gpt2_small.py --plan_device=h100 --plan_devices=8
+Multi-host: see BUILD.md ("Correlation").
+"""
+from ucore.corr.config import default_config
+
+SEEDS = ("a", "b", "c", "d", "e")
+
+
+def get_config():
+  c = default_config()
+  c.models = [f"ckpt/stanford-gpt2-small-{s}" for s in SEEDS]   # a = reference
+  c.model_names = [f"stanford-gpt2-small-{s}" for s in SEEDS]   # table column suffixes
+  c.token_store = "data/pile_test_100m"   # 195,313 rows × 512 tokens (paper §3)
+  c.max_tokens = 100_000_000     # the paper's 1e8 tokens
+  c.batch_rows = 32              # 16,384 tokens per step (multiple of the process count)
+  c.mesh.tok = 1                 # all devices split the partner-neuron axis
+  c.mesh.neu = -1                # -1 = the remaining devices
+  return c

@@ -1,0 +1,40 @@
+"""`python main.py correlate --config=configs/correlate_*.py --workdir=DIR`.
+
+Multi-process (one process per host; see BUILD.md):
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+calls jax.distributed.initialize before any device is touched. Re-running the same command
+resumes from the last committed checkpoint in DIR/state.
+"""
+from absl import flags
+
+from ucore.cli import common
+
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "correlate: host:port of process 0 for "
+    "jax.distributed.initialize (multi-process runs only).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "correlate: total processes.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "correlate: this process's index.")
+
+
+def init_distributed():
+  import jax
+  from ucore.errors import UserError
+  given = [v is not None for v in (COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)]
+  if any(given) and not all(given):
+    raise UserError("multi-process runs need all of --coordinator_address, --num_processes "
+                    "and --process_id.")
+  if all(given) and NUM_PROCESSES.value > 1:
+    jax.distributed.initialize(coordinator_address=COORDINATOR.value,
+                               num_processes=NUM_PROCESSES.value,
+                               process_id=PROCESS_ID.value)
+
+
+def run(argv):
+  from ucore.errors import UserError
+  if argv:
+    raise UserError(f"correlate takes no positional arguments, got {argv}.")
+  config = common.require_config()
+  workdir = common.require_workdir()
+  init_distributed()
+  from ucore.corr import driver
+  driver.run(config, workdir)

@@ -1,0 +1,49 @@
+"""Default correlate config; configs/correlate_*.py start from it and override fields."""
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.models = []                  # converted model directories; the first is the reference
+  c.model_names = []             # display names (default: directory basenames)
+  c.mode = "reference"           # "reference": first vs each other; "all_pairs": every pair
+  c.token_store = ""             # token store directory (main.py tokenize)
+  c.hook = "blocks.*.mlp.hook_post"   # TransformerLens hook correlated, one per layer
+  c.layers = "all"               # "all" or comma-separated layer numbers (chosen layers)
+  c.layer_mode = "all"           # "all": every layer vs every layer; "adjacent": |Δlayer| ≤ 1
+  c.max_tokens = 100_000_000     # token budget (rows × ctx, before the mask); ≤0 = whole store
+  c.start_row = 0                # first row of the store used
+  c.batch_rows = 24              # rows per global step (all processes together)
+  c.exclude_ids = (50256, 198)   # token ids not counted (BOS/EOS, newline)
+  c.pad_id = -1                  # padding id not counted; -1 = none
+  c.compensated = True           # Kahan-compensated float32 running sums (2× state memory)
+  c.dead_rel_std = 1e-6          # dead neuron: std ≤ dead_rel_std·|mean| (float32 resolution)
+  c.fill_dead = False            # False: dead/partner-less neurons are NaN in the tables
+  c.dead_value = 0.0             # value used instead of NaN when fill_dead (original: 0)
+  c.top_k = 5                    # partners kept per neuron and partner model
+  c.threshold = 0.5              # universal ⇔ excess_corr > threshold
+  c.save_full_matrix = False     # also write every correlation block as chunked zarr3
+  c.log_every = 10               # steps between progress lines
+  c.baseline = ml_collections.ConfigDict()
+  c.baseline.kinds = ("haar", "gaussian_rows")   # one-pass baselines computed
+  c.baseline.primary = "haar"    # the one used for mean/min/max_baseline and excess_corr
+  c.baseline.draws = 1           # random matrices per kind (each reported separately)
+  c.baseline.seed = 0            # seed of the mixing matrices
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.tok = 1                 # mesh axis splitting the rows (reference neurons) of C
+  c.mesh.neu = -1                # mesh axis splitting the columns (partner neurons); -1 = rest
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500     # commit the state every this many steps ...
+  c.checkpoint.every_minutes = 20.0  # ... or this many minutes, whichever comes first
+  c.checkpoint.keep = 1              # committed checkpoints kept
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.enabled = False    # planted synthetic family instead of models + store
+  c.synthetic.n_models = 3       # models in the family
+  c.synthetic.n_layers = 2       # layers per model
+  c.synthetic.d_mlp = 128        # neurons per layer (small d makes rotation baselines high)
+  c.synthetic.n_planted = 4      # planted universal neurons
+  c.synthetic.seed = 0           # data seed
+  c.synthetic.offset = 100.0     # mean offset added to every activation
+  c.synthetic.ctx = 16           # tokens per row
+  c.synthetic.rows = 64          # rows in the synthetic token store
+  return c

@@ -1,0 +1,276 @@
+"""`python main.py correlate`: models + token store -> streaming moments -> tables.
+
+Each model's forward runs once per batch; every pair is updated from that batch. The state is
+checkpointed (ucore.corr.state) every `checkpoint.every_steps` steps or
+`checkpoint.every_minutes` minutes; the same command resumes from the last commit.
+
+Outputs in <workdir>/:
+  state/                      resumable accumulator checkpoints
+  tables/                     written once at the end (staged, renamed into place):
+    neurons_<model>.parquet, pairs/<own>__<partner>.parquet, layer_counts_<model>.parquet,
+    partner_layers_<model>.parquet, summary.json, [full/<x>__<y>/ zarr3 correlation blocks]
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from ucore import atomic
+from ucore.corr import finalize as F
+from ucore.corr import moments as M
+from ucore.corr import sources as S
+from ucore.corr import state as ST
+from ucore.corr import tables as TB
+from ucore.errors import UserError
+
+NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
+            "jax.lax.Precision.HIGHEST (true fp32: no TF32/bf16 passes), merged with Chan's "
+            "pairwise formulas into float32 running sums{comp}; int32 counts.")
+
+
+def _cfg_get(cfg, key, default=None):
+  try:
+    return cfg[key]
+  except (KeyError, AttributeError):
+    return default
+
+
+def build_sources(config):
+  """(activation sources, token store, synthetic family or None)."""
+  syn = _cfg_get(config, "synthetic")
+  if syn is not None and syn.enabled:
+    fam = S.SyntheticFamily(n_models=syn.n_models, n_layers=syn.n_layers, d_mlp=syn.d_mlp,
+                            n_planted=syn.n_planted, seed=syn.seed, offset=syn.offset,
+                            ctx=syn.ctx)
+    store = S.SyntheticTokens(num_rows=syn.rows, ctx=syn.ctx, seed=syn.seed)
+    return [fam.source(m) for m in range(syn.n_models)], store, fam
+  models = list(config.models)
+  if len(models) < 2:
+    raise UserError("config.models must list at least two converted model directories "
+                    "(the first is the reference).")
+  names = list(config.model_names) if config.model_names else [
+      os.path.basename(os.path.normpath(p)) for p in models]
+  if len(names) != len(models):
+    raise UserError("config.model_names must have one name per entry of config.models.")
+  if not config.token_store:
+    raise UserError("config.token_store is required (a directory made by `main.py tokenize`).")
+  from ucore.data.store import open_store
+  try:
+    store = open_store(config.token_store)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot open token store {config.token_store!r}: {e}")
+  srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
+  return srcs, store, None
+
+
+def parse_layers(spec: str, n_layer: int):
+  if spec in ("", "all", None):
+    return tuple(range(n_layer))
+  try:
+    out = tuple(sorted({int(s) for s in str(spec).split(",") if s.strip()}))
+  except ValueError:
+    raise UserError(f"config.layers must be 'all' or comma-separated ints, got {spec!r}.")
+  if not out or any(not 0 <= l < n_layer for l in out):
+    raise UserError(f"config.layers {spec!r} out of range for {n_layer} layers.")
+  return out
+
+
+def identity(config, spec, srcs, store, mesh, stop_row):
+  """Everything that defines the result; a resumed run must match it exactly."""
+  return {
+      "spec": spec.to_json(),
+      "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
+      "token_store": store.store_id,
+      "ctx": int(store.ctx),
+      "hook": config.hook,
+      "mesh": {"tok": int(mesh.shape[M.TOK]), "neu": int(mesh.shape[M.NEU])},
+      "process_count": jax.process_count(),
+      "batch_rows": int(config.batch_rows),
+      "start_row": int(config.start_row),
+      "stop_row": int(stop_row),
+      "exclude_ids": [int(i) for i in config.exclude_ids],
+      "pad_id": int(config.pad_id),
+  }
+
+
+def run(config, workdir: str):
+  t_start = time.time()
+  srcs, store, fam = build_sources(config)
+  d = {s.d_mlp for s in srcs}
+  if len(d) != 1:
+    raise UserError(f"all models must have the same d_mlp, got {sorted(d)}.")
+  d_mlp = d.pop()
+  mesh = M.make_mesh(int(config.mesh.tok), int(config.mesh.neu))
+  layer_ids = [parse_layers(config.layers, s.n_layer) for s in srcs]
+  spec = M.make_spec([s.name for s in srcs], layer_ids, d_mlp, mesh, mode=config.mode,
+                     layer_mode=config.layer_mode, compensated=config.compensated)
+  if config.batch_rows % jax.process_count():
+    raise UserError(f"batch_rows={config.batch_rows} must be divisible by the "
+                    f"{jax.process_count()} processes.")
+  ctx = int(store.ctx)
+  budget_rows = math.ceil(int(config.max_tokens) / ctx) if config.max_tokens > 0 else store.num_rows
+  stop_row = min(int(config.start_row) + budget_rows, int(store.num_rows))
+  if stop_row <= config.start_row:
+    raise UserError(f"no rows to read: start_row={config.start_row}, store has "
+                    f"{store.num_rows} rows.")
+  ident = identity(config, spec, srcs, store, mesh, stop_row)
+  state_dir = os.path.join(workdir, "state")
+  tables_dir = os.path.join(workdir, "tables")
+  if os.path.exists(os.path.join(tables_dir, "summary.json")):
+    logging.info("correlate: %s already finalized; nothing to do.", tables_dir)
+    return tables_dir
+  os.makedirs(state_dir, exist_ok=True)
+
+  manifest, path = ST.latest(state_dir)
+  if manifest is not None:
+    ST.check_identity(manifest["identity"], ident, path)
+    state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
+                       manifest["cursor"]["count"])
+    cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
+    logging.info("correlate: resuming from %s (row %d, step %d)", path, cursor, step)
+  else:
+    state, cursor, step = None, int(config.start_row), 0
+  acc = M.Accumulator(spec, mesh, state)
+
+  def save():
+    man = {"identity": ident, "cursor": {"row": cursor, "step": step, "count": acc.count},
+           "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
+                                       else ""),
+           "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+    ST.save(state_dir, step, acc.state, _jsonable(man), keep=int(config.checkpoint.keep))
+
+  pidx, pcount = jax.process_index(), jax.process_count()
+  per = config.batch_rows // pcount
+  excl = tuple(int(i) for i in config.exclude_ids)
+  pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
+  hook = config.hook
+  total_rows = stop_row - cursor
+  tokens_step = config.batch_rows * ctx
+  flops_step = M.step_flops(spec, tokens_step)
+  last_save, t0, rows_done, acc_time = time.time(), time.time(), 0, 0.0
+  for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
+                                    process_index=pidx, process_count=pcount):
+    n_valid = rows.shape[0]
+    a = min(g + pidx * per, stop_row)
+    tokens = np.zeros((per, ctx), np.int32)
+    tokens[:n_valid] = rows
+    mask = S.token_mask(tokens, exclude_ids=excl, pad_id=pad_id)
+    mask[n_valid:] = False
+    acts = []
+    for src in srcs:
+      if getattr(src, "synthetic", False):
+        x = src.acts(tokens, layer_ids[len(acts)], rows=range(a, a + n_valid))
+        x = np.concatenate([x, np.zeros((per - n_valid,) + x.shape[1:], np.float32)])
+      else:
+        x = src.acts(tokens, layer_ids[len(acts)])
+      acts.append(np.asarray(x, np.float32).reshape(per * ctx, -1))
+    ta = time.time()
+    acc.update(acts, mask.reshape(-1))
+    jax.block_until_ready(acc.state["n"])
+    acc_time += time.time() - ta
+    step += 1
+    cursor = min(g + config.batch_rows, stop_row)
+    rows_done += min(config.batch_rows, stop_row - g)
+    ST.fault("step")
+    if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
+      el = time.time() - t0
+      tps = rows_done * ctx / max(el, 1e-9)
+      eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
+      logging.info("correlate: step %d row %d/%d | %.0f tokens/s | accumulate %.1f GFLOP/s "
+                   "| ETA %.0fs", step, cursor, stop_row, tps,
+                   flops_step * step / max(acc_time, 1e-9) / 1e9 if acc_time else 0.0, eta)
+    due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
+           time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
+    if due and cursor < stop_row:
+      save()
+      last_save = time.time()
+  save()
+  del total_rows, hook
+  return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start)
+
+
+def _jsonable(o):
+  if isinstance(o, dict):
+    return {str(k): _jsonable(v) for k, v in o.items()}
+  if isinstance(o, (list, tuple)):
+    return [_jsonable(v) for v in o]
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  return o
+
+
+def compute_tables(config, spec, mesh, state):
+  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}."""
+  dead_value = float(config.dead_value) if config.fill_dead else None
+  n, moms = F.moments_host(spec, state, float(config.dead_rel_std))
+  kinds = tuple(config.baseline.kinds)
+  if kinds and config.baseline.primary not in kinds:
+    raise UserError(f"baseline.primary={config.baseline.primary!r} is not in baseline.kinds.")
+  own_models = [0] if config.mode == "reference" else list(range(spec.n_models))
+  out = {"neurons": {}, "pairs": {}, "layer_counts": {}, "partner_layers": {}, "count": n}
+  for own in own_models:
+    pts, layers = {}, {}
+    for x, y in spec.pairs:
+      if own not in (x, y):
+        continue
+      orient = "fwd" if own == x else "bwd"
+      part = y if own == x else x
+      res = F.pair_result(spec, mesh, state, x, y, orient, top_k=int(config.top_k),
+                          baseline_kinds=kinds, draws=int(config.baseline.draws),
+                          seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
+                          moments=moms)
+      t = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary, dead_value)
+      pts[spec.names[part]] = t
+      layers[spec.names[part]] = spec.layer_ids[part]
+      out["pairs"][(spec.names[own], spec.names[part])] = t
+    dead = moms[own]["dead"][:, :spec.d_mlp].reshape(-1)
+    agg = TB.aggregate_table(pts, dead, float(config.threshold), dead_value)
+    name = spec.names[own]
+    out["neurons"][name] = agg
+    out["layer_counts"][name] = TB.layer_counts(agg)
+    out["partner_layers"][name] = TB.partner_layer_hist(pts, layers)
+  return out
+
+
+def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start):
+  res = compute_tables(config, spec, mesh, state)
+  if config.save_full_matrix:
+    from ucore.corr import export
+    export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
+                      float(config.dead_rel_std))
+  if jax.process_index() == 0:
+    with atomic.staged_dir(tables_dir) as tmp:
+      os.makedirs(os.path.join(tmp, "pairs"))
+      for name, df in res["neurons"].items():
+        TB.write_parquet(df, os.path.join(tmp, f"neurons_{name}.parquet"))
+        TB.write_parquet(res["layer_counts"][name], os.path.join(tmp, f"layer_counts_{name}.parquet"))
+        TB.write_parquet(res["partner_layers"][name],
+                         os.path.join(tmp, f"partner_layers_{name}.parquet"))
+      for (own, part), df in res["pairs"].items():
+        TB.write_parquet(df, os.path.join(tmp, "pairs", f"{own}__{part}.parquet"))
+      summary = {
+          "tokens_counted": int(res["count"]),
+          "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
+          "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
+                                      else ""),
+          "universal": {n: int(df["universal"].sum()) for n, df in res["neurons"].items()
+                        if "universal" in df},
+          "universal_per_layer": {n: [int(v) for v in lc["universal"]]
+                                  for n, lc in res["layer_counts"].items() if "universal" in lc},
+          "threshold": float(config.threshold),
+          "seconds": time.time() - t_start,
+      }
+      atomic.write_json(os.path.join(tmp, "summary.json"), summary)
+    logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
+  return tables_dir
+
+
+def workdir_of(tables_dir):
+  return os.path.dirname(os.path.abspath(tables_dir))

@@ -1,0 +1,214 @@
+"""From accumulated co-moments to per-neuron tables, without gathering any N×N matrix.
+
+Every reduction runs per device on its own block inside shard_map (max / top-k over the local
+partner columns, then an all-gather of k candidates per row over the partner axis), so the
+largest thing that ever leaves a device is O(N·k). Baselines rotate the stored co-moments
+(C[:, l] R_l^T, diag(R_l S_l R_l^T)) with a reduce-scatter over the partner axis, one
+partner layer at a time.
+
+Dead neurons: a neuron whose standard deviation is ≤ dead_rel_std·|mean| (or 0) has no
+correlation: its row is NaN (or `dead_value` when configured) and it is never anyone's partner.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ucore.corr.moments import NEU, PRECISION, TOK, Spec, state_shapes
+
+NEG = -jnp.inf
+
+
+def _value(state, key):
+  """Compensated value s - c."""
+  c = state.get(key + "#c")
+  return state[key] if c is None else state[key] - c
+
+
+def _to_host(x):
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def moments_host(spec: Spec, state, dead_rel_std: float):
+  """Per model: n, mean [L, d_pad], std [L, d_pad], dead mask (host numpy)."""
+  n = int(_to_host(state["n"]))
+  out = []
+  for m in range(spec.n_models):
+    mean = _to_host(_value(state, f"mean/{m}")).astype(np.float64)
+    m2 = np.maximum(_to_host(_value(state, f"m2/{m}")).astype(np.float64), 0.0)
+    std = np.sqrt(m2 / max(n, 1))
+    dead = (std <= dead_rel_std * np.abs(mean)) | (std == 0) | (n < 2)
+    dead[:, spec.d_mlp:] = True
+    out.append(dict(mean=mean, m2=m2, std=std, dead=dead))
+  return n, out
+
+
+def _topk_merge(vals, idx, k, axis_name):
+  """vals/idx [R, k] local candidates -> global top-k over `axis_name`."""
+  gv = jax.lax.all_gather(vals, axis_name, axis=1, tiled=True)
+  gi = jax.lax.all_gather(idx, axis_name, axis=1, tiled=True)
+  v, pos = jax.lax.top_k(gv, k)
+  return v, jnp.take_along_axis(gi, pos, axis=1)
+
+
+def _block_view(spec, x, y, orient, c_loc):
+  """Local block as [L_own, d_own_loc, B, d_part_loc] plus (own_axis, partner_axis)."""
+  if orient == "fwd":
+    return c_loc, TOK, NEU
+  return jnp.transpose(c_loc, (2, 3, 0, 1)), NEU, TOK
+
+
+def _slice(a, axis_name, size):
+  k = jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice_in_dim(a, k * size, size, axis=a.ndim - 1)
+
+
+def _corr_local(spec, x, y, orient, k, c_loc, inv_own, inv_part):
+  """inv_own [L_own, d_pad] (0 for dead), inv_part [L_part, d_pad] replicated."""
+  blk, own_ax, part_ax = _block_view(spec, x, y, orient, c_loc)
+  lo, do, B, dp = blk.shape
+  own, part = (x, y) if orient == "fwd" else (y, x)
+  pl = spec.partner_layer(own, part)                         # [L_own, B]
+  idx = np.where(pl < 0, 0, pl)
+  io = _slice(inv_own, own_ax, do)                            # [L_own, do]
+  ip = _slice(inv_part, part_ax, dp)[idx] * jnp.asarray(pl >= 0, jnp.float32)[..., None]
+  rho = blk * io[:, :, None, None] * ip[:, None, :, :]         # [L_own, do, B, dp]
+  ok = (io[:, :, None, None] > 0) & (ip[:, None, :, :] > 0)
+  vals = jnp.where(ok, rho, NEG).reshape(lo * do, B * dp)
+  v, li = jax.lax.top_k(vals, min(k, B * dp))
+  jp = jax.lax.axis_index(part_ax)
+  b, c = li // dp, li % dp
+  gidx = b * spec.d_pad + jp * dp + c
+  v, gidx = _topk_merge(v, gidx, k, part_ax)
+  return v.reshape(lo, do, k), gidx.reshape(lo, do, k)
+
+
+def _baseline_local(spec, x, y, orient, c_loc, s_loc, rmat, inv_own):
+  """Max over rotated partner units of one draw. rmat [L_part, d_pad, d_pad] replicated;
+  s_loc the partner's within-layer co-moment block [L_part, d_pad/r (TOK), d_pad/c (NEU)]."""
+  blk, own_ax, part_ax = _block_view(spec, x, y, orient, c_loc)
+  lo, do, B, dp = blk.shape
+  own, part = (x, y) if orient == "fwd" else (y, x)
+  r = jax.lax.axis_size(TOK)
+  c = jax.lax.axis_size(NEU)
+  dr, dc = spec.d_pad // r, spec.d_pad // c
+  # Rotated second moments diag(R S R^T), all partner layers: [L_part, d_pad].
+  ra = _slice(rmat, TOK, dr)                                  # [L, d_pad, dr]
+  rb = _slice(rmat, NEU, dc)                                  # [L, d_pad, dc]
+  rs = jnp.einsum("lkp,lpq->lkq", ra, s_loc, precision=PRECISION)
+  var = jax.lax.psum(jnp.sum(rs * rb, axis=2), (TOK, NEU))   # [L, d_pad]
+  inv_var = jnp.where(var > 0, jax.lax.rsqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+  io = _slice(inv_own, own_ax, do)                            # [L_own, do]
+  rp = _slice(rmat, part_ax, dp)                              # [L_part, d_pad(k), dp]
+  pl = spec.partner_layer(own, part)
+  best = jnp.full((lo, do), NEG, jnp.float32)
+  for b in range(B):
+    lay = np.where(pl[:, b] < 0, 0, pl[:, b])                 # [L_own]
+    valid = jnp.asarray(pl[:, b] >= 0)
+    cb = blk[:, :, b, :]                                       # [L_own, do, dp]
+    if spec.layer_mode == "all":
+      part_rot = jnp.einsum("arp,kp->ark", cb, rp[b], precision=PRECISION)
+      ivp = inv_var[b][None, :]
+    else:
+      part_rot = jnp.einsum("arp,akp->ark", cb, rp[lay], precision=PRECISION)
+      ivp = inv_var[lay]
+    rot = jax.lax.psum_scatter(part_rot, part_ax, scatter_dimension=2, tiled=True)
+    ivp = _slice(ivp, part_ax, dp) * valid[:, None]           # [L_own, dp]
+    rho = rot * io[:, :, None] * ivp[:, None, :]
+    ok = (io[:, :, None] > 0) & (ivp[:, None, :] > 0)
+    best = jnp.maximum(best, jnp.max(jnp.where(ok, rho, NEG), axis=2))
+  best = jax.lax.pmax(best, part_ax)
+  return best
+
+
+@dataclasses.dataclass
+class PairResult:
+  own: int
+  partner: int
+  corr: np.ndarray        # [L_own, d_mlp, k] top-k correlations (k=0 is max_corr), NaN = none
+  layer: np.ndarray       # [L_own, d_mlp, k] partner layer id (-1 = none)
+  neuron: np.ndarray      # [L_own, d_mlp, k]
+  baselines: dict         # kind -> [draws, L_own, d_mlp]
+
+
+def _inv_std(mom):
+  return np.where(mom["dead"], 0.0, 1.0 / np.sqrt(np.where(mom["dead"], 1.0, mom["m2"])))
+
+
+def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kinds=("haar",),
+                draws=1, seed=0, dead_rel_std=1e-6, moments=None) -> PairResult:
+  """Statistics for the rows of one model ('fwd': x, 'bwd': y) against the other."""
+  if orient == "bwd" and spec.layer_mode != "all":
+    raise ValueError("column orientation needs layer_mode='all'")
+  if moments is None:
+    moments = moments_host(spec, state, dead_rel_std)[1]
+  own, part = (x, y) if orient == "fwd" else (y, x)
+  k = int(min(top_k, spec.band(own, part) * spec.d_pad))
+  rep = NamedSharding(mesh, P())
+  inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
+  inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
+  c_spec = state_shapes(spec)[f"C/{x}_{y}"][2]
+  own_ax = TOK if orient == "fwd" else NEU
+  out_spec = P(None, own_ax, None)
+  f = jax.jit(jax.shard_map(partial(_corr_local, spec, x, y, orient, k), mesh=mesh,
+                            in_specs=(c_spec, P(), P()), out_specs=(out_spec, out_spec),
+                            check_vma=False))
+  cv, ci = f(_value(state, f"C/{x}_{y}"), inv_own, inv_part)
+  cv, ci = _to_host(cv)[:, :spec.d_mlp], _to_host(ci)[:, :spec.d_mlp]
+  dead_own = moments[own]["dead"][:, :spec.d_mlp]
+  none = ~np.isfinite(cv) | dead_own[:, :, None]
+  cv = np.where(none, np.nan, cv).astype(np.float64)
+  b_pos, neuron = ci // spec.d_pad, ci % spec.d_pad
+  pl = spec.partner_layer(own, part)                          # [L_own, B]
+  lay_pos = np.take_along_axis(pl[:, None, :].repeat(cv.shape[1], 1), b_pos, axis=2)
+  lay_ids = np.asarray(spec.layer_ids[part])[np.maximum(lay_pos, 0)]
+  layer = np.where(none, -1, lay_ids)
+  neuron = np.where(none, -1, neuron)
+  baselines = {}
+  if baseline_kinds:
+    if part not in spec.rotated:
+      raise ValueError(f"model {part} has no within-layer co-moments (not rotated)")
+    from ucore.corr import baselines as bl
+    fb = jax.jit(jax.shard_map(
+        partial(_baseline_local, spec, x, y, orient), mesh=mesh,
+        in_specs=(c_spec, state_shapes(spec)[f"S/{part}"][2], P(), P()),
+        out_specs=P(None, own_ax), check_vma=False))
+    cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
+    for kind in baseline_kinds:
+      res = []
+      for draw in range(draws):
+        rmat = bl.mixing_stack(kind, spec.d_mlp, spec.d_pad, spec.layer_ids[part], seed=seed,
+                               draw=draw, model=part)
+        b = _to_host(fb(cval, sval, jax.device_put(rmat, rep), inv_own))
+        b = b[:, :spec.d_mlp].astype(np.float64)
+        res.append(np.where(~np.isfinite(b) | dead_own, np.nan, b))
+      baselines[kind] = np.stack(res)
+  return PairResult(own=own, partner=part, corr=cv, layer=layer, neuron=neuron,
+                    baselines=baselines)
+
+
+def full_corr_blocks(spec: Spec, state, x, y, dead_rel_std=1e-6, moments=None):
+  """Correlation matrix of pair (x, y) as a sharded jax array [L_x, d_pad, B, d_pad]
+  (NaN for dead); stays sharded like the accumulator (for the optional zarr export)."""
+  if moments is None:
+    moments = moments_host(spec, state, dead_rel_std)[1]
+  ix = jnp.asarray(_inv_std(moments[x]).astype(np.float32))
+  iy = jnp.asarray(_inv_std(moments[y]).astype(np.float32))
+  pl = spec.partner_layer(x, y)
+  iyb = iy[np.where(pl < 0, 0, pl)] * jnp.asarray(pl >= 0, jnp.float32)[..., None]
+
+  @jax.jit
+  def f(c):
+    rho = c * ix[:, :, None, None] * iyb[:, None, :, :]
+    ok = (ix[:, :, None, None] > 0) & (iyb[:, None, :, :] > 0)
+    return jnp.where(ok, rho, jnp.nan)
+
+  return f(_value(state, f"C/{x}_{y}"))

@@ -1,0 +1,329 @@
+"""Streaming, sharded, numerically stable co-moments between the neurons of K models.
+
+Numerics (stated, and checked by tests/test_corr_moments.py):
+  * Every batch is centred on its own (two-pass) mean, its co-moment block is one float32
+    GEMM at `precision=HIGHEST` (true fp32 on GPU/TPU: no TF32, no bf16 passes), and the
+    block is merged into the running state with Chan et al.'s pairwise formulas
+    (co-moments: C += C_b + n*n_b/(n+n_b) * d_a d_b^T). Large mean offsets therefore never
+    cancel (raw Σxy - n μx μy is never formed).
+  * The running sums are float32 with optional Kahan compensation (`compensated=True`,
+    default): the merge error stays O(eps) instead of growing with the number of steps,
+    at the price of one more buffer per accumulator.
+  * Counts are int32 (≤ 2.1e9 kept tokens).
+
+Layout. Model m's activations are [tokens, L_m, d_pad] (d_pad = d_mlp padded with zero
+"dead" neurons to a multiple of the mesh sizes; padding is dropped at finalize). For each pair
+(x, y) the cross co-moment is stored as C[L_x, d_pad, B, d_pad]: B = L_y ("all" layers,
+partner layer = b) or B = 3 ("adjacent": partner layer = a + b - 1). Each rotated model y also
+keeps its within-layer co-moment S_y[L_y, d_pad, d_pad] for the one-pass baselines.
+
+Sharding. A 2-D mesh ("tok", "neu"). Activations arrive token-sharded over all devices. One
+step all-gathers them (communication tokens × neurons per device, never neurons²), and device
+(i, j) updates the blocks C[:, rows_i, :, cols_j] and S[:, rows_i, cols_j] — rows split over
+"tok", columns over "neu" — so accumulator memory per device is total / devices. Means and
+second moments (size N) are replicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ucore.errors import UserError
+
+TOK, NEU = "tok", "neu"
+PRECISION = jax.lax.Precision.HIGHEST
+C_SPEC = P(None, TOK, None, NEU)
+S_SPEC = P(None, TOK, NEU)
+X_SPEC = P((TOK, NEU), None, None)
+
+
+def make_mesh(tok: int = 1, neu: int = -1, devices=None) -> Mesh:
+  """A ("tok", "neu") mesh over `devices` (default: all). -1 in one axis = the rest."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if tok == -1 and neu == -1:
+    raise UserError("mesh: at most one of mesh.tok / mesh.neu may be -1.")
+  if tok == -1:
+    tok = n // max(neu, 1)
+  if neu == -1:
+    neu = n // max(tok, 1)
+  if tok < 1 or neu < 1 or tok * neu != n:
+    raise UserError(f"mesh tok={tok} × neu={neu} does not match the {n} available devices; "
+                    "set mesh.tok and mesh.neu so their product is the device count.")
+  return Mesh(np.array(devices, dtype=object).reshape(tok, neu), (TOK, NEU))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What is correlated with what (static; part of the resume manifest)."""
+  names: tuple            # model names, index 0 = reference
+  n_layers: tuple         # layers kept per model (all models must keep the same count in
+                          # "adjacent" mode)
+  layer_ids: tuple        # per model: the model's layer numbers that are kept
+  d_mlp: int
+  d_pad: int
+  pairs: tuple            # ((x, y), ...): rows of model x against columns of model y
+  rotated: tuple          # models y whose within-layer co-moment is kept (baselines)
+  layer_mode: str = "all"  # "all" | "adjacent"
+  compensated: bool = True
+
+  @property
+  def n_models(self):
+    return len(self.names)
+
+  def band(self, x, y):
+    return self.n_layers[y] if self.layer_mode == "all" else 3
+
+  def partner_layer(self, x, y) -> np.ndarray:
+    """[L_x, B] -> position of the partner layer in model y's kept layers, -1 if none."""
+    lx, ly = self.n_layers[x], self.n_layers[y]
+    if self.layer_mode == "all":
+      return np.tile(np.arange(ly), (lx, 1))
+    pl = np.arange(lx)[:, None] + np.arange(3)[None, :] - 1
+    return np.where((pl >= 0) & (pl < ly), pl, -1)
+
+  def to_json(self):
+    return dataclasses.asdict(self)
+
+
+def make_spec(names, layer_ids, d_mlp, mesh: Mesh, *, mode="reference", layer_mode="all",
+              compensated=True) -> Spec:
+  names = tuple(names)
+  if len(names) < 2:
+    raise UserError("correlate needs at least two models.")
+  if len(set(names)) != len(names):
+    raise UserError(f"model names must be distinct: {names}")
+  layer_ids = tuple(tuple(int(l) for l in ls) for ls in layer_ids)
+  if any(len(ls) == 0 for ls in layer_ids):
+    raise UserError("every model must keep at least one layer.")
+  if mode == "reference":
+    pairs = tuple((0, m) for m in range(1, len(names)))
+    rotated = tuple(range(1, len(names)))
+  elif mode == "all_pairs":
+    pairs = tuple((i, j) for i in range(len(names)) for j in range(i + 1, len(names)))
+    rotated = tuple(range(len(names)))
+  else:
+    raise UserError(f"mode must be 'reference' or 'all_pairs', got {mode!r}.")
+  if layer_mode not in ("all", "adjacent"):
+    raise UserError(f"layer_mode must be 'all' or 'adjacent', got {layer_mode!r}.")
+  if layer_mode == "adjacent":
+    if len({len(ls) for ls in layer_ids}) != 1:
+      raise UserError("layer_mode='adjacent' needs the same layers in every model.")
+    if mode == "all_pairs":
+      raise UserError("layer_mode='adjacent' is supported with mode='reference' only.")
+  q = math.lcm(mesh.shape[TOK], mesh.shape[NEU])
+  d_pad = -(-d_mlp // q) * q
+  return Spec(names=names, n_layers=tuple(len(ls) for ls in layer_ids), layer_ids=layer_ids,
+              d_mlp=int(d_mlp), d_pad=int(d_pad), pairs=pairs, rotated=rotated,
+              layer_mode=layer_mode, compensated=bool(compensated))
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def state_shapes(spec: Spec):
+  """{name: (shape, dtype, PartitionSpec)} for every accumulator array."""
+  d = spec.d_pad
+  out = {"n": ((), jnp.int32, P())}
+  for m in range(spec.n_models):
+    out[f"mean/{m}"] = ((spec.n_layers[m], d), jnp.float32, P())
+    out[f"m2/{m}"] = ((spec.n_layers[m], d), jnp.float32, P())
+  for x, y in spec.pairs:
+    out[f"C/{x}_{y}"] = ((spec.n_layers[x], d, spec.band(x, y), d), jnp.float32, C_SPEC)
+  for y in spec.rotated:
+    out[f"S/{y}"] = ((spec.n_layers[y], d, d), jnp.float32, S_SPEC)
+  if spec.compensated:
+    for k in list(out):
+      if k != "n":
+        out[k + "#c"] = out[k]
+  return out
+
+
+def state_bytes(spec: Spec) -> int:
+  return sum(int(np.prod(s)) * 4 for s, _, _ in state_shapes(spec).values())
+
+
+def init_state(spec: Spec, mesh: Mesh):
+  shapes = state_shapes(spec)
+  out = {}
+  for k, (shape, dtype, pspec) in shapes.items():
+    sh = NamedSharding(mesh, pspec)
+    out[k] = jax.jit(partial(jnp.zeros, shape, dtype), out_shardings=sh)()
+  return out
+
+
+def state_shardings(spec: Spec, mesh: Mesh):
+  return {k: NamedSharding(mesh, p) for k, (_, _, p) in state_shapes(spec).items()}
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def _kadd(s, c, term, compensated):
+  """s + term with Kahan compensation c (c=None when not compensated)."""
+  if not compensated:
+    return s + term, None
+  y = term - c
+  t = s + y
+  return t, (t - s) - y
+
+
+def _batch_stats(x, w, n_b):
+  """Two-pass weighted mean and centred (masked) activations. x [T, L, d], w [T]."""
+  inv = jnp.where(n_b > 0, 1.0 / jnp.maximum(n_b, 1).astype(jnp.float32), 0.0)
+  wx = w[:, None, None]
+  mu0 = jnp.sum(wx * x, axis=0) * inv
+  mu = mu0 + jnp.sum(wx * (x - mu0), axis=0) * inv
+  xc = wx * (x - mu)
+  return mu, xc
+
+
+def _local_step(spec: Spec, state, xs, w):
+  """Runs per device inside shard_map. xs: per model local token shard [T_loc, L, d_pad]."""
+  comp = spec.compensated
+  i = jax.lax.axis_index(TOK)
+  j = jax.lax.axis_index(NEU)
+  r = jax.lax.axis_size(TOK)
+  c = jax.lax.axis_size(NEU)
+  dr, dc = spec.d_pad // r, spec.d_pad // c
+  axes = (TOK, NEU)
+  wg = jax.lax.all_gather(w, axes, axis=0, tiled=True).astype(jnp.float32)
+  n_b = jnp.sum(wg > 0).astype(jnp.int32)
+  n = state["n"]
+  n_new = n + n_b
+  nf, nbf = n.astype(jnp.float32), n_b.astype(jnp.float32)
+  tot = jnp.maximum(nf + nbf, 1.0)
+  frac = nbf / tot            # weight of the batch mean in the merged mean
+  f = nf * nbf / tot          # Chan's cross-term factor
+  new = dict(state)
+  new["n"] = n_new
+  xc, delta = [], []
+  for m in range(spec.n_models):
+    xg = jax.lax.all_gather(xs[m], axes, axis=0, tiled=True)
+    mu_b, xcm = _batch_stats(xg, wg, n_b)
+    d_m = mu_b - state[f"mean/{m}"]
+    m2_b = jnp.sum(xcm * xcm, axis=0)
+    for key, term in ((f"mean/{m}", d_m * frac), (f"m2/{m}", m2_b + f * d_m * d_m)):
+      s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
+      new[key] = s
+      if comp:
+        new[key + "#c"] = cc
+    xc.append(xcm)
+    delta.append(d_m)
+
+  def rows(a):  # [.., L, d_pad] -> this device's row slice
+    return jax.lax.dynamic_slice_in_dim(a, i * dr, dr, axis=a.ndim - 1)
+
+  def cols(a):
+    return jax.lax.dynamic_slice_in_dim(a, j * dc, dc, axis=a.ndim - 1)
+
+  T = xc[0].shape[0]
+  for x, y in spec.pairs:
+    key = f"C/{x}_{y}"
+    xa, da = rows(xc[x]), rows(delta[x])          # [T, Lx, dr], [Lx, dr]
+    if spec.layer_mode == "all":
+      xb, db = cols(xc[y]), cols(delta[y])        # [T, Ly, dc]
+      lx, ly = spec.n_layers[x], spec.n_layers[y]
+      cb = jax.lax.dot_general(xa.reshape(T, lx * dr), xb.reshape(T, ly * dc),
+                               (((0,), (0,)), ((), ())), precision=PRECISION,
+                               preferred_element_type=jnp.float32)
+      term = cb.reshape(lx, dr, ly, dc) + f * (da[:, :, None, None] * db[None, None])
+    else:
+      pl = spec.partner_layer(x, y)               # [L, 3]
+      idx = np.where(pl < 0, 0, pl)
+      valid = jnp.asarray((pl >= 0).astype(np.float32))
+      xb = cols(xc[y])[:, idx, :] * valid[None, :, :, None]     # [T, L, 3, dc]
+      db = cols(delta[y])[idx, :] * valid[:, :, None]           # [L, 3, dc]
+      cb = jnp.einsum("tar,tabc->arbc", xa, xb, precision=PRECISION,
+                      preferred_element_type=jnp.float32)
+      term = cb + f * (da[:, :, None, None] * db[:, None, :, :])
+    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
+    new[key] = s
+    if comp:
+      new[key + "#c"] = cc
+  for y in spec.rotated:
+    key = f"S/{y}"
+    a, b = rows(xc[y]), cols(xc[y])
+    sb = jnp.einsum("tlr,tlc->lrc", a, b, precision=PRECISION,
+                    preferred_element_type=jnp.float32)
+    term = sb + f * (rows(delta[y])[:, :, None] * cols(delta[y])[:, None, :])
+    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
+    new[key] = s
+    if comp:
+      new[key + "#c"] = cc
+  return new
+
+
+def make_step(spec: Spec, mesh: Mesh):
+  """jit(state, xs: list of [T, L_m, d_pad] token-sharded, w [T]) -> state (donated)."""
+  specs = {k: p for k, (_, _, p) in state_shapes(spec).items()}
+  xspecs = [X_SPEC] * spec.n_models
+  fn = jax.shard_map(partial(_local_step, spec), mesh=mesh,
+                     in_specs=(specs, xspecs, P((TOK, NEU))), out_specs=specs,
+                     check_vma=False)
+  return jax.jit(fn, donate_argnums=(0,))
+
+
+def step_flops(spec: Spec, tokens: int) -> float:
+  """Useful FLOPs of one accumulate step (the GEMMs; elementwise work not counted)."""
+  d = spec.d_mlp
+  fl = 0.0
+  for x, y in spec.pairs:
+    fl += 2.0 * tokens * spec.n_layers[x] * d * spec.band(x, y) * d
+  for y in spec.rotated:
+    fl += 2.0 * tokens * spec.n_layers[y] * d * d
+  return fl
+
+
+class Accumulator:
+  """Owns the sharded state and the compiled step; feed it batches of activations.
+
+  `update(acts, mask)`: acts is a list (one per model, same token order) of arrays
+  [T, L_m, d_mlp] (or [T, L_m*d_mlp]); mask [T] bool, True = token counted. Any T.
+  """
+
+  def __init__(self, spec: Spec, mesh: Mesh, state=None):
+    self.spec, self.mesh = spec, mesh
+    self.state = init_state(spec, mesh) if state is None else state
+    self._step = make_step(spec, mesh)
+    self._xsh = NamedSharding(mesh, X_SPEC)
+    self._wsh = NamedSharding(mesh, P((TOK, NEU)))
+
+  @property
+  def count(self) -> int:
+    return int(self.state["n"])
+
+  def _pad_tokens(self, T):
+    q = self.mesh.size
+    return -(-max(T, 1) // q) * q
+
+  def prepare(self, acts, mask):
+    """Pads this process's tokens and builds the global token-sharded arrays. In a
+    multi-process run every process passes its own (equally sized) slice of the batch."""
+    spec = self.spec
+    T = int(np.shape(mask)[0])
+    local = max(self.mesh.size // jax.process_count(), 1)
+    Tp = -(-max(T, 1) // local) * local
+    xs = []
+    for m, a in enumerate(acts):
+      a = np.asarray(a, np.float32)
+      if a.shape[0] != T or a.size != T * spec.n_layers[m] * spec.d_mlp:
+        raise ValueError(f"model {m}: activations {a.shape} do not match {T} tokens × "
+                         f"{spec.n_layers[m]} layers × {spec.d_mlp} neurons")
+      buf = np.zeros((Tp, spec.n_layers[m], spec.d_pad), np.float32)
+      buf[:T, :, :spec.d_mlp] = a.reshape(T, spec.n_layers[m], spec.d_mlp)
+      xs.append(jax.make_array_from_process_local_data(self._xsh, buf))
+    w = np.zeros((Tp,), np.float32)
+    w[:T] = np.asarray(mask, bool)
+    return xs, jax.make_array_from_process_local_data(self._wsh, w)
+
+  def update(self, acts, mask):
+    xs, w = self.prepare(acts, mask)
+    self.state = self._step(self.state, xs, w)
+    return self

@@ -1,0 +1,122 @@
+"""Per-neuron tables (pandas, `(layer, neuron)` index, reference column names) and parquet.
+
+Per pair (one row model against one partner model), file `pairs/<own>__<partner>.parquet`:
+  max_corr, max_sim_layer, max_sim_neuron   best partner (signed max correlation)
+  baseline                                   primary baseline (mean over draws of the max
+                                             over rotated units)
+  baseline_<kind>, baseline_<kind>_<draw>    every baseline kind and draw
+  top<k>_corr, top<k>_layer, top<k>_neuron   top-k partners, k = 1..top_k
+Per row model, file `neurons_<own>.parquet` (aggregated over its partners M):
+  corr__<m>, baseline__<m>, max_sim_layer__<m>, max_sim_neuron__<m>   per partner m
+  mean_corr, min_corr, max_corr              over m of each partner's max_corr
+  mean_baseline, min_baseline, max_baseline  over m of each partner's baseline
+  excess_corr = mean_corr - mean_baseline;  universal = excess_corr > threshold
+  strict_excess = min_corr - max_baseline;  universal_strict = strict_excess > threshold
+  dead                                       neuron constant over the kept tokens
+Plus `layer_counts_<own>.parquet` (per layer: neurons, dead, universal, share) and
+`partner_layers_<own>.parquet` (paper Fig. 2c: share of each layer's neurons whose best
+partner lies in each partner layer, per partner model and averaged).
+Dead or partner-less neurons are NaN unless `dead_value` is set.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from ucore import atomic
+
+
+def _index(layer_ids, d):
+  return pd.MultiIndex.from_product([list(layer_ids), range(d)], names=["layer", "neuron"])
+
+
+def pair_table(res, layer_ids, primary: str, dead_value=None) -> pd.DataFrame:
+  L, d, k = res.corr.shape
+  cols = {}
+  fill = (lambda a: a) if dead_value is None else (lambda a: np.where(np.isnan(a), dead_value, a))
+  cols["max_corr"] = fill(res.corr[..., 0].reshape(-1))
+  cols["max_sim_layer"] = res.layer[..., 0].reshape(-1).astype(np.int32)
+  cols["max_sim_neuron"] = res.neuron[..., 0].reshape(-1).astype(np.int32)
+  for kind, arr in res.baselines.items():
+    cols[f"baseline_{kind}"] = fill(arr.mean(axis=0).reshape(-1))
+    for draw in range(arr.shape[0]):
+      cols[f"baseline_{kind}_{draw}"] = fill(arr[draw].reshape(-1))
+  if res.baselines:
+    cols["baseline"] = cols[f"baseline_{primary}"]
+  for j in range(k):
+    cols[f"top{j + 1}_corr"] = fill(res.corr[..., j].reshape(-1))
+    cols[f"top{j + 1}_layer"] = res.layer[..., j].reshape(-1).astype(np.int32)
+    cols[f"top{j + 1}_neuron"] = res.neuron[..., j].reshape(-1).astype(np.int32)
+  df = pd.DataFrame(cols, index=_index(layer_ids, d))
+  order = ["max_corr", "max_sim_layer", "max_sim_neuron"] + (["baseline"] if res.baselines else [])
+  return df[order + [c for c in df.columns if c not in order]]
+
+
+def aggregate_table(pair_tables: dict, dead: np.ndarray, threshold: float,
+                    dead_value=None) -> pd.DataFrame:
+  """pair_tables: partner name -> pair_table (same index). dead: [L*d] bool."""
+  first = next(iter(pair_tables.values()))
+  out = pd.DataFrame(index=first.index)
+  corr = np.stack([t["max_corr"].to_numpy() for t in pair_tables.values()], 1)
+  has_base = "baseline" in first.columns
+  base = (np.stack([t["baseline"].to_numpy() for t in pair_tables.values()], 1)
+          if has_base else None)
+  for name, t in pair_tables.items():
+    out[f"corr__{name}"] = t["max_corr"]
+    if has_base:
+      out[f"baseline__{name}"] = t["baseline"]
+    out[f"max_sim_layer__{name}"] = t["max_sim_layer"]
+    out[f"max_sim_neuron__{name}"] = t["max_sim_neuron"]
+  out["mean_corr"] = corr.mean(1)
+  out["min_corr"] = corr.min(1)
+  out["max_corr"] = corr.max(1)
+  if has_base:
+    out["mean_baseline"] = base.mean(1)
+    out["min_baseline"] = base.min(1)
+    out["max_baseline"] = base.max(1)
+    excess = out["mean_corr"].to_numpy() - out["mean_baseline"].to_numpy()
+    strict = out["min_corr"].to_numpy() - out["max_baseline"].to_numpy()
+    out["excess_corr"] = excess
+    out["strict_excess"] = strict
+    with np.errstate(invalid="ignore"):
+      out["universal"] = np.nan_to_num(excess, nan=-np.inf) > threshold
+      out["universal_strict"] = np.nan_to_num(strict, nan=-np.inf) > threshold
+  out["dead"] = np.asarray(dead, bool)
+  if dead_value is not None:
+    num = [c for c in out.columns if out[c].dtype.kind == "f"]
+    out[num] = out[num].fillna(dead_value)
+  return out
+
+
+def layer_counts(agg: pd.DataFrame) -> pd.DataFrame:
+  g = agg.groupby(level="layer")
+  df = pd.DataFrame({"neurons": g.size(), "dead": g["dead"].sum()})
+  if "universal" in agg.columns:
+    df["universal"] = g["universal"].sum()
+    df["universal_strict"] = g["universal_strict"].sum()
+    df["share"] = df["universal"] / df["neurons"]
+  return df
+
+
+def partner_layer_hist(pair_tables: dict, partner_layers: dict) -> pd.DataFrame:
+  """Long table: partner, layer, partner_layer, count, share (of the layer's live neurons)."""
+  rows = []
+  for name, t in pair_tables.items():
+    for layer, sub in t.groupby(level="layer"):
+      pl = sub["max_sim_layer"].to_numpy()
+      live = pl >= 0
+      for p in partner_layers[name]:
+        cnt = int(np.sum(pl[live] == p))
+        rows.append((name, int(layer), int(p), cnt, cnt / max(int(live.sum()), 1)))
+  df = pd.DataFrame(rows, columns=["partner", "layer", "partner_layer", "count", "share"])
+  mean = (df.groupby(["layer", "partner_layer"], as_index=False)[["count", "share"]].mean())
+  mean.insert(0, "partner", "__mean__")
+  return pd.concat([df, mean], ignore_index=True)
+
+
+def write_parquet(df: pd.DataFrame, path: str) -> None:
+  buf = io.BytesIO()
+  df.to_parquet(buf)
+  atomic.write_bytes(path, buf.getvalue())
