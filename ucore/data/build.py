@@ -452,6 +452,7 @@ def build_store(config, workdir: str, _hook=None):
   state = _claim_workdir(wd, job)
   if state == "complete":
     logging.info("token store %s is already complete", wd.path)
+    shutil.rmtree(wd.build, ignore_errors=True)   # left by a kill right after the manifest
     return storemod.open_store(wd.path)
   logging.info("%s token job in %s: source %s", "resuming" if state == "resume" else "starting",
                wd.path, src.name)
