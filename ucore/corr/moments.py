@@ -6,9 +6,11 @@ Numerics (stated, and checked by tests/test_corr_moments.py):
     block is merged into the running state with Chan et al.'s pairwise formulas
     (co-moments: C += C_b + n*n_b/(n+n_b) * d_a d_b^T). Large mean offsets therefore never
     cancel (raw Σxy - n μx μy is never formed).
-  * The running sums are float32 with optional Kahan compensation (`compensated=True`,
-    default): the merge error stays O(eps) instead of growing with the number of steps,
-    at the price of one more buffer per accumulator.
+  * Batch means are carried as hi + lo (float32 mean + mean of the residuals), so a mean
+    offset of 1e3 costs no precision in the merge. The running means and second moments are
+    always Kahan-compensated float32 (size N, free); the N² co-moments are compensated when
+    `compensated=True` (default): their merge error then stays O(eps) instead of growing
+    with the number of steps, at the price of one more buffer.
   * Counts are int32 (≤ 2.1e9 kept tokens).
 
 Layout. Model m's activations are [tokens, L_m, d_pad] (d_pad = d_mlp padded with zero
@@ -138,10 +140,9 @@ def state_shapes(spec: Spec):
     out[f"C/{x}_{y}"] = ((spec.n_layers[x], d, spec.band(x, y), d), jnp.float32, C_SPEC)
   for y in spec.rotated:
     out[f"S/{y}"] = ((spec.n_layers[y], d, d), jnp.float32, S_SPEC)
-  if spec.compensated:
-    for k in list(out):
-      if k != "n":
-        out[k + "#c"] = out[k]
+  for k in list(out):   # means/M2 (size N) are always compensated; C and S when asked
+    if k.startswith(("mean/", "m2/")) or (spec.compensated and k != "n"):
+      out[k + "#c"] = out[k]
   return out
 
 
@@ -175,13 +176,17 @@ def _kadd(s, c, term, compensated):
 
 
 def _batch_stats(x, w, n_b):
-  """Two-pass weighted mean and centred (masked) activations. x [T, L, d], w [T]."""
+  """Batch mean as an unevaluated sum hi + lo (hi: float32 mean, lo: the mean of the
+  residuals x - hi) and activations centred on it. At large offsets hi alone is off by up to
+  half an ulp of the offset; carrying lo keeps the Chan merge exact to float32 resolution of
+  the spread, not of the offset. x [T, L, d], w [T]."""
   inv = jnp.where(n_b > 0, 1.0 / jnp.maximum(n_b, 1).astype(jnp.float32), 0.0)
   wx = w[:, None, None]
-  mu0 = jnp.sum(wx * x, axis=0) * inv
-  mu = mu0 + jnp.sum(wx * (x - mu0), axis=0) * inv
-  xc = wx * (x - mu)
-  return mu, xc
+  hi = jnp.sum(wx * x, axis=0) * inv
+  res = x - hi                      # exact where x and hi are within a factor 2 (Sterbenz)
+  lo = jnp.sum(wx * res, axis=0) * inv
+  xc = wx * (res - lo)
+  return hi, lo, xc
 
 
 def _local_step(spec: Spec, state, xs, w):
@@ -206,14 +211,13 @@ def _local_step(spec: Spec, state, xs, w):
   xc, delta = [], []
   for m in range(spec.n_models):
     xg = jax.lax.all_gather(xs[m], axes, axis=0, tiled=True)
-    mu_b, xcm = _batch_stats(xg, wg, n_b)
-    d_m = mu_b - state[f"mean/{m}"]
+    hi, lo, xcm = _batch_stats(xg, wg, n_b)
+    mc = state.get(f"mean/{m}#c")   # running mean = s - c
+    d_m = (hi - state[f"mean/{m}"]) + (lo if mc is None else lo + mc)
+    d_m = jnp.where(n_b > 0, d_m, 0.0)
     m2_b = jnp.sum(xcm * xcm, axis=0)
     for key, term in ((f"mean/{m}", d_m * frac), (f"m2/{m}", m2_b + f * d_m * d_m)):
-      s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
-      new[key] = s
-      if comp:
-        new[key + "#c"] = cc
+      new[key], new[key + "#c"] = _kadd(state[key], state[key + "#c"], term, True)
     xc.append(xcm)
     delta.append(d_m)
 

@@ -1,0 +1,48 @@
+"""float64 numpy references for the correlation engine tests (independent of ucore.corr)."""
+import numpy as np
+
+
+def adversarial(K=3, L=2, d=6, T=400, offset=1e3, seed=0):
+  """K models' activations [T, L, d] float32 with a large mean offset, a shared latent
+  structure across models (so maxima are not noise), a dead (constant) neuron per model, and
+  a token mask dropping ~20%."""
+  rng = np.random.default_rng(seed)
+  lat = rng.standard_normal((T, 3))
+  acts = []
+  for m in range(K):
+    a = 0.5 * rng.standard_normal((T, L, d))
+    a[:, 0, :3] += lat * (m + 1)
+    a[:, L - 1, -3:] += np.tanh(lat) if m % 2 else -lat
+    a = np.where(a > 0, a, 0.05 * a) + offset
+    a[:, m % L, 1] = offset + 0.3          # dead: never silently 0
+    acts.append(a.astype(np.float32))
+  mask = rng.random(T) > 0.2
+  return acts, mask
+
+
+def corr64(x, y):
+  """Pearson matrix [Nx, Ny] in float64, NaN where either side is constant."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  xc, yc = x - x.mean(0), y - y.mean(0)
+  sx, sy = np.sqrt((xc * xc).sum(0)), np.sqrt((yc * yc).sum(0))
+  with np.errstate(all="ignore"):
+    c = (xc.T @ yc) / np.outer(sx, sy)
+  dx = sx <= 1e-9 * np.abs(x.mean(0)).clip(1)
+  dy = sy <= 1e-9 * np.abs(y.mean(0)).clip(1)
+  c[dx, :] = np.nan
+  c[:, dy] = np.nan
+  return c
+
+
+def rowmax(c):
+  """Signed max over columns ignoring NaN; NaN when a row has no finite entry."""
+  c = np.where(np.isnan(c), -np.inf, c)
+  m = c.max(1)
+  return np.where(np.isfinite(m), m, np.nan), c.argmax(1)
+
+
+def rotate(y, mats):
+  """y [T, L, d]; mats [L, d, d] -> rotated units (R @ v per token) float64."""
+  y = np.asarray(y, np.float64)
+  return np.einsum("tlp,lkp->tlk", y, np.asarray(mats, np.float64))
