@@ -1,0 +1,83 @@
+"""1 device vs 8 virtual devices (several mesh shapes): same statistics to ≤ 1e-6.
+
+Needs 8 devices: tests/conftest.py (and .ci/run) set
+XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts; when the process has
+fewer devices the comparison is re-run in a subprocess that has 8.
+"""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.corr_ref import adversarial
+from tests.test_corr_moments import _run
+from ucore.corr import finalize as F
+from ucore.corr import moments as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _stats(mesh, mode, layer_mode, acts, mask):
+  spec, mesh, acc = _run(acts, mask, mode=mode, layer_mode=layer_mode, mesh=mesh)
+  out = {"n": acc.count}
+  for x, y in spec.pairs:
+    orients = ("fwd", "bwd") if mode == "all_pairs" else ("fwd",)
+    for o in orients:
+      r = F.pair_result(spec, mesh, acc.state, x, y, o, top_k=3,
+                        baseline_kinds=("haar", "gaussian_rows"), draws=1)
+      out[(x, y, o)] = (r.corr, r.layer, r.neuron, r.baselines["haar"],
+                        r.baselines["gaussian_rows"])
+    full = np.asarray(F.full_corr_blocks(spec, acc.state, x, y))
+    out[(x, y, "full")] = full[:, :spec.d_mlp, :, :spec.d_mlp]
+  # per-device accumulator memory = total / devices
+  c = acc.state[f"C/{spec.pairs[0][0]}_{spec.pairs[0][1]}"]
+  out["shard_frac"] = c.addressable_shards[0].data.size / c.size
+  return out
+
+
+CASES = [((2, 4), "all_pairs", "all"), ((1, 8), "reference", "all"),
+         ((8, 1), "reference", "adjacent")]
+
+
+def _compare_all():
+  assert jax.device_count() >= 8
+  acts, mask = adversarial(K=3, L=3, d=6, T=400, seed=11)
+  for (tok, neu), mode, layer_mode in CASES:
+    one = _stats(M.make_mesh(1, 1, jax.devices()[:1]), mode, layer_mode, acts, mask)
+    many = _stats(M.make_mesh(tok, neu, jax.devices()[:8]), mode, layer_mode, acts, mask)
+    assert one["n"] == many["n"] == int(mask.sum())
+    assert many["shard_frac"] == pytest.approx(1 / 8)
+    for k, v in one.items():
+      if k in ("n", "shard_frac"):
+        continue
+      w = many[k]
+      if k[2] == "full":
+        np.testing.assert_allclose(w, v, rtol=0, atol=1e-6, equal_nan=True)
+        continue
+      for a, b in zip(v, w):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, equal_nan=True)
+      # partners: identical wherever the best is not a near-tie
+      clear = np.isfinite(v[0][..., 0]) & (v[0][..., 0] - v[0][..., 1] > 1e-5)
+      assert np.array_equal(v[1][..., 0][clear], w[1][..., 0][clear])
+      assert np.array_equal(v[2][..., 0][clear], w[2][..., 0][clear])
+
+
+def test_one_vs_eight_devices():
+  if jax.device_count() >= 8:
+    _compare_all()
+    return
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=ROOT)
+  code = "from tests.test_corr_sharding import _compare_all; _compare_all()"
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_mesh_must_match_devices():
+  from ucore.errors import UserError
+  with pytest.raises(UserError, match="does not match"):
+    M.make_mesh(3, 3, jax.devices()[:1])
