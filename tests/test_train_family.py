@@ -1,0 +1,215 @@
+"""Seed-family trainer: learning, exact resume, seeds differ, checkpoints load like converted ones."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ucore.errors import UserError
+from ucore.train import core, read_losses, train_family
+
+VOCAB = 48
+CTX = 24
+
+
+def _tiny_config():
+  from configs.train_tiny import get_config
+  c = get_config()
+  c.model.vocab_size = VOCAB
+  c.num_steps = 12
+  c.checkpoint_steps = (0, 6, 12)
+  c.eval_every = 3
+  c.state_every = 3
+  c.log_every = 3
+  c.optim.lr = 1e-2   # 12 steps: a large step so the loss visibly falls
+  return c
+
+
+def _corpus(num_rows=72, seed=0):
+  """A learnable corpus: each row walks a fixed random successor table from a random start,
+  with BOS (0) first. Next-token loss can fall from ln(48) toward 0."""
+  rng = np.random.default_rng(seed)
+  succ = rng.permutation(np.arange(1, VOCAB))
+  table = np.zeros(VOCAB, np.int64)
+  table[np.arange(1, VOCAB)] = succ
+  rows = np.zeros((num_rows, CTX), np.int32)
+  for r in range(num_rows):
+    t = rng.integers(1, VOCAB)
+    rows[r, 0] = 0
+    for p in range(1, CTX):
+      rows[r, p] = t
+      t = table[t] if table[t] != 0 else 1
+  return rows
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """One uninterrupted run, shared by the tests below."""
+  wd = str(tmp_path_factory.mktemp("straight"))
+  summary = train_family(_tiny_config(), wd, _corpus())
+  return wd, summary
+
+
+def test_loss_falls_on_small_corpus(straight):
+  wd, summary = straight
+  df = read_losses(wd)
+  held = df[df.split == "heldout"].pivot(index="step", columns="seed", values="loss")
+  assert list(held.index) == [0, 3, 6, 9, 12]
+  # Initial loss ~ ln(VOCAB) (std-0.02 init gives near-uniform predictions).
+  np.testing.assert_allclose(held.loc[0].values, np.log(VOCAB), atol=0.05)
+  assert np.all(held.loc[12].values < held.loc[0].values - 0.5), held
+  train = df[df.split == "train"].pivot(index="step", columns="seed", values="loss")
+  assert list(train.index) == list(range(1, 13))
+  assert np.all(train.iloc[-3:].mean().values < train.iloc[:3].mean().values - 0.5)
+  assert summary["final_heldout_loss"] == {str(s): pytest.approx(held.loc[12, s]) for s in (0, 1)}
+
+
+def test_killed_and_resumed_run_is_identical(straight, tmp_path):
+  wd_straight, _ = straight
+  wd = str(tmp_path / "resumed")
+  config = _tiny_config()
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_8(event, step):
+    if step == 8:   # state committed at 6; steps 7-8 are lost and must be redone
+      raise Killed()
+
+  with pytest.raises(Killed):
+    train_family(config, wd, _corpus(), _hook=kill_at_8)
+  assert not os.path.exists(os.path.join(wd, "family.json"))
+  assert os.path.isdir(os.path.join(wd, "seed0", "checkpoint-6"))
+  assert not os.path.exists(os.path.join(wd, "seed0", "checkpoint-12"))
+  seen = []
+  train_family(config, wd, _corpus(), _hook=lambda e, s: seen.append(s))
+  assert seen[0] == 7, seen   # resumed from the committed state at step 6, not from 0
+  a, b = read_losses(wd_straight), read_losses(wd)
+  key = ["split", "step", "seed"]
+  a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+  assert len(a) == len(b) == 2 * 12 + 2 * 5   # no duplicated or missing lines
+  assert (a[key] == b[key]).all().all()
+  np.testing.assert_array_equal(a.loss.values, b.loss.values)
+  import ucore
+  for seed in (0, 1):
+    m1 = ucore.load_model(os.path.join(wd_straight, f"seed{seed}", "final"))
+    m2 = ucore.load_model(os.path.join(wd, f"seed{seed}", "final"))
+    assert m1.fingerprint == m2.fingerprint
+
+
+def test_seeds_differ_in_weights_and_data_order(straight):
+  wd, _ = straight
+  import ucore
+  m0 = ucore.load_model(os.path.join(wd, "seed0", "checkpoint-0"))
+  m1 = ucore.load_model(os.path.join(wd, "seed1", "checkpoint-0"))
+  w0 = np.asarray(m0.params["h_0"]["mlp"]["c_fc"]["kernel"])
+  w1 = np.asarray(m1.params["h_0"]["mlp"]["c_fc"]["kernel"])
+  assert w0.shape == w1.shape and not np.allclose(w0, w1)
+  assert abs(np.corrcoef(w0.ravel(), w1.ravel())[0, 1]) < 0.1   # independent draws
+  np.testing.assert_allclose(w0.std(), 0.02, rtol=0.1)
+  proj = np.asarray(m0.params["h_0"]["mlp"]["c_proj"]["kernel"])
+  np.testing.assert_allclose(proj.std(), 0.02 / np.sqrt(2.0), rtol=0.1)   # n_layer = 1
+  # Data order: each seed sees every training row once per epoch, in its own order.
+  n = 64
+  order = {s: np.concatenate([core.batch_row_indices(s, t, 4, n) for t in range(16)])
+           for s in (0, 1)}
+  for s in (0, 1):
+    assert sorted(order[s].tolist()) == list(range(n))
+  assert not np.array_equal(order[0], order[1])
+  assert not np.array_equal(core.batch_row_indices(0, 16, 4, n), order[0][:4])  # new epoch
+  # The seeds' training losses differ from the first update on.
+  df = read_losses(wd)
+  first = df[(df.split == "train") & (df.step == 1)].set_index("seed").loss
+  assert first[0] != first[1]
+
+
+def test_trained_checkpoints_load_and_match_in_memory_params(straight):
+  wd, summary = straight
+  import ucore
+  rows = _corpus()[:4]
+  config = _tiny_config()
+  from ucore.train import model_config
+  mcfg = model_config(config, VOCAB, CTX)
+  for seed in (0, 1):
+    model = ucore.load_model(os.path.join(wd, f"seed{seed}", "checkpoint-0"))
+    assert model.manifest["source"] == "trained"
+    assert model.manifest["seed"] == seed and model.manifest["step"] == 0
+    assert model.config == mcfg
+    # checkpoint-0 is exactly the initialisation from gpt2_init.
+    init = core.gpt2_init(mcfg, seed, config.init_std)
+    assert ucore.model.params_fingerprint(init) == model.fingerprint
+    from ucore.gpt2 import GPT2LM
+    expected = GPT2LM(mcfg).apply({"params": init}, rows)
+    np.testing.assert_allclose(np.asarray(model(rows)), np.asarray(expected), rtol=0, atol=1e-6)
+  # final -> checkpoint-12, whose manifest records the step and the held-out loss logged.
+  final = ucore.load_model(os.path.join(wd, "seed1", "final"))
+  assert final.manifest["step"] == 12
+  assert final.manifest["heldout_loss"] == pytest.approx(summary["final_heldout_loss"]["1"])
+  assert os.path.realpath(os.path.join(wd, "seed1", "final")) == \
+      os.path.realpath(summary["checkpoints"]["1"]["12"])
+
+
+def test_in_memory_params_after_training_match_checkpoint(tmp_path, monkeypatch):
+  """The logits of the last in-memory family params equal those of the saved checkpoints."""
+  config = _tiny_config()
+  config.num_steps = 3
+  config.checkpoint_steps = (3,)
+  captured = {}
+  orig = core.make_family_step
+
+  def spy(mcfg, tx):
+    step = orig(mcfg, tx)
+
+    def wrapped(p, o, t):
+      out = step(p, o, t)
+      captured["params"] = jax.tree_util.tree_map(np.array, out[0])
+      return out
+    return wrapped
+
+  import ucore
+  monkeypatch.setattr(core, "make_family_step", spy)
+  train_family(config, str(tmp_path / "w"), _corpus())
+  from ucore.gpt2 import GPT2LM
+  rows = _corpus()[:3]
+  for k, seed in enumerate((0, 1)):
+    model = ucore.load_model(str(tmp_path / "w" / f"seed{seed}" / "final"))
+    mem = core.unstack(captured["params"], k)
+    assert ucore.model.params_fingerprint(mem) == model.fingerprint   # bit-identical weights
+    expected = GPT2LM(model.config).apply({"params": mem}, rows)
+    # Eager apply vs the model's jitted forward: XLA fuses differently -> float32 rounding.
+    np.testing.assert_allclose(np.asarray(model(rows)), np.asarray(expected), rtol=0, atol=1e-6)
+
+
+def test_changed_config_or_data_is_refused(straight, tmp_path):
+  wd, _ = straight
+  config = _tiny_config()
+  config.optim.lr = 1e-3
+  with pytest.raises(UserError, match=r"different config.*optim\.lr"):
+    train_family(config, wd, _corpus())
+  with pytest.raises(UserError, match=r"different config.*data"):
+    train_family(_tiny_config(), wd, _corpus(seed=1))
+  # A complete run called again returns its summary without training.
+  again = train_family(_tiny_config(), wd, _corpus())
+  assert again == json.load(open(os.path.join(wd, "family.json")))
+  # A non-empty directory that is not a training run is refused.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "x.txt").write_text("x")
+  with pytest.raises(UserError, match="not a training run"):
+    train_family(_tiny_config(), str(other), _corpus())
+
+
+def test_bad_inputs_raise_user_errors(tmp_path):
+  c = _tiny_config()
+  c.seeds = (1, 1)
+  with pytest.raises(UserError, match="distinct"):
+    train_family(c, str(tmp_path / "a"), _corpus())
+  with pytest.raises(UserError, match="vocabulary"):
+    train_family(_tiny_config(), str(tmp_path / "b"), _corpus() + VOCAB)
+  c = _tiny_config()
+  c.heldout_rows = 70
+  with pytest.raises(UserError, match="training rows"):
+    train_family(c, str(tmp_path / "c"), _corpus())
+  with pytest.raises(UserError, match=r"\[rows, ctx\]"):
+    train_family(_tiny_config(), str(tmp_path / "d"), _corpus()[0])

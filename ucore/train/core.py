@@ -1,0 +1,164 @@
+"""Pure pieces of seed-family training: init, optimizer, data order, the vmapped step.
+
+A *family* is K GPT-2 models that differ only in their seed s, which sets both the weight
+initialisation and the order in which each model sees the training rows. Their parameters are
+stacked along a leading axis of size K, and one jitted, vmapped function updates all of them:
+
+  params  = stack_params([gpt2_init(cfg, s) for s in seeds])   # leaves [K, ...]
+  opt     = init_family_opt_state(tx, params)
+  step    = make_family_step(cfg, tx)                           # one compilation
+  params, opt, stats = step(params, opt, tokens)                # tokens [K, B, ctx]
+
+Inside the vmap every model computes its own loss, gradient, global-norm clip and AdamW update
+exactly as if it were trained alone (the clip norm is per model, not over the family).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ucore.gpt2 import GPT2LM
+from ucore.gpt2_config import GPT2Config
+from ucore.model import abstract_params
+
+
+# ---------------------------------------------------------------- initialisation
+def gpt2_init(config: GPT2Config, seed: int, std: float = 0.02):
+  """GPT-2 / Mistral initialisation as numpy float32: weights and embeddings N(0, std²), the
+  residual-writing projections (attn.c_proj, mlp.c_proj) N(0, (std/sqrt(2·n_layer))²),
+  biases 0, LayerNorm scales 1. Deterministic in (config shapes, seed)."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(config))
+  names = [jax.tree_util.keystr(p) for p, _ in flat]
+  key = jax.random.PRNGKey(int(seed))
+  out = [None] * len(flat)
+  # Key of a leaf = its rank in sorted-name order (independent of the tree's flatten order).
+  rank = {name: r for r, name in enumerate(sorted(names))}
+  for i in range(len(flat)):
+    path, shape = flat[i]
+    keys = [getattr(k, "key", str(k)) for k in path]
+    leaf, parent = keys[-1], keys[-2] if len(keys) > 1 else ""
+    if str(parent).startswith("ln_"):
+      value = np.ones(shape.shape, np.float32) if leaf == "scale" else \
+          np.zeros(shape.shape, np.float32)
+    elif leaf == "bias":
+      value = np.zeros(shape.shape, np.float32)
+    else:  # kernel / embedding
+      s = std / np.sqrt(2.0 * config.n_layer) if parent == "c_proj" else std
+      k = jax.random.fold_in(key, rank[names[i]])
+      value = np.asarray(jax.random.normal(k, shape.shape, jnp.float32) * s, np.float32)
+    out[i] = value
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def stack_params(params_list):
+  """[pytree] * K -> one pytree whose leaves have a leading axis K."""
+  return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *params_list)
+
+
+def unstack(tree, k: int):
+  """Member k of a stacked pytree, as numpy."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x[k]), tree)
+
+
+# ---------------------------------------------------------------- optimizer
+def lr_schedule(optim, num_steps: int):
+  """Linear warmup from 0 to optim.lr over optim.warmup_steps, cosine decay to
+  optim.lr * optim.min_lr_ratio at num_steps."""
+  warmup = int(optim.warmup_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=float(optim.lr), warmup_steps=warmup,
+      decay_steps=max(int(num_steps), warmup + 1),
+      end_value=float(optim.lr) * float(optim.min_lr_ratio))
+
+
+def _decay_mask(params):
+  # Weight decay on matrices (kernels, embeddings) only; not on biases or LayerNorm scales.
+  return jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with the warmup + cosine schedule."""
+  return optax.chain(
+      optax.clip_by_global_norm(float(optim.grad_clip)),
+      optax.adamw(lr_schedule(optim, num_steps), b1=float(optim.b1), b2=float(optim.b2),
+                  eps=float(optim.eps), weight_decay=float(optim.weight_decay),
+                  mask=_decay_mask))
+
+
+def init_family_opt_state(tx, stacked_params):
+  return jax.jit(jax.vmap(tx.init))(stacked_params)
+
+
+# ---------------------------------------------------------------- loss and steps
+def lm_loss(module, params, rows):
+  """Mean next-token cross-entropy of rows [B, ctx] (inputs rows[:, :-1], targets rows[:, 1:])."""
+  nll_sum, count = lm_nll_sum(module, params, rows)
+  return nll_sum / count
+
+
+def lm_nll_sum(module, params, rows):
+  logits = module.apply({"params": params}, rows[:, :-1])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(nll), jnp.asarray(nll.size, jnp.float32)
+
+
+def single_update(config: GPT2Config, tx):
+  """The update of ONE model: (params, opt_state, rows [B, ctx]) -> (params, opt_state, stats).
+  stats: loss (before the update), grad_norm (before clipping)."""
+  module = GPT2LM(config)
+
+  def update(params, opt_state, rows):
+    loss, grads = jax.value_and_grad(functools.partial(lm_loss, module))(params, rows)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  return update
+
+
+def make_family_step(config: GPT2Config, tx):
+  """jit(vmap(update)) over the family axis: tokens [K, B, ctx]. Params and optimizer state
+  are donated (updated in place)."""
+  return jax.jit(jax.vmap(single_update(config, tx)), donate_argnums=(0, 1))
+
+
+def make_single_step(config: GPT2Config, tx):
+  """The same update for one model (the sequential baseline of benchmarks/train.py)."""
+  return jax.jit(single_update(config, tx), donate_argnums=(0, 1))
+
+
+def make_family_eval(config: GPT2Config):
+  """(stacked params, rows [B, ctx]) -> (nll sums [K], token count): every member of the
+  family on the same held-out rows."""
+  module = GPT2LM(config)
+  return jax.jit(jax.vmap(functools.partial(lm_nll_sum, module), in_axes=(0, None),
+                          out_axes=(0, None)))
+
+
+# ---------------------------------------------------------------- data order
+@functools.lru_cache(maxsize=64)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
+
+
+def batch_row_indices(seed: int, step: int, batch_rows: int, num_rows: int) -> np.ndarray:
+  """Training-row indices of update `step` for the model of `seed`: the row stream of a seed is
+  a fresh permutation of [0, num_rows) per epoch (numpy default_rng([seed, epoch, 0x5EED])),
+  read batch_rows at a time. A pure function of step, so resuming needs no data state."""
+  positions = int(step) * int(batch_rows) + np.arange(int(batch_rows))
+  epochs = positions // num_rows
+  out = np.empty(int(batch_rows), np.int64)
+  for e in np.unique(epochs):
+    sel = epochs == e
+    out[sel] = _epoch_permutation(seed, int(e), num_rows)[positions[sel] % num_rows]
+  return out
+
+
+def family_batch(train_rows: np.ndarray, seeds, step: int, batch_rows: int) -> np.ndarray:
+  """int32 [K, batch_rows, ctx]: each seed's batch of update `step`."""
+  n = train_rows.shape[0]
+  return np.stack([train_rows[batch_row_indices(s, step, batch_rows, n)] for s in seeds]
+                  ).astype(np.int32)
