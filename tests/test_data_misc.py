@@ -166,3 +166,15 @@ def test_every_tokenize_config_loads():
   assert sources.resolve(c).kind == "hub"
   assert sources.resolve(default_config()).kind == "files"
   assert default_config("tiny").ctx == 128
+
+
+def test_corrupt_source_file_is_a_user_error(tmp_path):
+  good = json.dumps({"text": "a" * 80, "label": "q"})
+  (tmp_path / "bad.jsonl").write_text(good + "\n{not json at all\n")
+  wd = tmp_path / "w"
+  with pytest.raises(UserError, match="cannot read document"):
+    build.build_store(make_config(str(tmp_path / "bad.jsonl"), ctx=4), str(wd))
+  assert os.listdir(wd) == []
+  (tmp_path / "bad.jsonl.zst").write_bytes(b"this is not zstd data")
+  with pytest.raises(UserError):
+    build.build_store(make_config(str(tmp_path / "bad.jsonl.zst"), ctx=4), str(tmp_path / "w2"))
