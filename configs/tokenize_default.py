@@ -3,7 +3,8 @@
   python main.py tokenize --config=configs/tokenize_default.py --workdir=runs/tok_default
 
 Any field can be overridden, e.g. `--config.num_tokens=200000 --config.ctx=256`.
-`get_config("tiny")` (`--config=configs/tokenize_default.py:tiny`) is a seconds-long variant.
+Variants (`--config=configs/tokenize_default.py:tiny,bpe`): `tiny` (ctx 128, 50k tokens,
+seconds) and `bpe` (train a byte-level BPE on the corpus instead of GPT-2's, for small models).
 """
 import os
 
@@ -64,9 +65,12 @@ def get_config(arg: str = ""):
   c.write_block_rows = 4096
   # Seconds between progress lines (rows, tokens/s, ETA).
   c.log_every_s = 30.0
-  if arg == "tiny":
-    c.num_tokens = 50_000
-    c.ctx = 128
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
+  for variant in filter(None, arg.split(",")):
+    if variant == "tiny":      # seconds: short rows, 50k tokens
+      c.num_tokens = 50_000
+      c.ctx = 128
+    elif variant == "bpe":     # a byte-level BPE trained on the corpus, for small model families
+      c.tokenizer = "bpe"
+    else:
+      raise ValueError(f"unknown config variant {variant!r} (known: tiny, bpe; e.g. 'tiny,bpe')")
   return c

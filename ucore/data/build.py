@@ -392,11 +392,12 @@ def _write_stage(config, wd, p, recipe, hook):
   block = max(chunk, int(config.write_block_rows) // chunk * chunk)
   tpath, lpath = os.path.join(wd.path, storemod.TOKENS), os.path.join(wd.path, storemod.LABELS)
   w = read_json(wd.b(WRITE)) if os.path.exists(wd.b(WRITE)) else None
-  if w is None or w["num_rows"] != k or w["block_rows"] != block:
-    tokens = storemod.create_array(tpath, (k, ctx), (min(chunk, max(k, 1)), ctx))
+  chunk = min(chunk, max(k, 1))
+  if w is None or (w["num_rows"], w["block_rows"], w["chunk_rows"]) != (k, block, chunk):
+    tokens = storemod.create_array(tpath, (k, ctx), (chunk, ctx))
     lab_arr = storemod.create_array(lpath, (k,), (max(1, min(k, 1 << 16)),))
     lab_arr.write(labels).result()
-    w = {"num_rows": k, "block_rows": block, "blocks_done": 0}
+    w = {"num_rows": k, "block_rows": block, "chunk_rows": chunk, "blocks_done": 0}
     write_json(wd.b(WRITE), w)
   else:
     tokens = storemod.open_array(tpath, write=True)
@@ -426,7 +427,7 @@ def _write_stage(config, wd, p, recipe, hook):
       rate = (bi + 1 - done0) * block / max(now - t0, 1e-9)
       logging.info("write: %d / %d rows, %.0f rows/s, ETA %.0fs", min((bi + 1) * block, k), k,
                    rate, (nblocks - bi - 1) * block / max(rate, 1e-9))
-  return k, labels, names
+  return k, labels, names, chunk
 
 
 # ---------------------------------------------------------------- entry point
@@ -465,7 +466,7 @@ def build_store(config, workdir: str, _hook=None):
       for name in (BUILD_DIR, storemod.TOKENIZER_DIR):
         shutil.rmtree(os.path.join(wd.path, name), ignore_errors=True)
     raise
-  k, labels, names = _write_stage(config, wd, p, recipe, hook)
+  k, labels, names, chunk = _write_stage(config, wd, p, recipe, hook)
   kept = np.bincount(labels, minlength=len(names)) if k else np.zeros(len(names), np.int64)
   counts = {}
   for i, name in enumerate(names):
@@ -487,7 +488,7 @@ def build_store(config, workdir: str, _hook=None):
                  "documents_dropped": sum(p["docs_dropped"].values()),
                  "tokens": p["tokens_total"], "rows_built": p["rows_total"], "rows": k},
       "arrays": {"tokens": {"path": storemod.TOKENS, "dtype": "int32", "shape": [k, recipe["ctx"]],
-                            "chunk_rows": int(config.chunk_rows)},
+                            "chunk_rows": chunk},
                  "labels": {"path": storemod.LABELS, "dtype": "int32", "shape": [k]}},
       "job": job,
   }
