@@ -121,14 +121,18 @@ def run(config, workdir: str):
   ident = identity(config, spec, srcs, store, mesh, stop_row)
   state_dir = os.path.join(workdir, "state")
   tables_dir = os.path.join(workdir, "tables")
-  if os.path.exists(os.path.join(tables_dir, "summary.json")):
-    logging.info("correlate: %s already finalized; nothing to do.", tables_dir)
+  summary_path = os.path.join(tables_dir, "summary.json")
+  if os.path.exists(summary_path):
+    done = atomic.read_json(summary_path).get("identity")
+    ST.check_identity(done, _jsonable(ident), tables_dir)
+    logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
+                 "the tables from the last committed state).", tables_dir)
     return tables_dir
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], ident, path)
+    ST.check_identity(manifest["identity"], _jsonable(ident), path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
@@ -136,8 +140,12 @@ def run(config, workdir: str):
   else:
     state, cursor, step = None, int(config.start_row), 0
   acc = M.Accumulator(spec, mesh, state)
+  saved = [step if manifest is not None else -1]
 
   def save():
+    if saved[0] == step:      # never rewrite (and so never endanger) a committed step
+      return
+    saved[0] = step
     man = {"identity": ident, "cursor": {"row": cursor, "step": step, "count": acc.count},
            "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
                                        else ""),
@@ -191,7 +199,8 @@ def run(config, workdir: str):
       last_save = time.time()
   save()
   del total_rows, hook
-  return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start)
+  return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
+                         _jsonable(ident))
 
 
 def _jsonable(o):
@@ -239,7 +248,7 @@ def compute_tables(config, spec, mesh, state):
   return out
 
 
-def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start):
+def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident):
   res = compute_tables(config, spec, mesh, state)
   if config.save_full_matrix:
     from ucore.corr import export
@@ -265,6 +274,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start):
           "universal_per_layer": {n: [int(v) for v in lc["universal"]]
                                   for n, lc in res["layer_counts"].items() if "universal" in lc},
           "threshold": float(config.threshold),
+          "identity": ident,
           "seconds": time.time() - t_start,
       }
       atomic.write_json(os.path.join(tmp, "summary.json"), summary)

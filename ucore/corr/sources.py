@@ -147,7 +147,8 @@ class SyntheticFamily:
     class _S:
       name = f"synth{m}"
       fingerprint = hashlib.sha256(
-          f"synthetic:{fam.seed}:{m}:{fam.K}:{fam.L}:{fam.d}:{fam.n_planted}".encode()
+          f"synthetic:{fam.seed}:{m}:{fam.K}:{fam.L}:{fam.d}:{fam.n_planted}:"
+          f"{fam.offset}:{fam.ctx}".encode()
       ).hexdigest()
       n_layer, d_mlp = fam.L, fam.d
       synthetic = True
