@@ -375,3 +375,26 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
   errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "no text field 'text'" in errors[0]
   assert "Traceback" not in r.stderr
+
+
+def test_cli_builds_embedded_corpus_then_reports_complete(tmp_path):
+  wd = tmp_path / "tok"
+  cmd = [sys.executable, "main.py", "tokenize", "--config=configs/tokenize_default.py:tiny",
+         "--config.max_documents=400", "--config.num_tokens=20000", f"--workdir={wd}"]
+  env = dict(os.environ, HF_DATASETS_OFFLINE="1")
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  s = open_store(str(wd))
+  assert (s.num_rows, s.ctx) == (-(-20000 // 128), 128)
+  assert s.manifest["totals"]["documents_read"] == 400
+  assert s.manifest["source"]["files"][0]["sha256"] == tokmod_sha(
+      os.path.join(REPO, "data", "corpus", "corpus.jsonl.zst"))
+  assert (s.read_rows(0, s.num_rows)[:, 0] == E).all()
+  r2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+  assert r2.returncode == 0 and "already complete" in r2.stderr
+  assert open_store(str(wd)).store_id == s.store_id
+
+
+def tokmod_sha(path):
+  from ucore.atomic import sha256_file
+  return sha256_file(path)
