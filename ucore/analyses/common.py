@@ -1,0 +1,225 @@
+"""Shared plumbing of the analyses: neuron indices, weights, token batches, input checks, I/O.
+
+Neuron ids are (layer, neuron); flat index = layer * d_mlp + neuron (DESIGN.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from ucore import atomic
+from ucore.errors import UserError
+
+
+# ---- neuron indices ------------------------------------------------------------------------
+def neuron_index(n_layer: int, d_mlp: int) -> pd.MultiIndex:
+  return pd.MultiIndex.from_product([range(n_layer), range(d_mlp)], names=["layer", "neuron"])
+
+
+def neuron_name(layer: int, neuron: int) -> str:
+  return f"L{int(layer)}.{int(neuron)}"
+
+
+# ---- weights --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Weights:
+  """Float64 numpy views of the weights the analyses use.
+
+  w_in [L, D, F] (c_fc kernel), b_in [L, F], w_out [L, F, D] (c_proj kernel),
+  w_u [D, V] (lm_head kernel, or wte^T when tied), processed: whether TransformerLens
+  processing (fold LN, center writers, center W_U) has been applied."""
+  w_in: np.ndarray
+  b_in: np.ndarray
+  w_out: np.ndarray
+  w_u: np.ndarray
+  processed: bool
+
+
+def _np64(x):
+  return np.asarray(x, np.float64)
+
+
+def weights_of(config, params, processed: bool) -> Weights:
+  L = config.n_layer
+  w_in = np.stack([_np64(params[f"h_{l}"]["mlp"]["c_fc"]["kernel"]) for l in range(L)])
+  b_in = np.stack([_np64(params[f"h_{l}"]["mlp"]["c_fc"]["bias"]) for l in range(L)])
+  w_out = np.stack([_np64(params[f"h_{l}"]["mlp"]["c_proj"]["kernel"]) for l in range(L)])
+  if "lm_head" in params and not config.tie_word_embeddings:
+    w_u = _np64(params["lm_head"]["kernel"])
+  else:
+    w_u = _np64(params["wte"]["embedding"]).T
+  return Weights(w_in, b_in, w_out, w_u, processed)
+
+
+def is_processed(model) -> bool:
+  return (getattr(model, "manifest", None) or {}).get("processing") == "transformer_lens"
+
+
+def processed_weights(model) -> Weights:
+  """The paper's weight statistics use TransformerLens-processed weights: applies the
+  processing in memory unless the checkpoint was converted with --process=transformer_lens."""
+  if is_processed(model):
+    return weights_of(model.config, model.params, True)
+  from ucore.processing import process_transformer_lens
+  config, params = process_transformer_lens(model.config, model.params)
+  return weights_of(config, params, True)
+
+
+def processed_model(model):
+  """A HookedGPT2 with processed weights (same function, different parametrisation)."""
+  if is_processed(model):
+    return model
+  from ucore.model import HookedGPT2
+  from ucore.processing import process_transformer_lens
+  config, params = process_transformer_lens(model.config, model.params)
+  return HookedGPT2(config, params, manifest=dict(model.manifest or {},
+                                                  processing="transformer_lens"),
+                    path=getattr(model, "path", None))
+
+
+# ---- token batches --------------------------------------------------------------------------
+@dataclasses.dataclass
+class Batch:
+  tokens: np.ndarray                  # int32 [B, P]
+  row_labels: Optional[np.ndarray]    # int [B] (dataset label ids) or None
+  mask: np.ndarray                    # bool [B, P]: token counted
+
+
+def make_batches(tokens: np.ndarray, batch_rows: int, row_labels=None,
+                 exclude_ids=(50256, 198)) -> list[Batch]:
+  """In-memory rows -> Batches (tests and small runs)."""
+  from ucore.data.mask import token_mask
+  tokens = np.asarray(tokens, np.int32)
+  if tokens.ndim != 2:
+    raise UserError(f"tokens must be [rows, ctx]; got shape {tokens.shape}")
+  out = []
+  for a in range(0, tokens.shape[0], batch_rows):
+    t = tokens[a:a + batch_rows]
+    lab = None if row_labels is None else np.asarray(row_labels)[a:a + batch_rows]
+    out.append(Batch(t, lab, token_mask(t, exclude_ids)))
+  return out
+
+
+def store_batches(store, batch_rows: int, max_rows: Optional[int] = None,
+                  start_row: int = 0) -> Iterator[Batch]:
+  """Batches of a TokenStore, with its own mask ids, over rows [start_row, start_row+max_rows)."""
+  from ucore.data.mask import token_mask
+  stop = store.num_rows if max_rows is None else min(store.num_rows, start_row + int(max_rows))
+  for g, rows in store.iter_batches(batch_rows, start_row=start_row, stop_row=stop):
+    if rows.shape[0] == 0:
+      continue
+    yield Batch(rows, store.row_labels(g, g + rows.shape[0]),
+                token_mask(rows, store.mask_exclude_ids))
+
+
+def model_tokenizer_sha256(model) -> Optional[str]:
+  from ucore import tokenizer as tok
+  sha = (getattr(model, "manifest", None) or {}).get("tokenizer_sha256")
+  if sha:
+    return sha
+  path = getattr(model, "path", None)
+  files = tok.files_in_dir(os.path.join(path, "tokenizer")) if path else None
+  return files.sha256() if files else None
+
+
+def check_store_matches_model(store, model) -> None:
+  """UserError if the token store was made with another tokenizer than the model's."""
+  sha = model_tokenizer_sha256(model)
+  if sha is not None:
+    store.check_tokenizer(sha)
+  store.check_vocab_size(model.config.vocab_size)
+  if store.ctx > model.config.n_positions:
+    raise UserError(f"token store rows have {store.ctx} tokens but the model's context is "
+                    f"{model.config.n_positions}")
+
+
+def vocab_file_of(model=None, store=None) -> str:
+  """vocab.json of the model's tokenizer (else the store's, else GPT-2's offline copy)."""
+  from ucore import tokenizer as tok
+  for d in ([os.path.join(model.path, "tokenizer")] if model is not None and
+            getattr(model, "path", None) else []) + (
+            [store.tokenizer_dir] if store is not None else []):
+    files = tok.files_in_dir(d)
+    if files is not None:
+      return files.vocab
+  return tok.gpt2_files_offline().vocab
+
+
+# ---- correlation results ---------------------------------------------------------------------
+CORR_REQUIRED = ("excess_corr", "universal")
+
+
+def read_corr_table(path: str, config) -> pd.DataFrame:
+  """Reads the correlation engine's per-neuron parquet; UserError if missing or if it does not
+  describe this model (neuron count / layers / d_mlp)."""
+  if not path:
+    raise UserError("no correlation results given: pass the neurons_<model>.parquet written by "
+                    "`python main.py correlate` (config field corr_table)")
+  if os.path.isdir(path):
+    cands = sorted(f for f in os.listdir(path) if f.startswith("neurons_") and
+                   f.endswith(".parquet"))
+    if not cands:
+      raise UserError(f"correlation directory {path} holds no neurons_*.parquet; run "
+                      "`python main.py correlate` first")
+    path = os.path.join(path, cands[0])
+  if not os.path.isfile(path):
+    raise UserError(f"correlation results {path} do not exist; run `python main.py correlate`")
+  try:
+    df = pd.read_parquet(path)
+  except Exception as e:
+    raise UserError(f"cannot read correlation results {path}: {e}") from e
+  missing = [c for c in CORR_REQUIRED if c not in df.columns]
+  if missing:
+    raise UserError(f"correlation results {path} lack columns {missing}; expected the "
+                    "neurons_<model>.parquet table of `python main.py correlate`")
+  if list(df.index.names) != ["layer", "neuron"]:
+    if {"layer", "neuron"} <= set(df.columns):
+      df = df.set_index(["layer", "neuron"])
+    else:
+      raise UserError(f"correlation results {path} are not indexed by (layer, neuron)")
+  n_expected = config.n_layer * config.d_mlp
+  layers = df.index.get_level_values("layer")
+  neurons = df.index.get_level_values("neuron")
+  if (len(df) != n_expected or layers.max() >= config.n_layer or
+      neurons.max() >= config.d_mlp):
+    raise UserError(f"correlation results {path} describe {len(df)} neurons (layers up to "
+                    f"{layers.max()}, neurons up to {neurons.max()}) but the model has "
+                    f"{config.n_layer} layers × {config.d_mlp} neurons; pass the results of "
+                    "this model")
+  return df.sort_index()
+
+
+# ---- output ---------------------------------------------------------------------------------
+def write_parquet(df: pd.DataFrame, path: str) -> str:
+  buf = io.BytesIO()
+  df.to_parquet(buf)
+  atomic.write_bytes(path, buf.getvalue())
+  return path
+
+
+def new_figure(*args, **kwargs):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str) -> str:
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def layer_percentiles(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+  """Each column as a percentile (0..1] within its layer."""
+  cols = [c for c in columns if c in df.columns]
+  return df[cols].groupby(level="layer").rank(pct=True)
