@@ -120,6 +120,8 @@ def _claim_workdir(wd: _Workdir, job: dict) -> str:
                       f"source ({'; '.join(_diff(old, job)[:3])}); rerun with the original "
                       "config, or use a new --workdir")
     return "resume"
+  if os.path.isdir(wd.path) and os.listdir(wd.path) == [BUILD_DIR]:
+    shutil.rmtree(wd.build)   # no job.json: killed between creating .build and writing it
   if os.path.isdir(wd.path) and os.listdir(wd.path):
     raise UserError(f"--workdir {wd.path} is not empty and holds no token job; "
                     "use a new or empty directory")
