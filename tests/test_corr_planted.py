@@ -84,3 +84,20 @@ def test_fill_dead_and_all_pairs(tmp_path):
     row = p10.loc[(1, p1 % fam.d)]
     assert (row["max_sim_layer"], row["max_sim_neuron"]) == (1, p0 % fam.d)
     assert row["max_corr"] > 0.9
+
+
+def test_full_matrix_export_is_zarr3(tmp_path):
+  import tensorstore as ts
+  from ucore.corr import finalize as F
+  c = _config(save_full_matrix=True, top_k=1)
+  c.baseline.kinds = ()
+  driver.run(c, str(tmp_path))
+  path = str(tmp_path / "full" / "synth0__synth2") + "/"
+  arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}).result()
+  full = arr.read().result()
+  d = c.synthetic.d_mlp
+  assert full.shape == (2, d, 2, d)
+  pair = pd.read_parquet(tmp_path / "tables" / "pairs" / "synth0__synth2.parquet")
+  rowmax = np.where(np.isnan(full), -np.inf, full).reshape(2 * d, -1).max(1)
+  rowmax = np.where(np.isfinite(rowmax), rowmax, np.nan)
+  np.testing.assert_allclose(pair["max_corr"].to_numpy(), rowmax, atol=1e-7, equal_nan=True)

@@ -253,7 +253,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident)
   if config.save_full_matrix:
     from ucore.corr import export
     export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
-                      float(config.dead_rel_std))
+                      float(config.dead_rel_std))   # before tables/: tables mark completion
   if jax.process_index() == 0:
     with atomic.staged_dir(tables_dir) as tmp:
       os.makedirs(os.path.join(tmp, "pairs"))
