@@ -1,0 +1,121 @@
+"""Report: figures and HTML from a synthetic neuron table."""
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ucore.errors import UserError
+from ucore.report import (Section, partner_layer_shares, per_layer_stats, persistence_table,
+                          table_summary, write_report)
+
+N_LAYER, D_MLP = 4, 50
+
+
+def _table(seed=0):
+  rng = np.random.default_rng(seed)
+  idx = pd.MultiIndex.from_product([range(N_LAYER), range(D_MLP)], names=["layer", "neuron"])
+  n = len(idx)
+  base = rng.uniform(0.05, 0.25, n)
+  mean = base + rng.uniform(0.0, 0.8, n)
+  spread = rng.uniform(0.0, 0.1, n)
+  t = pd.DataFrame({"mean_corr": mean, "max_corr": mean + spread, "min_corr": mean - spread,
+                    "mean_baseline": base, "max_sim_layer": rng.integers(0, N_LAYER, n)},
+                   index=idx)
+  t["excess_corr"] = t.mean_corr - t.mean_baseline
+  t["universal"] = t.excess_corr > 0.5
+  t.loc[(1, 3), "mean_corr"] = np.nan   # a dead neuron must not break the figures
+  return t
+
+
+def _examples(table):
+  top = table[table.universal].sort_values("excess_corr", ascending=False).head(3)
+  rows = []
+  for (l, n) in top.index:
+    for i in range(4):
+      rows.append({"layer": l, "neuron": n, "activation": 2.0 - 0.1 * i,
+                   "context_before": "the <cat> sat ", "token": f"tok{l}_{n}_{i}",
+                   "context_after": " on the mat"})
+  return pd.DataFrame(rows)
+
+
+def test_report_writes_every_figure_and_references_them(tmp_path):
+  table = _table()
+  hist = np.eye(N_LAYER, dtype=np.int64) * 40 + 3
+  final = table
+  steps = {0: table.index[:5], 100: table.index[table.universal.values][:10],
+           1000: table.index[table.universal.values]}
+  persist = persistence_table(final, steps)
+  extra_png = tmp_path / "elsewhere" / "extra.png"
+  extra_png.parent.mkdir()
+  # A later analysis's figure, made by that analysis.
+  from ucore.report.figures import _figure, _save
+  fig = _figure()
+  fig.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
+  _save(fig, str(extra_png))
+
+  out = tmp_path / "report"
+  html_path = write_report(
+      str(out), {"small-a vs b..e": table, "second <model>": _table(1)},
+      partner_layers={"small-a vs b..e": hist},
+      examples={"small-a vs b..e": _examples(table)},
+      persistence={"small-a vs b..e": persist},
+      figures_extra=[("Weight norms", str(extra_png), "w_out norm by class"),
+                     Section("Notes", html="<p id='notes'>free text</p>")],
+      summary={"models": "a, b, c, d, e", "tokens": 1_000_000})
+  assert html_path == str(out / "index.html")
+  html = open(html_path, encoding="utf-8").read()
+  pngs = sorted(os.listdir(out / "figures"))
+  # Per table: 2a, 2b, 2c (given or from max_sim_layer), per-layer; persistence once; extra.
+  assert len(pngs) == 2 * 4 + 1 + 1, pngs
+  for png in pngs:
+    data = (out / "figures" / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert f'src="figures/{png}"' in html
+  referenced = re.findall(r'src="([^"]+)"', html)
+  assert all((out / r).is_file() for r in referenced)   # every link resolves, relatively
+  assert len(referenced) == len(pngs)
+  # Summary table, names escaped, examples in context, extra sections in order.
+  n_univ = int(table.universal.sum())
+  assert f"{n_univ:,}" in html and "second &lt;model&gt;" in html
+  assert "<mark>tok" in html and "the &lt;cat&gt; sat " in html
+  assert html.index("Weight norms") < html.index("id='notes'")
+  assert "1,000,000" in html
+  top = table[table.universal].sort_values("excess_corr", ascending=False).index[0]
+  assert f"L{top[0]}.{top[1]}" in html
+
+
+def test_summary_and_helpers_compute_the_paper_quantities():
+  table = _table()
+  s = table_summary(table)
+  u = table.universal
+  assert s["universal"] == int(u.sum()) and s["neurons"] == N_LAYER * D_MLP
+  assert s["universal share"] == pytest.approx(u.mean())
+  assert s["median excess_corr (universal)"] == pytest.approx(table.excess_corr[u].median())
+  assert s["mean (max - min over seeds) of max_corr (all)"] == pytest.approx(
+      (table.max_corr - table.min_corr).mean())
+  per = per_layer_stats(table)
+  assert per.n_universal.sum() == u.sum() and list(per.index) == list(range(N_LAYER))
+  shares = partner_layer_shares(np.array([[3, 1], [0, 0]]))
+  np.testing.assert_allclose(shares, [[0.75, 0.25], [0, 0]])
+  final = [(0, 1), (0, 2), (1, 5), (3, 7)]
+  p = persistence_table(final, {0: [], 10: [(0, 1), (2, 2)], 20: final})
+  assert list(p.index) == [0, 10, 20]
+  np.testing.assert_allclose(p.share_of_final.values, [0.0, 0.25, 1.0])
+  assert np.isnan(p.share_still_universal[0])
+  np.testing.assert_allclose(p.share_still_universal.values[1:], [0.5, 1.0])
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+  table = _table()
+  with pytest.raises(UserError, match="lacks columns"):
+    write_report(str(tmp_path), {"t": table.drop(columns="excess_corr")})
+  with pytest.raises(UserError, match=r"indexed by \(layer, neuron\)"):
+    write_report(str(tmp_path), {"t": table.reset_index()})
+  with pytest.raises(UserError, match="not in tables"):
+    write_report(str(tmp_path), {"t": table}, partner_layers={"u": np.eye(2)})
+  with pytest.raises(UserError, match="does not exist"):
+    write_report(str(tmp_path), {"t": table}, figures_extra=[("x", str(tmp_path / "no.png"))])
+  with pytest.raises(UserError, match="at least one"):
+    write_report(str(tmp_path), {})

@@ -1,0 +1,209 @@
+"""Figures of the universality analysis (paper Fig. 2 and friends) as PNG files.
+
+Every function takes plain data (a neuron table, an array) and an output path, writes one PNG
+with matplotlib's Agg canvas (no pyplot, no global backend state) and returns the path.
+
+Neuron table contract: a pandas DataFrame indexed by (layer, neuron) with at least the columns
+mean_corr, max_corr, min_corr, mean_baseline, excess_corr and universal (bool).
+"""
+import os
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS = ("mean_corr", "max_corr", "min_corr", "mean_baseline", "excess_corr",
+                    "universal")
+UNIVERSAL_COLOR = "#d62728"
+OTHER_COLOR = "#7f7f7f"
+
+
+def check_table(table: pd.DataFrame, name: str = "table") -> pd.DataFrame:
+  """UserError unless `table` follows the neuron-table contract."""
+  from ucore.errors import UserError
+  if not isinstance(table, pd.DataFrame):
+    raise UserError(f"{name} must be a pandas DataFrame; got {type(table).__name__}")
+  missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+  if missing:
+    raise UserError(f"{name} lacks columns {missing} (needs {list(REQUIRED_COLUMNS)})")
+  if list(table.index.names) != ["layer", "neuron"]:
+    raise UserError(f"{name} must be indexed by (layer, neuron); index is "
+                    f"{list(table.index.names)}")
+  if len(table) == 0:
+    raise UserError(f"{name} is empty")
+  return table
+
+
+def _figure(width=6.0, height=4.0):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(width, height), dpi=110)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.tight_layout()
+  fig.savefig(tmp, format="png")
+  os.replace(tmp, path)
+  return path
+
+
+def _finite(x) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x[np.isfinite(x)]
+
+
+def layers_of(table: pd.DataFrame) -> np.ndarray:
+  return np.asarray(table.index.get_level_values("layer"))
+
+
+def corr_distributions(table: pd.DataFrame, path: str, threshold: float = 0.5) -> str:
+  """Fig. 2a: distributions of mean max correlation, mean baseline and excess correlation."""
+  check_table(table)
+  fig = _figure(10, 3.4)
+  bins = np.linspace(-0.2, 1.0, 61)
+  cols = [("mean_corr", "mean max correlation"), ("mean_baseline", "mean baseline"),
+          ("excess_corr", "excess correlation")]
+  for i, (col, label) in enumerate(cols):
+    ax = fig.add_subplot(1, 3, i + 1)
+    u = table["universal"].astype(bool).values
+    ax.hist(_finite(table[col].values[~u]), bins=bins, color=OTHER_COLOR, alpha=0.8,
+            label="other")
+    ax.hist(_finite(table[col].values[u]), bins=bins, color=UNIVERSAL_COLOR, alpha=0.8,
+            label="universal")
+    if col == "excess_corr":
+      ax.axvline(threshold, color="k", lw=1, ls="--")
+    ax.set_xlabel(label)
+    ax.set_ylabel("neurons")
+    ax.set_yscale("log")
+    if i == 0:
+      ax.legend(frameon=False, fontsize=8)
+  return _save(fig, path)
+
+
+def max_vs_min(table: pd.DataFrame, path: str) -> str:
+  """Fig. 2b: per neuron, max over seeds vs min over seeds of the max correlation."""
+  check_table(table)
+  fig = _figure(4.6, 4.2)
+  ax = fig.add_subplot(1, 1, 1)
+  u = table["universal"].astype(bool).values
+  x, y = table["max_corr"].values, table["min_corr"].values
+  ax.scatter(x[~u], y[~u], s=3, color=OTHER_COLOR, alpha=0.4, label="other", rasterized=True)
+  ax.scatter(x[u], y[u], s=4, color=UNIVERSAL_COLOR, alpha=0.7, label="universal",
+             rasterized=True)
+  lo = float(np.nanmin(np.concatenate([_finite(x), _finite(y), [0.0]])))
+  ax.plot([lo, 1], [lo, 1], color="k", lw=0.8, ls="--")
+  ax.set_xlabel("max over seeds of max correlation")
+  ax.set_ylabel("min over seeds of max correlation")
+  ax.legend(frameon=False, fontsize=8, loc="upper left")
+  return _save(fig, path)
+
+
+def partner_layer_shares(hist) -> np.ndarray:
+  """Row-normalised partner-layer histogram: [l_ref, l_other] = share of reference layer
+  l_ref's neurons whose best partner lies in layer l_other (rows with no neurons stay 0)."""
+  hist = np.asarray(hist, np.float64)
+  if hist.ndim != 2:
+    from ucore.errors import UserError
+    raise UserError(f"partner-layer histogram must be 2-D [n_layer, n_layer]; got {hist.shape}")
+  totals = hist.sum(axis=1, keepdims=True)
+  return np.divide(hist, totals, out=np.zeros_like(hist), where=totals > 0)
+
+
+def partner_layer_hist_from_table(table: pd.DataFrame, n_layer_other: int | None = None):
+  """Counts [n_layer_ref, n_layer_other] from a table's max_sim_layer column."""
+  layers = layers_of(table)
+  partner = table["max_sim_layer"].values
+  ok = np.isfinite(partner.astype(np.float64))
+  n_ref = int(layers.max()) + 1
+  n_other = int(n_layer_other or (np.nanmax(partner[ok]) + 1 if ok.any() else n_ref))
+  hist = np.zeros((n_ref, n_other), np.int64)
+  np.add.at(hist, (layers[ok].astype(int), partner[ok].astype(int)), 1)
+  return hist
+
+
+def partner_layer_heatmap(hist, path: str) -> str:
+  """Fig. 2c: for each reference layer, share of its neurons whose best partner lies in each
+  layer of the other model."""
+  shares = partner_layer_shares(hist)
+  n_ref, n_other = shares.shape
+  fig = _figure(1.2 + 0.35 * n_other + 1.5, 1.0 + 0.3 * n_ref + 1.0)
+  ax = fig.add_subplot(1, 1, 1)
+  im = ax.imshow(shares, cmap="viridis", vmin=0, vmax=1, aspect="auto", origin="upper")
+  ax.set_xlabel("layer of best partner (other model)")
+  ax.set_ylabel("layer (reference model)")
+  ax.set_xticks(range(n_other))
+  ax.set_yticks(range(n_ref))
+  fig.colorbar(im, ax=ax, label="share of the layer's neurons")
+  return _save(fig, path)
+
+
+def universal_by_layer(table: pd.DataFrame, path: str) -> str:
+  """Share (bars) and count (labels) of universal neurons per layer."""
+  check_table(table)
+  per = per_layer_stats(table)
+  fig = _figure(max(4.0, 0.45 * len(per) + 2), 3.4)
+  ax = fig.add_subplot(1, 1, 1)
+  ax.bar(per.index, 100 * per["share_universal"], color=UNIVERSAL_COLOR)
+  for layer, row in per.iterrows():
+    ax.text(layer, 100 * row["share_universal"], str(int(row["n_universal"])), ha="center",
+            va="bottom", fontsize=7)
+  ax.set_xlabel("layer")
+  ax.set_ylabel("universal neurons (%)")
+  ax.set_xticks(list(per.index))
+  return _save(fig, path)
+
+
+def per_layer_stats(table: pd.DataFrame) -> pd.DataFrame:
+  """Per layer: n_neurons, n_universal, share_universal."""
+  g = table["universal"].astype(bool).groupby(level="layer")
+  return pd.DataFrame({"n_neurons": g.size(), "n_universal": g.sum().astype(int),
+                       "share_universal": g.mean()})
+
+
+def persistence_table(final_universal, universal_at_step: dict) -> pd.DataFrame:
+  """Persistence of universality over training.
+
+  final_universal: the (layer, neuron) ids universal at the end (an Index/iterable of tuples,
+    or a neuron table, whose universal column is used).
+  universal_at_step: {step: same kind of object} for intermediate checkpoints.
+  Returns a DataFrame indexed by step with n_universal, share_of_final (|U_s ∩ U_final| /
+  |U_final|: how much of the final set is already universal at s) and share_still_universal
+  (|U_s ∩ U_final| / |U_s|: how much of step s's set survives to the end).
+  """
+  def ids(x):
+    if isinstance(x, pd.DataFrame):
+      x = x.index[x["universal"].astype(bool).values]
+    return {(int(a), int(b)) for a, b in x}
+
+  final = ids(final_universal)
+  rows = []
+  for step in sorted(universal_at_step):
+    u = ids(universal_at_step[step])
+    both = len(u & final)
+    rows.append({"step": int(step), "n_universal": len(u),
+                 "share_of_final": both / len(final) if final else np.nan,
+                 "share_still_universal": both / len(u) if u else np.nan})
+  return pd.DataFrame(rows).set_index("step")
+
+
+def persistence(persist: pd.DataFrame, path: str) -> str:
+  """Share of the final universal set already universal at step s, and the reverse."""
+  fig = _figure(5.5, 3.6)
+  ax = fig.add_subplot(1, 1, 1)
+  steps = np.asarray(persist.index, np.float64)
+  ax.plot(steps, persist["share_of_final"], "o-", color=UNIVERSAL_COLOR,
+          label="final universal set already universal at step")
+  ax.plot(steps, persist["share_still_universal"], "s--", color="#1f77b4",
+          label="universal at step and still universal at the end")
+  if np.all(steps > 0):
+    ax.set_xscale("log")
+  elif len(steps) > 1 and np.any(steps > 0):
+    ax.set_xscale("symlog", linthresh=max(1.0, float(np.min(steps[steps > 0]))))
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("training step")
+  ax.set_ylabel("share")
+  ax.legend(frameon=False, fontsize=8)
+  return _save(fig, path)
