@@ -163,6 +163,10 @@ class GroupedSums:
       return mi, np.where(ha > 0, mi / ha, 0.0)
 
 
+_PRIORITY = {"unigram": 0, "alphabet": 1, "prev_unigram": 2, "prev_alphabet": 3, "token": 4,
+             "prev_token": 5, "dataset": 6}
+
+
 def family_of(kind: str) -> str:
   if kind.startswith("prev_"):
     return "previous_token"
@@ -177,7 +181,11 @@ def assign_families(vr: np.ndarray, names: list, kinds: list, position_vr: np.nd
   more variance than its best label and more than vr_threshold; otherwise its family is that
   of the best label if VR > vr_threshold (alphabet: > alphabet_threshold), else 'none'."""
   vr0 = np.where(np.isnan(vr), -np.inf, vr)
-  best = vr0.argmax(axis=0)
+  # Ties (labels splitting the data identically, e.g. unigram:river and ends_with_er when
+  # "river" is the only -er word seen): prefer the more specific kind.
+  prio = np.array([_PRIORITY.get(k, len(_PRIORITY)) for k in kinds])
+  near = vr0 >= vr0.max(axis=0, keepdims=True) - 1e-9
+  best = np.where(near, prio[:, None], 10 ** 6).argmin(axis=0)
   best_vr = vr[best, np.arange(vr.shape[1])]
   second = np.sort(vr0, axis=0)[-2] if vr.shape[0] > 1 else np.full(vr.shape[1], np.nan)
   fam = []
