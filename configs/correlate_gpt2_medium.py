@@ -15,7 +15,7 @@ def get_config():
   c.model_names = [f"stanford-gpt2-medium-{s}" for s in SEEDS]   # table column suffixes
   c.token_store = "data/pile_test_100m"   # same 1e8 tokens as small
   c.max_tokens = 100_000_000     # the paper's 1e8 tokens
-  c.batch_rows = 32              # 16,384 tokens per step
+  c.batch_rows = 8               # 4,096 tokens per step (see plan for memory)
   c.mesh.tok = 2                 # 2 × (devices/2) grid of accumulator blocks
   c.mesh.neu = -1                # the rest split the partner neurons
   return c

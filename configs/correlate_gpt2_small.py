@@ -17,7 +17,8 @@ def get_config():
   c.model_names = [f"stanford-gpt2-small-{s}" for s in SEEDS]   # table column suffixes
   c.token_store = "data/pile_test_100m"   # 195,313 rows × 512 tokens (paper §3)
   c.max_tokens = 100_000_000     # the paper's 1e8 tokens
-  c.batch_rows = 32              # 16,384 tokens per step (multiple of the process count)
+  c.batch_rows = 8               # 4,096 tokens per step (multiple of the process count;
+                                 # every device holds the whole step's activations)
   c.mesh.tok = 1                 # all devices split the partner-neuron axis
   c.mesh.neu = -1                # -1 = the remaining devices
   return c

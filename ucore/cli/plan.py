@@ -1,0 +1,48 @@
+"""`python main.py plan --config=configs/correlate_*.py [--plan_devices=8 --plan_device=h100]`.
+
+Prints per-device memory, FLOPs and estimated time for the config's correlate run and for
+the paper's GPT2-small and GPT2-medium runs (5 seeds, 1e8 tokens) on the same mesh.
+"""
+from absl import flags
+
+from ucore.cli import common
+
+DEVICES = flags.DEFINE_integer("plan_devices", None, "plan: number of devices (default: the "
+                               "devices visible here).")
+DEVICE = flags.DEFINE_string("plan_device", "h100", "plan: device kind (cpu, v100, a100, "
+                             "h100, h200, tpu-v4, tpu-v5e, tpu-v5p).")
+TOKENS = flags.DEFINE_float("plan_tokens", None, "plan: tokens (default: config.max_tokens).")
+
+
+def run(argv):
+  from ucore.corr import plan as P
+  from ucore.errors import UserError
+  if argv:
+    raise UserError(f"plan takes no positional arguments, got {argv}.")
+  config = common.require_config()
+  if DEVICES.value is None:
+    import jax
+    n_dev = jax.device_count()
+  else:
+    n_dev = DEVICES.value
+  if n_dev < 1:
+    raise UserError("--plan_devices must be ≥ 1.")
+  tok = int(config.mesh.tok)
+  if tok == -1 or n_dev % max(tok, 1):
+    tok = 1
+  L, d, dm = P.arch_of(config)
+  n_models = len(config.models) or (config.synthetic.n_models if config.synthetic.enabled else 5)
+  ctx = config.synthetic.ctx if config.synthetic.enabled else 512
+  tokens = TOKENS.value or (config.max_tokens if config.max_tokens > 0 else
+                            config.synthetic.rows * ctx)
+  tps = int(config.batch_rows) * ctx
+  out = [P.format_plan(P.plan("this config", n_models, L, d, dm, tokens=tokens, devices=n_dev,
+                              tok=tok, device=DEVICE.value, tokens_per_step=tps,
+                              compensated=config.compensated, mode=config.mode,
+                              layer_mode=config.layer_mode, ctx=ctx))]
+  for name in ("gpt2-small", "gpt2-medium"):
+    L, d, dm, _ = P.ARCHS[name]
+    out.append(P.format_plan(P.plan(f"paper {name} (a vs b..e)", 5, L, d, dm, tokens=1e8,
+                                    devices=n_dev, tok=tok, device=DEVICE.value,
+                                    tokens_per_step=tps, compensated=config.compensated)))
+  print("\n".join(out))
