@@ -1,0 +1,47 @@
+"""Prediction / suppression / partition neurons: planted neurons classified, percentiles and
+counts against direct numpy computation."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from ucore.analyses import common, planted, prediction, stats
+
+
+@pytest.fixture(scope="module")
+def model():
+  return planted.planted_model()
+
+
+def test_planted_prediction_and_suppression(model, tmp_path):
+  idx = common.neuron_index(2, 32)
+  corr = pd.DataFrame({"excess_corr": 0.0, "universal": False}, index=idx)
+  corr.loc[planted.PLANTED["prediction"], "universal"] = True
+  figs = prediction.run(model, str(tmp_path), corr=corr)
+  roles = pd.read_parquet(tmp_path / "vocab_roles.parquet")
+  assert roles.loc[planted.PLANTED["prediction"], "role"] == "prediction"
+  assert roles.loc[planted.PLANTED["suppression"], "role"] == "suppression"
+  counts = pd.read_parquet(tmp_path / "vocab_role_counts.parquet")
+  all_c = counts.xs("all", level="set")
+  # independent count of kurtosis > 10 per layer
+  ws = stats.weight_stats(common.processed_weights(model))
+  expect = (ws["vocab_kurt"] > 10).groupby(level="layer").sum()
+  np.testing.assert_array_equal(all_c["kurt_gt_10"].values, expect.values)
+  assert all_c.loc[1, "prediction"] >= 1 and all_c.loc[1, "suppression"] >= 1
+  assert counts.xs("universal", level="set").loc[1, "prediction"] == 1
+  assert len(figs) == 2
+
+
+def test_layer_percentiles_match_numpy():
+  rng = np.random.default_rng(0)
+  idx = common.neuron_index(3, 50)
+  df = pd.DataFrame({"vocab_kurt": rng.lognormal(size=150), "vocab_skew": rng.normal(size=150),
+                     "vocab_var": rng.random(150)}, index=idx)
+  pct = prediction.layer_percentiles(df)
+  for l in range(3):
+    vals = df.xs(l, level="layer")["vocab_skew"].values
+    np.testing.assert_allclose(pct.loc[(l, "vocab_skew")].values,
+                               np.percentile(vals, prediction.PERCENTILES))
+  sel = pd.Series(np.arange(150) % 2 == 0, index=idx)
+  pct_sel = prediction.layer_percentiles(df, select=sel)
+  vals = df.xs(2, level="layer")["vocab_kurt"].values[::2]
+  assert pct_sel.loc[(2, "vocab_kurt"), "p50"] == pytest.approx(np.median(vals))
