@@ -24,6 +24,10 @@ def init_distributed():
     raise UserError("multi-process runs need all of --coordinator_address, --num_processes "
                     "and --process_id.")
   if all(given) and NUM_PROCESSES.value > 1:
+    if jax.config.jax_platforms in (None, "", "cpu") and \
+        jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+      # CPU processes need a collectives backend (GPU/TPU bring their own).
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=COORDINATOR.value,
                                num_processes=NUM_PROCESSES.value,
                                process_id=PROCESS_ID.value)
