@@ -1,0 +1,164 @@
+"""Entropy neurons (paper §5, Fig. 7): large w_out almost in the null space of W_U.
+
+Candidates (processed weights, W_U centered): for every neuron
+  w_out_norm       ‖w_out‖
+  logit_var        Var over the vocabulary of W_Uᵀ w_out (the neuron's direct logit effect)
+  rel_logit_var    logit_var / (‖w_out‖² · E_u Var(W_Uᵀ u)) with u a random unit vector
+                   (= ‖W_U‖_F² / (D·V)): 1 for a random direction, ≈ 0 in the null space
+  entropy_score    w_out_norm / sqrt(rel_logit_var + eps): high norm and little logit effect
+Sweep: fix the post-GELU activation to each c at every position; mean over kept tokens (not
+BOS, not the last position) of the final LayerNorm scale, the entropy of the prediction
+(nats), the reciprocal rank of the true next token and the loss; compared with random neurons
+of the last layers (not top-decile norm, not bottom-decile logit variance).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ucore.analyses import common
+from ucore.errors import UserError
+
+DEFAULT_VALUES = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+METRICS = ("ln_scale", "entropy", "reciprocal_rank", "loss")
+
+
+def entropy_candidates(weights: common.Weights, eps: float = 1e-3) -> pd.DataFrame:
+  L, F, D = weights.w_out.shape
+  w_u = weights.w_u - weights.w_u.mean(axis=1, keepdims=True)       # [D, V], centered
+  V = w_u.shape[1]
+  w_out = weights.w_out.reshape(L * F, D)
+  norm = np.linalg.norm(w_out, axis=1)
+  eff = w_out @ w_u                                                  # [N, V]
+  logit_var = eff.var(axis=1)
+  rand_var = (w_u ** 2).sum() / (D * V)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    rel = np.where(norm > 0, logit_var / (norm ** 2 * rand_var), np.nan)
+  score = norm / np.sqrt(np.nan_to_num(rel, nan=np.inf) + eps)
+  df = pd.DataFrame({"w_out_norm": norm, "logit_var": logit_var, "rel_logit_var": rel,
+                     "entropy_score": score}, index=common.neuron_index(L, F))
+  df["rank"] = df["entropy_score"].rank(ascending=False, method="first").astype(int)
+  return df
+
+
+def random_control_neurons(cands: pd.DataFrame, n: int = 20, last_layers: int = 2,
+                           seed: int = 0, exclude=()) -> list:
+  """n random neurons of the last `last_layers` layers, excluding the top decile of w_out_norm
+  and the bottom decile of logit_var (within those layers) and `exclude`."""
+  layers = sorted(set(cands.index.get_level_values("layer")))[-last_layers:]
+  sub = cands[cands.index.get_level_values("layer").isin(layers)]
+  ok = ((sub["w_out_norm"] < sub["w_out_norm"].quantile(0.9)) &
+        (sub["logit_var"] > sub["logit_var"].quantile(0.1)))
+  pool = [i for i in sub.index[ok.values] if tuple(i) not in {tuple(e) for e in exclude}]
+  rng = np.random.default_rng(seed)
+  pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+  return [tuple(int(v) for v in pool[i]) for i in sorted(pick)]
+
+
+@functools.partial(jax.jit)
+def _metric_sums(logits, scale, tokens, mask):
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  tgt = tokens[:, 1:]
+  lt = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+  ent = -(jnp.exp(logp) * logp).sum(-1)
+  rank = 1 + (logp > lt[..., None]).sum(-1)
+  m = mask[:, :-1].astype(jnp.float32)
+  return jnp.stack([(scale[:, :-1, 0] * m).sum(), (ent * m).sum(), ((1.0 / rank) * m).sum(),
+                    (-lt * m).sum(), m.sum()])
+
+
+def prediction_metrics(model, batches: Iterable, interventions=None) -> dict:
+  """Mean over kept tokens (except each row's last position) of METRICS."""
+  tot = np.zeros(5)
+  for b in batches:
+    logits, cache = model.run_with_cache(b.tokens, ["ln_final.hook_scale"],
+                                         interventions=interventions)
+    tot += np.asarray(_metric_sums(logits, cache["ln_final.hook_scale"],
+                                   jnp.asarray(b.tokens), jnp.asarray(b.mask)), np.float64)
+  if tot[4] == 0:
+    raise UserError("no kept tokens to evaluate (rows too short or fully masked)")
+  return dict(zip(METRICS, tot[:4] / tot[4]))
+
+
+def fixed_activation_sweep(model, batches: Sequence, neurons: Sequence, values=DEFAULT_VALUES,
+                           hook: str = "mlp.hook_post") -> pd.DataFrame:
+  """Rows (layer, neuron, value) with METRICS when the neuron's activation is fixed to value;
+  plus one row per neuron with value NaN = the clean run."""
+  from ucore.interventions import fix_neurons
+  batches = list(batches)
+  clean = prediction_metrics(model, batches)
+  rows = []
+  for (l, n) in neurons:
+    if not (0 <= l < model.config.n_layer and 0 <= n < model.config.d_mlp):
+      raise UserError(f"neuron L{l}.{n} is not in the model")
+    rows.append(dict(layer=l, neuron=n, value=np.nan, **clean))
+    for c in values:
+      m = prediction_metrics(model, batches, {f"blocks.{l}.{hook}": fix_neurons([n], c)})
+      rows.append(dict(layer=int(l), neuron=int(n), value=float(c), **m))
+  return pd.DataFrame(rows).set_index(["layer", "neuron", "value"])
+
+
+def plot_sweep(sweep: pd.DataFrame, targets: Sequence, path: str) -> str:
+  fig, axes = common.new_figure(1, 4, figsize=(14, 3.3))
+  tset = {tuple(t) for t in targets}
+  for (l, n), g in sweep.groupby(level=["layer", "neuron"]):
+    g = g.dropna(subset=[]).reset_index()
+    g = g[np.isfinite(g["value"])]
+    is_t = (l, n) in tset
+    for ax, m in zip(axes, METRICS):
+      ax.plot(g["value"], g[m], "-o" if is_t else "-", color=None if is_t else "0.7",
+              lw=2 if is_t else 0.8, ms=3, label=common.neuron_name(l, n) if is_t else None,
+              zorder=3 if is_t else 1)
+  for ax, m in zip(axes, METRICS):
+    ax.set_title(m)
+    ax.set_xlabel("fixed activation")
+  axes[0].legend(fontsize=7)
+  return common.save_figure(fig, path)
+
+
+def plot_candidates(cands: pd.DataFrame, path: str, top: int = 5) -> str:
+  fig, ax = common.new_figure(figsize=(5, 4))
+  last = cands.index.get_level_values("layer") == cands.index.get_level_values("layer").max()
+  ax.scatter(cands["w_out_norm"][~last], cands["rel_logit_var"][~last], s=4, c="0.7",
+             label="earlier layers")
+  ax.scatter(cands["w_out_norm"][last], cands["rel_logit_var"][last], s=6, c="tab:blue",
+             label="last layer")
+  for idx in cands.nsmallest(top, "rank").index:
+    ax.annotate(common.neuron_name(*idx), (cands.loc[idx, "w_out_norm"],
+                                          cands.loc[idx, "rel_logit_var"]), fontsize=7)
+  ax.set_xlabel("‖w_out‖")
+  ax.set_ylabel("relative logit variance of w_out")
+  ax.set_yscale("symlog", linthresh=1e-3)
+  ax.legend(fontsize=7)
+  return common.save_figure(fig, path)
+
+
+def run(model, batches: Sequence, out_dir: str, n_targets: int = 1, n_random: int = 20,
+        last_layers: int = 2, values=DEFAULT_VALUES, seed: int = 0,
+        targets: Optional[Sequence] = None) -> list:
+  """Writes entropy_candidates.parquet, entropy_sweep.parquet and two PNGs."""
+  os.makedirs(out_dir, exist_ok=True)
+  cands = entropy_candidates(common.processed_weights(model))
+  if targets is None:
+    targets = [tuple(int(v) for v in i) for i in cands.nsmallest(n_targets, "rank").index]
+  controls = random_control_neurons(cands, n_random, last_layers, seed, exclude=targets)
+  sweep = fixed_activation_sweep(model, batches, list(targets) + controls, values)
+  sweep["role"] = ["target" if (l, n) in set(map(tuple, targets)) else "random"
+                   for l, n, _ in sweep.index]
+  common.write_parquet(cands, os.path.join(out_dir, "entropy_candidates.parquet"))
+  common.write_parquet(sweep, os.path.join(out_dir, "entropy_sweep.parquet"))
+  names = ", ".join(common.neuron_name(*t) for t in targets)
+  return [("Entropy-neuron candidates", plot_candidates(
+              cands, os.path.join(out_dir, "entropy_candidates.png")),
+           "‖w_out‖ against the variance of its direct logit effect relative to a random "
+           "direction; entropy neurons sit at high norm, near-zero logit variance."),
+          ("Fixed-activation sweep", plot_sweep(sweep, targets,
+                                                os.path.join(out_dir, "entropy_sweep.png")),
+           f"Final LayerNorm scale, entropy (nats), reciprocal rank and loss when {names} "
+           f"(colour) or {len(controls)} random last-layer neurons (gray) are fixed to c.")]
