@@ -52,6 +52,7 @@ def planted_params(config, seed: int = 0):
   wte[list(PREDICTED_TOKENS), 8:10] = (2.0, -2.0)
   wte[UNIGRAM_TOKEN, 0:2] = (a, -a)
   wte[BOS, 2:4] = (a, -a)
+  wte[BOS, 10:D - 1] = 0                  # v_BOS = 0: attending to BOS switches a head off
   p["wte"]["embedding"] = wte
   wpe = np.zeros((P, D), np.float32)
   ramp = 2.0 * (np.arange(P) - P / 2) / P
@@ -88,6 +89,7 @@ def planted_params(config, seed: int = 0):
   at1["kernel"][:, k_cols] = 0
   at1["bias"][q_cols] = 0
   at1["bias"][k_cols] = 0
+  at1["kernel"][0:10, 2 * D:2 * D + dh] = 0     # head (1, 0)'s value ignores planted dims
   at1["kernel"][4, 0], at1["kernel"][5, 0] = 3.0, -3.0
   at1["kernel"][2, D + 0], at1["kernel"][3, D + 0] = 3.0, -3.0
   mlp1 = p["h_1"]["mlp"]

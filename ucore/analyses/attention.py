@@ -1,0 +1,225 @@
+"""Attention (de)activation neurons (paper §7, Fig. 8).
+
+Weight score of a neuron (layer l) for a head (layer L > l, head h), processed weights:
+  score = ŵ_outᵀ W_Q^h k_BOS^h / sqrt(d_head)
+with k_BOS the head's key for the BOS-only input. Positive: the neuron's output pushes the
+head's query towards the BOS key (more attention to BOS, the head switches off). The baseline
+replaces ŵ_out by random unit vectors (seeded); `z` = (score − baseline mean) / baseline sd.
+
+Path ablation: remove the neuron's output (activation × w_out) from the head's *query input
+only* — the residual stream entering layer L minus the neuron's direct contribution, through
+the head's LayerNorm and W_Q, patched into `blocks.{L}.attn.hook_q` at destination positions
+[start, stop) of that head; keys and values keep their clean values. Measured per position:
+ΔBOS = BOS attention clean − ablated, Δnorm = ‖head output‖ clean − ablated.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ucore.analyses import common
+from ucore.errors import UserError
+
+
+def _wq(params, config, layer):
+  D, H, dh = config.n_embd, config.n_head, config.d_head
+  k = np.asarray(params[f"h_{layer}"]["attn"]["c_attn"]["kernel"], np.float64)
+  b = np.asarray(params[f"h_{layer}"]["attn"]["c_attn"]["bias"], np.float64)
+  return k[:, :D].reshape(D, H, dh), b[:D].reshape(H, dh)
+
+
+def bos_keys(model, bos_id: int) -> np.ndarray:
+  """[n_layer, n_head, d_head] keys of every head for the input [BOS]."""
+  names = [f"blocks.{l}.attn.hook_k" for l in range(model.config.n_layer)]
+  _, cache = model.run_with_cache(np.array([[bos_id]], np.int32), names)
+  return np.stack([np.asarray(cache[n], np.float64)[0, 0] for n in names])
+
+
+def attention_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0) -> pd.DataFrame:
+  """Long table indexed by (layer, neuron, head_layer, head) with score and z for every neuron
+  of an earlier layer than the head (processed weights)."""
+  pm = common.processed_model(model)
+  cfg = pm.config
+  if not 0 <= bos_id < cfg.vocab_size:
+    raise UserError(f"BOS id {bos_id} is outside the vocabulary")
+  w = common.weights_of(cfg, pm.params, True)
+  k_bos = bos_keys(pm, bos_id)                                      # [L, H, dh]
+  rng = np.random.default_rng(seed)
+  rand = rng.normal(size=(n_random, cfg.n_embd))
+  rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+  frames = []
+  scale = np.sqrt(cfg.d_head)
+  for L in range(1, cfg.n_layer):
+    wq, _ = _wq(pm.params, cfg, L)
+    qk = np.einsum("dhe,he->dh", wq, k_bos[L]) / scale              # [D, H]
+    base = rand @ qk                                                 # [n_random, H]
+    mu, sd = base.mean(0), base.std(0)
+    for l in range(L):
+      w_out = w.w_out[l]
+      w_hat = w_out / np.maximum(np.linalg.norm(w_out, axis=1, keepdims=True), 1e-30)
+      s = w_hat @ qk                                                 # [F, H]
+      idx = pd.MultiIndex.from_product([[l], range(cfg.d_mlp), [L], range(cfg.n_head)],
+                                       names=["layer", "neuron", "head_layer", "head"])
+      frames.append(pd.DataFrame({
+          "score": s.reshape(-1),
+          "z": ((s - mu) / np.where(sd > 0, sd, np.nan)).reshape(-1),
+          "baseline_mean": np.tile(mu, cfg.d_mlp), "baseline_sd": np.tile(sd, cfg.d_mlp)},
+          index=idx))
+  if not frames:
+    raise UserError("attention scores need at least 2 layers")
+  return pd.concat(frames)
+
+
+def random_baseline_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0):
+  """Scores of random unit vectors for every head of layers >= 1: [n_random * heads]."""
+  pm = common.processed_model(model)
+  cfg = pm.config
+  k_bos = bos_keys(pm, bos_id)
+  rng = np.random.default_rng(seed)
+  rand = rng.normal(size=(n_random, cfg.n_embd))
+  rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+  out = []
+  for L in range(1, cfg.n_layer):
+    wq, _ = _wq(pm.params, cfg, L)
+    out.append((rand @ (np.einsum("dhe,he->dh", wq, k_bos[L]) / np.sqrt(cfg.d_head))).ravel())
+  return np.concatenate(out)
+
+
+def _layer_norm(x, scale, bias, eps):
+  mu = x.mean(-1, keepdims=True)
+  c = x - mu
+  return c / jnp.sqrt((c * c).mean(-1, keepdims=True) + eps) * scale + bias
+
+
+def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256)) -> pd.DataFrame:
+  """One row per (kept) destination position in [start, stop): activation, bos_clean,
+  bos_ablated, delta_bos, norm_clean, norm_ablated, delta_norm."""
+  from ucore.interventions import patch_from
+  cfg = model.config
+  l, n = map(int, neuron)
+  L, h = map(int, head)
+  if not (0 <= l < L < cfg.n_layer and 0 <= n < cfg.d_mlp and 0 <= h < cfg.n_head):
+    raise UserError(f"path ablation needs a neuron in an earlier layer than the head; got "
+                    f"neuron L{l}.{n}, head L{L}.H{h} in a {cfg.n_layer}-layer model")
+  p = model.params
+  D, dh = cfg.n_embd, cfg.d_head
+  w_out = jnp.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], jnp.float32)
+  ln = p[f"h_{L}"]["ln_1"]
+  wq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], jnp.float32)
+  bq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["bias"][:D], jnp.float32)
+  w_o = np.asarray(p[f"h_{L}"]["attn"]["c_proj"]["kernel"], np.float64)[h * dh:(h + 1) * dh]
+  names = [f"blocks.{l}.mlp.hook_post", f"blocks.{L}.hook_resid_pre",
+           f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_pattern",
+           f"blocks.{L}.attn.hook_z"]
+  rows = []
+  for b in batches:
+    P = b.tokens.shape[1]
+    start, stop = min(positions[0], P), min(positions[1], P)
+    if start >= stop:
+      raise UserError(f"destination positions [{positions[0]}, {positions[1]}) are empty for "
+                      f"rows of {P} tokens")
+    _, c = model.run_with_cache(b.tokens, names)
+    act = c[names[0]][..., n]                                        # [B, P]
+    resid = c[names[1]] - act[..., None] * w_out
+    x = _layer_norm(resid.astype(jnp.float32), jnp.asarray(ln["scale"]), jnp.asarray(ln["bias"]),
+                    cfg.layer_norm_epsilon)
+    q_new = (jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST) + bq
+             ).reshape(x.shape[0], P, cfg.n_head, dh)
+    q = c[names[2]]
+    q = q.at[:, start:stop, h].set(q_new[:, start:stop, h])
+    _, ca = model.run_with_cache(b.tokens, names[3:], stop_at_layer=None,
+                                 interventions={names[2]: patch_from(q)})
+    sl = np.s_[:, start:stop]
+    bos_c = np.asarray(c[names[3]])[:, h, start:stop, 0]
+    bos_a = np.asarray(ca[names[3]])[:, h, start:stop, 0]
+    nc = np.linalg.norm(np.asarray(c[names[4]], np.float64)[:, start:stop, h] @ w_o, axis=-1)
+    na = np.linalg.norm(np.asarray(ca[names[4]], np.float64)[:, start:stop, h] @ w_o, axis=-1)
+    keep = np.asarray(b.mask)[sl]
+    a = np.asarray(act)[sl]
+    rows.append(pd.DataFrame({
+        "activation": a[keep], "bos_clean": bos_c[keep], "bos_ablated": bos_a[keep],
+        "delta_bos": (bos_c - bos_a)[keep], "norm_clean": nc[keep], "norm_ablated": na[keep],
+        "delta_norm": (nc - na)[keep]}))
+  return pd.concat(rows, ignore_index=True)
+
+
+def path_summary(points: pd.DataFrame) -> dict:
+  def corr(a, b):
+    a, b = points[a].values, points[b].values
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 \
+        else float("nan")
+  return {"corr_activation_delta_bos": corr("activation", "delta_bos"),
+          "corr_delta_bos_delta_norm": corr("delta_bos", "delta_norm"),
+          "mean_delta_bos": float(points["delta_bos"].mean()),
+          "mean_delta_norm": float(points["delta_norm"].mean()), "points": len(points)}
+
+
+def plot_scores(scores: pd.DataFrame, baseline: np.ndarray, path: str) -> str:
+  fig, ax = common.new_figure(figsize=(6, 4))
+  s = scores["score"].values
+  bins = np.linspace(min(s.min(), baseline.min()), max(s.max(), baseline.max()), 80)
+  ax.hist(baseline, bins=bins, density=True, alpha=0.5, color="0.5", label="random directions")
+  ax.hist(s, bins=bins, density=True, alpha=0.5, color="tab:blue", label="neuron w_out")
+  ax.set_yscale("log")
+  ax.set_xlabel("ŵ_outᵀ W_Q k_BOS / √d_head")
+  ax.legend(fontsize=7)
+  ax.set_title("attention (de)activation scores, all (neuron, later head) pairs")
+  return common.save_figure(fig, path)
+
+
+def plot_path(points: pd.DataFrame, title: str, path: str) -> str:
+  fig, axes = common.new_figure(1, 2, figsize=(9, 3.5))
+  axes[0].scatter(points["activation"], points["delta_bos"], s=3)
+  axes[0].set_xlabel("neuron activation")
+  axes[0].set_ylabel("Δ BOS attention (clean − ablated)")
+  axes[1].scatter(points["delta_bos"], points["delta_norm"], s=3)
+  axes[1].set_xlabel("Δ BOS attention")
+  axes[1].set_ylabel("Δ head output norm")
+  fig.suptitle(title)
+  return common.save_figure(fig, path)
+
+
+def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Sequence] = None,
+        top_pairs: int = 3, positions=(64, 256), n_random: int = 1000, seed: int = 0) -> list:
+  """Writes attention_scores.parquet (every pair), path_ablation.parquet (per pair),
+  path_ablation_points.parquet and figures. `pairs`: [((layer, neuron), (head_layer, head))];
+  default: the top_pairs highest-scoring pairs."""
+  os.makedirs(out_dir, exist_ok=True)
+  batches = list(batches)
+  scores = attention_scores(model, bos_id, n_random, seed)
+  common.write_parquet(scores, os.path.join(out_dir, "attention_scores.parquet"))
+  baseline = random_baseline_scores(model, bos_id, n_random, seed)
+  figs = [("Attention deactivation scores", plot_scores(
+      scores, baseline, os.path.join(out_dir, "attention_scores.png")),
+      "Weight score of every (earlier-layer neuron, head) pair against random unit vectors "
+      "(paper Fig. 8a); positive = the neuron moves the head's query towards the BOS key.")]
+  if pairs is None:
+    top = scores.nlargest(top_pairs, "score").index
+    pairs = [((int(l), int(n)), (int(L), int(h))) for l, n, L, h in top]
+  summ, pts = [], []
+  for i, (neu, hd) in enumerate(pairs):
+    points = path_ablation(model, batches, neu, hd, positions)
+    s = path_summary(points)
+    s.update(layer=neu[0], neuron=neu[1], head_layer=hd[0], head=hd[1],
+             score=float(scores.loc[(neu[0], neu[1], hd[0], hd[1]), "score"]))
+    summ.append(s)
+    points.insert(0, "pair", i)
+    pts.append(points)
+    if i == 0:
+      figs.append((f"Path ablation {common.neuron_name(*neu)} → head L{hd[0]}.H{hd[1]}",
+                   plot_path(points, f"{common.neuron_name(*neu)} → L{hd[0]}.H{hd[1]}",
+                             os.path.join(out_dir, "path_ablation.png")),
+                   f"Removing the neuron from the head's query only: ρ(activation, ΔBOS) = "
+                   f"{s['corr_activation_delta_bos']:.2f}, ρ(ΔBOS, Δnorm) = "
+                   f"{s['corr_delta_bos_delta_norm']:.2f} (paper Fig. 8b, c)."))
+  if summ:
+    common.write_parquet(pd.DataFrame(summ).set_index(["layer", "neuron", "head_layer", "head"]),
+                         os.path.join(out_dir, "path_ablation.parquet"))
+    common.write_parquet(pd.concat(pts, ignore_index=True),
+                         os.path.join(out_dir, "path_ablation_points.parquet"))
+  return figs
