@@ -48,6 +48,10 @@ def test_metrics_match_numpy(model, batches):
     vals["reciprocal_rank"] += list(1.0 / (1 + (lp > lt[..., None]).sum(-1))[m])
   for k in entropy.METRICS:
     assert got[k] == pytest.approx(np.mean(vals[k]), rel=1e-4), k
+  # the sweep's compile-once form (zero the unit, add value * w_out) gives the same metrics
+  fast = entropy.prediction_metrics(model, batches, entropy.fix_interventions(model, l, n, 3.0))
+  for k in entropy.METRICS:
+    assert fast[k] == pytest.approx(got[k], rel=1e-4), k
 
 
 def test_sweep_raises_entropy_for_planted_not_random(model, batches, tmp_path):

@@ -86,11 +86,27 @@ def prediction_metrics(model, batches: Iterable, interventions=None) -> dict:
   return dict(zip(METRICS, tot[:4] / tot[4]))
 
 
+def fix_interventions(model, layer: int, neuron: int, value: float,
+                      hook: str = "mlp.hook_post") -> dict:
+  """Fixing one post-GELU activation to `value`, written as data that compiles once for every
+  neuron and value: scale the layer's activations by a 0/1 vector (zero the neuron) and add
+  value·w_out to blocks.{l}.hook_mlp_out. Same result as fix_neurons([neuron], value) (the MLP
+  output is linear in the activation)."""
+  from ucore.interventions import add_vector, scale_neurons
+  if hook != "mlp.hook_post":
+    from ucore.interventions import fix_neurons
+    return {f"blocks.{layer}.{hook}": fix_neurons([neuron], value)}
+  keep = np.ones(model.config.d_mlp, np.float32)
+  keep[neuron] = 0
+  w_out = np.asarray(model.params[f"h_{layer}"]["mlp"]["c_proj"]["kernel"], np.float32)[neuron]
+  return {f"blocks.{layer}.mlp.hook_post": scale_neurons(None, keep),
+          f"blocks.{layer}.hook_mlp_out": add_vector(np.float32(value) * w_out)}
+
+
 def fixed_activation_sweep(model, batches: Sequence, neurons: Sequence, values=DEFAULT_VALUES,
                            hook: str = "mlp.hook_post") -> pd.DataFrame:
   """Rows (layer, neuron, value) with METRICS when the neuron's activation is fixed to value;
   plus one row per neuron with value NaN = the clean run."""
-  from ucore.interventions import fix_neurons
   batches = list(batches)
   clean = prediction_metrics(model, batches)
   rows = []
@@ -99,7 +115,8 @@ def fixed_activation_sweep(model, batches: Sequence, neurons: Sequence, values=D
       raise UserError(f"neuron L{l}.{n} is not in the model")
     rows.append(dict(layer=l, neuron=n, value=np.nan, **clean))
     for c in values:
-      m = prediction_metrics(model, batches, {f"blocks.{l}.{hook}": fix_neurons([n], c)})
+      m = prediction_metrics(model, batches, fix_interventions(model, int(l), int(n), float(c),
+                                                               hook))
       rows.append(dict(layer=int(l), neuron=int(n), value=float(c), **m))
   return pd.DataFrame(rows).set_index(["layer", "neuron", "value"])
 

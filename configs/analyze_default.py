@@ -1,0 +1,80 @@
+"""The paper's neuron analyses (§5–§8) on one converted model and a token store.
+
+  python main.py analyze --config=configs/analyze_default.py --workdir=runs/analyze \
+      --config.model_dir=ckpt/stanford-gpt2-small-a --config.token_store=data/pile_test_10m \
+      --config.corr_table=runs/corr_small/tables/neurons_stanford-gpt2-small-a.parquet
+  python main.py analyze --config=configs/analyze_default.py:planted --workdir=/tmp/an  # offline
+
+Pick analyses with --analysis=stats,families,vocab,entropy,attention,ablation (default all;
+"all" skips ablation when no corr_table is given). Variant `planted`: the hand-set tiny model of
+ucore.analyses.planted with synthetic rows (seconds, no files needed).
+"""
+import ml_collections
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  # Converted checkpoint directory (python main.py convert ...); "planted" = synthetic model.
+  c.model_dir = ""
+  # Token store directory (python main.py tokenize ...); "planted" = synthetic rows.
+  c.token_store = ""
+  # Correlation results: neurons_<model>.parquet (or the directory holding it); "" = none
+  # (then no universal-vs-other comparison and no ablation).
+  c.corr_table = ""
+  # Rows per forward pass.
+  c.batch_rows = 8
+  # Use at most this many rows of the store for every analysis (0 = all). Paper: 10M tokens.
+  c.max_rows = 0
+  # Seed of every random choice (control neurons, random sets, random directions).
+  c.seed = 0
+  # Write an HTML report in <workdir>/report (needs corr_table).
+  c.report = True
+  # Synthetic inputs (model_dir/token_store = "planted"): rows and context.
+  c.planted_rows = 32
+  c.planted_ctx = 32
+
+  c.stats = ml_collections.ConfigDict()
+  c.stats.max_rows = 0                  # rows for the activation moments (0 = max_rows)
+
+  c.families = ml_collections.ConfigDict()
+  c.families.max_rows = 0
+  c.families.n_unigrams = 200           # frequent normalized tokens that become unigram labels
+  c.families.layers_per_pass = 0        # split the neurons (memory 2·V·N·8 bytes); 0 = all
+  c.families.vr_threshold = 0.5         # family member (authors' notebooks)
+  c.families.alphabet_threshold = 0.35  # alphabet neurons (authors' notebooks)
+
+  c.vocab = ml_collections.ConfigDict()
+  c.vocab.kurt_threshold = 10.0         # prediction/suppression: vocab_kurt above this
+  c.vocab.partition_factor = 4.0        # partition: vocab_var above factor × median
+
+  c.entropy = ml_collections.ConfigDict()
+  c.entropy.max_rows = 64
+  c.entropy.n_targets = 1               # top entropy candidates swept
+  c.entropy.n_random = 20               # random control neurons (paper: 20)
+  c.entropy.last_layers = 2             # controls drawn from the last layers (paper: 2)
+  c.entropy.fixed_values = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+
+  c.attention = ml_collections.ConfigDict()
+  c.attention.max_rows = 64
+  c.attention.top_pairs = 3             # path-ablate the top-scoring (neuron, head) pairs
+  c.attention.positions = (64, 256)     # destination positions (paper: 64–255 of 256)
+  c.attention.n_random = 1000           # random unit vectors for the baseline
+
+  c.ablation = ml_collections.ConfigDict()
+  c.ablation.max_rows = 64
+  c.ablation.modes = ("zero", "mean")   # of zero, mean, fixed
+  c.ablation.n_random = 5               # random sets with the universal set's per-layer counts
+  c.ablation.fixed_value = 0.0          # value for mode "fixed"
+
+  if "planted" in arg.split(","):
+    c.model_dir = "planted"
+    c.token_store = "planted"
+    c.batch_rows = 8
+    c.families.n_unigrams = 50
+    c.entropy.n_random = 4
+    c.entropy.last_layers = 1
+    c.entropy.fixed_values = (0.0, 3.0, 6.0)
+    c.attention.positions = (8, 32)
+    c.attention.n_random = 200
+    c.ablation.n_random = 2
+  return c

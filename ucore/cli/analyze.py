@@ -1,0 +1,24 @@
+"""`python main.py analyze --config=configs/analyze_default.py --workdir=DIR [--analysis=...]`
+
+The paper's neuron analyses (ucore.analyses.runner.run_all): statistics, families, vocabulary
+roles, entropy neurons, attention deactivation, ablations. Inputs are config fields
+(--config.model_dir, --config.token_store, --config.corr_table).
+"""
+from absl import flags
+
+from ucore.cli import common
+
+ANALYSIS = flags.DEFINE_string(
+    "analysis", "all", "analyze: comma list of stats, families, vocab, entropy, attention, "
+    "ablation, or all.")
+
+
+def run(argv):
+  from ucore.errors import UserError
+  if argv:
+    raise UserError(f"analyze takes no positional arguments, got {argv}; use --config.field=value")
+  config = common.require_config()
+  workdir = common.require_workdir()
+  from ucore.analyses import runner
+  sections = runner.run_all(config, workdir, ANALYSIS.value)
+  print(f"analyses written to {workdir}: {len(sections)} figures (sections.json)")
