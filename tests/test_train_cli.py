@@ -1,0 +1,99 @@
+"""`python main.py train`: configs load, a token store trains end to end through the CLI,
+the same command resumes/returns, changed configs and bad inputs are one-line errors (exit 2)."""
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "train_*.py"))))
+def test_every_train_config_loads(path):
+  mod = _load(path)
+  c = mod.get_config()
+  assert "python main.py train" in mod.__doc__
+  default = _load(os.path.join(ROOT, "configs", "train_default.py")).get_config()
+  assert sorted(c.keys()) == sorted(default.keys())   # tiny shrinks the default, same fields
+  assert len(set(c.seeds)) == len(c.seeds) >= 2
+  assert 0 in c.checkpoint_steps and max(c.checkpoint_steps) == c.num_steps
+  if path.endswith("train_default.py"):
+    assert len(c.seeds) >= 4 and c.model.n_layer >= 2
+
+
+def _main(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=170)
+
+
+@pytest.fixture(scope="module")
+def bpe_store(tmp_path_factory):
+  from ucore.data import build
+  tok_default = _load(os.path.join(ROOT, "configs", "tokenize_default.py"))
+  rng = np.random.default_rng(0)
+  words = "the cat sat on a mat while neurons fire and tokens flow through every layer".split()
+  d = tmp_path_factory.mktemp("corpus")
+  src = d / "docs.jsonl"
+  with open(src, "w") as f:
+    for i in range(80):
+      text = " ".join(words[j] for j in rng.integers(0, len(words), 60))
+      f.write(json.dumps({"text": text, "label": "ab"[i % 2]}) + "\n")
+  c = tok_default.get_config()
+  c.source, c.tokenizer, c.bpe_vocab_size, c.ctx, c.num_tokens = str(src), "bpe", 300, 32, 0
+  c.log_every_s = 0.0
+  return build.build_store(c, str(d / "store"))
+
+
+def test_cli_trains_from_a_token_store_and_refuses_changes(bpe_store, tmp_path):
+  import ucore
+  wd = str(tmp_path / "family")
+  args = ["train", "--config=configs/train_tiny.py", f"--workdir={wd}",
+          f"--config.data.store={bpe_store.path}"]
+  r = _main(*args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "trained 2 seeds x 20 steps" in r.stdout
+  family = json.load(open(os.path.join(wd, "family.json")))
+  assert family["seeds"] == [0, 1] and family["checkpoint_steps"] == [0, 10, 20]
+  for seed in (0, 1):
+    m = ucore.load_model(os.path.join(wd, f"seed{seed}", "final"))
+    assert m.manifest["source"] == "trained" and m.manifest["step"] == 20
+    assert m.manifest["data"]["store_id"] == bpe_store.store_id
+    assert m.config.vocab_size == bpe_store.manifest["tokenizer"]["vocab_size"]
+    assert m.config.n_positions == bpe_store.ctx
+    # The store's tokenizer travels with the checkpoint (same files, same sha256).
+    from ucore import tokenizer as tokmod
+    files = tokmod.files_in_dir(os.path.join(m.path, "tokenizer"))
+    assert files is not None and files.sha256() == bpe_store.tokenizer_sha256
+    logits = np.asarray(m(bpe_store.read_rows(0, 2)))
+    assert logits.shape == (2, bpe_store.ctx, m.config.vocab_size) and np.isfinite(logits).all()
+  # The same command on a complete run returns without training.
+  r = _main(*args)
+  assert r.returncode == 0 and "trained 2 seeds x 20 steps" in r.stdout
+  # A changed config for this workdir is refused with one line naming the field.
+  r = _main(*args, "--config.optim.lr=0.5")
+  assert r.returncode == 2
+  err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "different config" in err[0] and "optim.lr" in err[0], r.stderr[-2000:]
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path):
+  r = _main("train", "--config=configs/train_tiny.py", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2 and "config.data.store is empty" in r.stderr
+  r = _main("train", "--config=configs/train_tiny.py", f"--workdir={tmp_path / 'w'}",
+            f"--config.data.store={tmp_path / 'nope'}")
+  assert r.returncode == 2 and "does not exist" in r.stderr
+  r = _main("train", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2 and "--config is required" in r.stderr
