@@ -121,7 +121,12 @@ def run_all(config, workdir: str, analyses: str = "all") -> list:
                     {"analyses": todo, "seconds": timings,
                      "sections": [list(s) for s in sections]})
   if corr is not None and config.get("report", True):
+    from ucore.report.figures import REQUIRED_COLUMNS
     from ucore.report.html import write_report
+    missing = [c for c in REQUIRED_COLUMNS if c not in corr.columns]
+    if missing:
+      logging.warning("no HTML report: the correlation table lacks %s", missing)
+      return sections
     write_report(os.path.join(workdir, "report"), {"model": corr}, figures_extra=sections,
                  summary={"model": config.model_dir, "token_store": config.token_store,
                           "analyses": ", ".join(todo)})
