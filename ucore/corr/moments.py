@@ -19,11 +19,14 @@ Layout. Model m's activations are [tokens, L_m, d_pad] (d_pad = d_mlp padded wit
 partner layer = b) or B = 3 ("adjacent": partner layer = a + b - 1). Each rotated model y also
 keeps its within-layer co-moment S_y[L_y, d_pad, d_pad] for the one-pass baselines.
 
-Sharding. A 2-D mesh ("tok", "neu"). Activations arrive token-sharded over all devices. One
-step all-gathers them (communication tokens × neurons per device, never neurons²), and device
-(i, j) updates the blocks C[:, rows_i, :, cols_j] and S[:, rows_i, cols_j] — rows split over
-"tok", columns over "neu" — so accumulator memory per device is total / devices. Means and
-second moments (size N) are replicated.
+Sharding. A 2-D mesh ("tok", "neu"). Activations arrive feature-major [L, d_pad, tokens],
+token-sharded over all devices. Device (i, j) owns the blocks C[:, rows_i, :, cols_j] and
+S[:, rows_i, cols_j] (rows split over "tok", columns over "neu"), so accumulator memory per
+device is total / devices. Each step it fetches all tokens of just its own neuron slices
+(all_to_all over one axis + all_gather over the other: tokens × neurons/axis-size values per
+device, never neurons²); batch means are computed on a slice and all-gathered (size N).
+Means and second moments (size N) are replicated. The GEMMs are in "NT" form (both operands
+feature-major), the fastest layout for XLA on CPU and GPU.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ TOK, NEU = "tok", "neu"
 PRECISION = jax.lax.Precision.HIGHEST
 C_SPEC = P(None, TOK, None, NEU)
 S_SPEC = P(None, TOK, NEU)
-X_SPEC = P((TOK, NEU), None, None)
+X_SPEC = P(None, None, (TOK, NEU))   # activations: feature-major [L, d_pad, tokens]
 
 
 def make_mesh(tok: int = 1, neu: int = -1, devices=None) -> Mesh:
@@ -177,90 +180,112 @@ def _kadd(s, c, term, compensated):
 
 def _batch_stats(x, w, n_b):
   """Batch mean as an unevaluated sum hi + lo (hi: float32 mean, lo: the mean of the
-  residuals x - hi) and activations centred on it. At large offsets hi alone is off by up to
-  half an ulp of the offset; carrying lo keeps the Chan merge exact to float32 resolution of
-  the spread, not of the offset. x [T, L, d], w [T]."""
+  residuals x - hi). At large offsets hi alone is off by up to half an ulp of the offset;
+  carrying lo keeps the Chan merge exact to float32 resolution of the spread, not of the
+  offset. x [L, k, T] (feature-major), w [T]. Returns hi, lo [L, k] and M2 [L, k]."""
   inv = jnp.where(n_b > 0, 1.0 / jnp.maximum(n_b, 1).astype(jnp.float32), 0.0)
-  wx = w[:, None, None]
-  hi = jnp.sum(wx * x, axis=0) * inv
-  res = x - hi                      # exact where x and hi are within a factor 2 (Sterbenz)
-  lo = jnp.sum(wx * res, axis=0) * inv
-  xc = wx * (res - lo)
-  return hi, lo, xc
+  hi = jnp.sum(x * w, axis=-1) * inv
+  res = x - hi[..., None]           # exact where x and hi are within a factor 2 (Sterbenz)
+  lo = jnp.sum(res * w, axis=-1) * inv
+  xc = (res - lo[..., None]) * w
+  return hi, lo, jnp.sum(xc * xc, axis=-1)
+
+
+def _center(x, hi, lo, w):
+  return ((x - hi[..., None]) - lo[..., None]) * w
+
+
+def _gather_slab(x, split_axis, other_axis, n_split, n_other):
+  """x: this device's tokens [L, d_pad, T_loc]. Returns all tokens of this device's d-slice
+  along `split_axis` ([L, d_pad/n_split, T]), tokens in global order. Communication:
+  T·L·d_pad/n_split values per device (tokens × neurons, never neurons²)."""
+  if n_split > 1:
+    x = jax.lax.all_to_all(x, split_axis, split_axis=1, concat_axis=2, tiled=True)
+  if n_other > 1:
+    x = jax.lax.all_gather(x, other_axis, axis=2, tiled=True)
+  L, k, T = x.shape
+  if split_axis == TOK and n_split > 1 and n_other > 1:
+    # token blocks arrive ordered (neu, tok); the global order is (tok, neu)
+    x = x.reshape(L, k, n_other, n_split, T // (n_split * n_other))
+    x = jnp.swapaxes(x, 2, 3).reshape(L, k, T)
+  return x
 
 
 def _local_step(spec: Spec, state, xs, w):
-  """Runs per device inside shard_map. xs: per model local token shard [T_loc, L, d_pad]."""
+  """Runs per device inside shard_map. xs: per model this device's tokens, feature-major
+  [L_m, d_pad, T_loc]; w [T_loc] (1 = counted)."""
   comp = spec.compensated
-  i = jax.lax.axis_index(TOK)
-  j = jax.lax.axis_index(NEU)
   r = jax.lax.axis_size(TOK)
   c = jax.lax.axis_size(NEU)
   dr, dc = spec.d_pad // r, spec.d_pad // c
-  axes = (TOK, NEU)
-  wg = jax.lax.all_gather(w, axes, axis=0, tiled=True).astype(jnp.float32)
+  wg = jax.lax.all_gather(w, (TOK, NEU), axis=0, tiled=True).astype(jnp.float32)
   n_b = jnp.sum(wg > 0).astype(jnp.int32)
   n = state["n"]
-  n_new = n + n_b
   nf, nbf = n.astype(jnp.float32), n_b.astype(jnp.float32)
   tot = jnp.maximum(nf + nbf, 1.0)
   frac = nbf / tot            # weight of the batch mean in the merged mean
   f = nf * nbf / tot          # Chan's cross-term factor
   new = dict(state)
-  new["n"] = n_new
-  xc, delta = [], []
+  new["n"] = n + n_b
+  need_rows = {x for x, _ in spec.pairs} | set(spec.rotated)
+  need_cols = {y for _, y in spec.pairs} | set(spec.rotated)
+  rows_c, cols_c, d_rows, d_cols = {}, {}, {}, {}
   for m in range(spec.n_models):
-    xg = jax.lax.all_gather(xs[m], axes, axis=0, tiled=True)
-    hi, lo, xcm = _batch_stats(xg, wg, n_b)
-    mc = state.get(f"mean/{m}#c")   # running mean = s - c
-    d_m = (hi - state[f"mean/{m}"]) + (lo if mc is None else lo + mc)
+    slabs = {}
+    if m in need_rows:
+      slabs["rows"] = _gather_slab(xs[m], TOK, NEU, r, c)        # [L, dr, T]
+    if m in need_cols:
+      slabs["cols"] = _gather_slab(xs[m], NEU, TOK, c, r)        # [L, dc, T]
+    # batch statistics from one slab, all-gathered to the full (replicated) vectors
+    which, ax = ("cols", NEU) if "cols" in slabs else ("rows", TOK)
+    hi, lo, m2_b = _batch_stats(slabs[which], wg, n_b)
+    hi, lo, m2_b = (jax.lax.all_gather(v, ax, axis=1, tiled=True) for v in (hi, lo, m2_b))
+    mc = state[f"mean/{m}#c"]         # running mean = s - c
+    d_m = (hi - state[f"mean/{m}"]) + (lo + mc)
     d_m = jnp.where(n_b > 0, d_m, 0.0)
-    m2_b = jnp.sum(xcm * xcm, axis=0)
     for key, term in ((f"mean/{m}", d_m * frac), (f"m2/{m}", m2_b + f * d_m * d_m)):
       new[key], new[key + "#c"] = _kadd(state[key], state[key + "#c"], term, True)
-    xc.append(xcm)
-    delta.append(d_m)
+    i = jax.lax.axis_index(TOK)
+    j = jax.lax.axis_index(NEU)
+    sl_r = lambda v: jax.lax.dynamic_slice_in_dim(v, i * dr, dr, axis=1)
+    sl_c = lambda v: jax.lax.dynamic_slice_in_dim(v, j * dc, dc, axis=1)
+    if "rows" in slabs:
+      rows_c[m] = _center(slabs["rows"], sl_r(hi), sl_r(lo), wg)
+      d_rows[m] = sl_r(d_m)
+    if "cols" in slabs:
+      cols_c[m] = _center(slabs["cols"], sl_c(hi), sl_c(lo), wg)
+      d_cols[m] = sl_c(d_m)
 
-  def rows(a):  # [.., L, d_pad] -> this device's row slice
-    return jax.lax.dynamic_slice_in_dim(a, i * dr, dr, axis=a.ndim - 1)
+  def merge(key, term):
+    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
+    new[key] = s
+    if comp:
+      new[key + "#c"] = cc
 
-  def cols(a):
-    return jax.lax.dynamic_slice_in_dim(a, j * dc, dc, axis=a.ndim - 1)
-
-  T = xc[0].shape[0]
   for x, y in spec.pairs:
-    key = f"C/{x}_{y}"
-    xa, da = rows(xc[x]), rows(delta[x])          # [T, Lx, dr], [Lx, dr]
+    xa, da = rows_c[x], d_rows[x]                 # [Lx, dr, T], [Lx, dr]
+    lx, ly = spec.n_layers[x], spec.n_layers[y]
+    T = xa.shape[-1]
     if spec.layer_mode == "all":
-      xb, db = cols(xc[y]), cols(delta[y])        # [T, Ly, dc]
-      lx, ly = spec.n_layers[x], spec.n_layers[y]
-      cb = jax.lax.dot_general(xa.reshape(T, lx * dr), xb.reshape(T, ly * dc),
-                               (((0,), (0,)), ((), ())), precision=PRECISION,
+      xb, db = cols_c[y], d_cols[y]               # [Ly, dc, T]
+      cb = jax.lax.dot_general(xa.reshape(lx * dr, T), xb.reshape(ly * dc, T),
+                               (((1,), (1,)), ((), ())), precision=PRECISION,
                                preferred_element_type=jnp.float32)
       term = cb.reshape(lx, dr, ly, dc) + f * (da[:, :, None, None] * db[None, None])
     else:
       pl = spec.partner_layer(x, y)               # [L, 3]
       idx = np.where(pl < 0, 0, pl)
       valid = jnp.asarray((pl >= 0).astype(np.float32))
-      xb = cols(xc[y])[:, idx, :] * valid[None, :, :, None]     # [T, L, 3, dc]
-      db = cols(delta[y])[idx, :] * valid[:, :, None]           # [L, 3, dc]
-      cb = jnp.einsum("tar,tabc->arbc", xa, xb, precision=PRECISION,
-                      preferred_element_type=jnp.float32)
-      term = cb + f * (da[:, :, None, None] * db[:, None, :, :])
-    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
-    new[key] = s
-    if comp:
-      new[key + "#c"] = cc
+      xb = cols_c[y][idx] * valid[:, :, None, None]             # [L, 3, dc, T]
+      db = d_cols[y][idx] * valid[:, :, None]                   # [L, 3, dc]
+      cb = jax.lax.dot_general(xa, xb.reshape(lx, 3 * dc, T), (((2,), (2,)), ((0,), (0,))),
+                               precision=PRECISION, preferred_element_type=jnp.float32)
+      term = cb.reshape(lx, dr, 3, dc) + f * (da[:, :, None, None] * db[:, None, :, :])
+    merge(f"C/{x}_{y}", term)
   for y in spec.rotated:
-    key = f"S/{y}"
-    a, b = rows(xc[y]), cols(xc[y])
-    sb = jnp.einsum("tlr,tlc->lrc", a, b, precision=PRECISION,
-                    preferred_element_type=jnp.float32)
-    term = sb + f * (rows(delta[y])[:, :, None] * cols(delta[y])[:, None, :])
-    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
-    new[key] = s
-    if comp:
-      new[key + "#c"] = cc
+    sb = jax.lax.dot_general(rows_c[y], cols_c[y], (((2,), (2,)), ((0,), (0,))),
+                             precision=PRECISION, preferred_element_type=jnp.float32)
+    merge(f"S/{y}", sb + f * (d_rows[y][:, :, None] * d_cols[y][:, None, :]))
   return new
 
 
@@ -320,8 +345,8 @@ class Accumulator:
       if a.shape[0] != T or a.size != T * spec.n_layers[m] * spec.d_mlp:
         raise ValueError(f"model {m}: activations {a.shape} do not match {T} tokens × "
                          f"{spec.n_layers[m]} layers × {spec.d_mlp} neurons")
-      buf = np.zeros((Tp, spec.n_layers[m], spec.d_pad), np.float32)
-      buf[:T, :, :spec.d_mlp] = a.reshape(T, spec.n_layers[m], spec.d_mlp)
+      buf = np.zeros((spec.n_layers[m], spec.d_pad, Tp), np.float32)
+      buf[:, :spec.d_mlp, :T] = a.reshape(T, spec.n_layers[m], spec.d_mlp).transpose(1, 2, 0)
       xs.append(jax.make_array_from_process_local_data(self._xsh, buf))
     w = np.zeros((Tp,), np.float32)
     w[:T] = np.asarray(mask, bool)

@@ -1,0 +1,237 @@
+"""Correlation-engine benchmarks (results in BENCHMARKS.md, section "Correlation").
+
+  python -m benchmarks.corr_bench accumulate [--neurons=4096] [--tokens=4096]
+  python -m benchmarks.corr_bench original [--neurons=4096] [--tokens=16384]
+  python -m benchmarks.corr_bench memory [--neurons=4096]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.corr_bench devices
+
+(Run as a module from the repository root: benchmarks/ holds a tokenize.py that would shadow
+the standard library if the script were run by path.) Every ratio is against a baseline measured in the same process (the machine is shared).
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _best(fn, reps):
+  ts = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t)
+  return min(ts), float(np.median(ts))
+
+
+def _acts(T, L, d, K=2, seed=0, offset=-0.17):
+  """GELU-like activations with shared structure: most mass near -0.17, rare large values."""
+  rng = np.random.default_rng(seed)
+  lat = rng.standard_normal((T, 64)).astype(np.float32)
+  mix = rng.standard_normal((64, L * d)).astype(np.float32) / 8
+  out = []
+  for m in range(K):
+    pre = lat @ (mix + 0.5 * rng.standard_normal(mix.shape).astype(np.float32) / 8) \
+        + rng.standard_normal((T, L * d)).astype(np.float32) - 1.0
+    g = 0.5 * pre * (1 + np.tanh(0.7978845608 * (pre + 0.044715 * pre ** 3)))
+    out.append(g.reshape(T, L, d).astype(np.float32))
+  return out
+
+
+def bench_accumulate(a):
+  import jax
+  from ucore.corr import moments as M
+  L = 4
+  d = a.neurons // L
+  T = a.tokens
+  mesh = M.make_mesh(1, 1, jax.devices()[:1])
+  rows = []
+  for comp in (True, False):
+    spec = M.make_spec(["a", "b"], [range(L)] * 2, d, mesh, compensated=comp)
+    acc = M.Accumulator(spec, mesh)
+    acts = _acts(T, L, d)
+    mask = np.ones(T, bool)
+    xs, w = acc.prepare(acts, mask)
+
+    def step():
+      acc.state = acc._step(acc.state, xs, w)
+      jax.block_until_ready(acc.state["n"])
+
+    step()
+    t_ours, med = _best(step, a.reps)
+    fl = M.step_flops(spec, T)
+    # numpy float32 GEMM with the same FLOPs: the cross block + the within-layer blocks
+    x = acts[0].reshape(T, -1)
+    y = acts[1].reshape(T, -1)
+    yl = acts[1]
+
+    def np_gemm():
+      x.T @ y
+      for l in range(L):
+        yl[:, l].T @ yl[:, l]
+
+    np_gemm()
+    t_np, _ = _best(np_gemm, a.reps)
+    rows.append(dict(neurons_per_model=L * d, tokens=T, compensated=comp,
+                     ours_gflops=fl / t_ours / 1e9, numpy_gflops=fl / t_np / 1e9,
+                     fraction=t_np / t_ours))
+  return rows
+
+
+def bench_original(a):
+  """Ours (one pass, Haar baseline from moments) vs the original algorithm re-implemented:
+  fp16 capture, one fp32 GEMM per layer pair per batch, float64 raw sums on the host, and a
+  second full pass over Gaussian-row-mixed activations for the baseline."""
+  import jax
+  from ucore.corr import baselines as BL
+  from ucore.corr import finalize as F
+  from ucore.corr import moments as M
+  L = 4
+  d = a.neurons // L
+  T = a.tokens
+  B = 24 * 512 // 4     # original: 24 × 512 tokens per batch; scaled down with the model
+  acts = _acts(T, L, d)
+  mask = np.ones(T, bool)
+  x64 = [v.reshape(T, -1).astype(np.float64) for v in acts]
+  xc = [v - v.mean(0) for v in x64]
+  sd = [np.sqrt((v * v).sum(0)) for v in xc]
+  exact = (xc[0].T @ xc[1]) / np.outer(sd[0], sd[1])
+  exact_max = exact.max(1)
+  # rotated (Gaussian rows) exact reference for the original's baseline
+  g = np.stack([BL.mixing_matrix("gaussian_rows", d, seed=0, draw=0, model=1, layer=l)
+                for l in range(L)])
+  yr = np.einsum("tlp,lkp->tlk", acts[1].astype(np.float64), g).reshape(T, -1)
+  yrc = yr - yr.mean(0)
+  exact_base_g = ((xc[0].T @ yrc) / np.outer(sd[0], np.sqrt((yrc * yrc).sum(0)))).max(1)
+  hr = np.stack([BL.mixing_matrix("haar", d, seed=0, draw=0, model=1, layer=l)
+                 for l in range(L)])
+  yh = np.einsum("tlp,lkp->tlk", acts[1].astype(np.float64), hr).reshape(T, -1)
+  yhc = yh - yh.mean(0)
+  exact_base_h = ((xc[0].T @ yhc) / np.outer(sd[0], np.sqrt((yhc * yhc).sum(0)))).max(1)
+  del xc, yr, yrc, yh, yhc
+
+  def original():
+    def one_pass(rotate):
+      N = L * d
+      sxy = np.zeros((L, L, d, d))
+      sx, sxx = np.zeros(N), np.zeros(N)
+      sy, syy = np.zeros(N), np.zeros(N)
+      for s in range(0, T, B):
+        xa = acts[0][s:s + B].astype(np.float16).astype(np.float32)   # fp16 capture
+        xb = acts[1][s:s + B].astype(np.float16).astype(np.float32)
+        if rotate:
+          xb = np.einsum("tlp,lkp->tlk", xb, g.astype(np.float32))
+        for la in range(L):
+          for lb in range(L):
+            sxy[la, lb] += (xa[:, la].T @ xb[:, lb]).astype(np.float64)
+        fa, fb = xa.reshape(len(xa), -1).astype(np.float64), xb.reshape(len(xb), -1).astype(np.float64)
+        sx += fa.sum(0)
+        sxx += (fa * fa).sum(0)
+        sy += fb.sum(0)
+        syy += (fb * fb).sum(0)
+      n = T
+      cov = sxy.transpose(0, 2, 1, 3).reshape(N, N) / n - np.outer(sx / n, sy / n)
+      vx = sxx / n - (sx / n) ** 2
+      vy = syy / n - (sy / n) ** 2
+      with np.errstate(all="ignore"):
+        c = cov / np.sqrt(np.outer(vx, vy))
+      c = np.nan_to_num(c)                                             # original: NaN -> 0
+      return c.max(1)
+    return one_pass(False), one_pass(True)
+
+  mesh = M.make_mesh(1, 1, jax.devices()[:1])
+  spec = M.make_spec(["a", "b"], [range(L)] * 2, d, mesh)
+
+  def ours():
+    acc = M.Accumulator(spec, mesh)
+    for s in range(0, T, B):
+      acc.update([v[s:s + B] for v in acts], mask[s:s + B])
+    r = F.pair_result(spec, mesh, acc.state, 0, 1, "fwd", top_k=1,
+                      baseline_kinds=("haar",), draws=1)
+    return r.corr[..., 0].reshape(-1), r.baselines["haar"][0].reshape(-1)
+
+  ours()        # compile
+  (o_max, o_base), = [ours()]
+  t_ours, _ = _best(ours, a.reps)
+  (g_max, g_base), = [original()]
+  t_orig, _ = _best(original, a.reps)
+  return [dict(neurons_per_model=L * d, tokens=T, batch_tokens=B,
+               original_s=t_orig, ours_s=t_ours, speedup=t_orig / t_ours,
+               original_maxcorr_err=float(np.abs(g_max - exact_max).max()),
+               ours_maxcorr_err=float(np.abs(o_max - exact_max).max()),
+               original_baseline_err=float(np.abs(g_base - exact_base_g).max()),
+               ours_baseline_err=float(np.abs(o_base - exact_base_h).max()))]
+
+
+def bench_memory(a):
+  import jax
+  from ucore.corr import moments as M
+  L = 4
+  d = a.neurons // L
+  T = a.tokens
+  rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  mesh = M.make_mesh(1, 1, jax.devices()[:1])
+  spec = M.make_spec(["a", "b"], [range(L)] * 2, d, mesh, compensated=a.compensated)
+  acc = M.Accumulator(spec, mesh)
+  acts = _acts(T, L, d)
+  act_bytes = sum(v.nbytes for v in acts)
+  for s in range(0, T, T // 4):
+    acc.update([v[s:s + T // 4] for v in acts], np.ones(T // 4, bool))
+  jax.block_until_ready(acc.state)
+  rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  sb = M.state_bytes(spec)
+  return [dict(neurons_per_model=L * d, compensated=a.compensated, state_mib=sb / 2 ** 20,
+               input_activations_mib=act_bytes / 2 ** 20,
+               peak_growth_mib=(rss1 - rss0) / 2 ** 20,
+               peak_minus_inputs_over_state=(rss1 - rss0 - act_bytes) / sb)]
+
+
+def bench_devices(a):
+  import jax
+  from ucore.corr import moments as M
+  L = 4
+  d = a.neurons // L
+  rows = []
+  for n in (1, 2, 4, 8):
+    if n > jax.device_count():
+      continue
+    for tok in sorted({1, 2 if n >= 2 else 1}):
+      mesh = M.make_mesh(tok, n // tok, jax.devices()[:n])
+      spec = M.make_spec(["a", "b", "c"], [range(L)] * 3, d, mesh)
+      state = M.init_state(spec, mesh)
+      per_dev = {}
+      for v in state.values():
+        for sh in v.addressable_shards:
+          per_dev[sh.device] = per_dev.get(sh.device, 0) + sh.data.nbytes
+      total = M.state_bytes(spec)
+      rows.append(dict(devices=n, mesh=f"{tok}x{n // tok}", state_total_mib=total / 2 ** 20,
+                       max_per_device_mib=max(per_dev.values()) / 2 ** 20,
+                       ideal_mib=total / n / 2 ** 20,
+                       gathered_acts_per_device_mib=3 * 2 * a.tokens * L * d * 4 / 2 ** 20))
+      del state
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("what", choices=["accumulate", "original", "memory", "devices"])
+  p.add_argument("--neurons", type=int, default=4096)
+  p.add_argument("--tokens", type=int, default=None)
+  p.add_argument("--reps", type=int, default=3)
+  p.add_argument("--compensated", type=int, default=1)
+  a = p.parse_args()
+  a.tokens = a.tokens or {"accumulate": 4096, "original": 16384, "memory": 4096,
+                          "devices": 4096}[a.what]
+  fn = {"accumulate": bench_accumulate, "original": bench_original, "memory": bench_memory,
+        "devices": bench_devices}[a.what]
+  for row in fn(a):
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+
+
+if __name__ == "__main__":
+  main()
