@@ -39,7 +39,9 @@ def get_config(arg: str = ""):
   c.families = ml_collections.ConfigDict()
   c.families.max_rows = 0
   c.families.n_unigrams = 200           # frequent normalized tokens that become unigram labels
-  c.families.layers_per_pass = 0        # split the neurons (memory 2·V·N·8 bytes); 0 = all
+  c.families.layers_per_pass = 0        # layers per data pass; 0 = as many as fit memory_gb
+  c.families.memory_gb = 8.0            # host memory for grouped sums (2·V·d_mlp·8 B per layer)
+  c.families.position_mi_threshold = 0.2  # position neuron: MI / H(activation bins) above this
   c.families.vr_threshold = 0.5         # family member (authors' notebooks)
   c.families.alphabet_threshold = 0.35  # alphabet neurons (authors' notebooks)
 

@@ -85,6 +85,20 @@ def test_grouped_sum_vr_equals_per_label_formula(texts):
     mu = v[:, n].mean()
     ssb = sum((pos == p).sum() * (v[pos == p, n].mean() - mu) ** 2 for p in np.unique(pos))
     assert acc.position_vr()[n] == pytest.approx(ssb / ((v[:, n] - mu) ** 2).sum(), abs=1e-9)
+  # mutual information with position: plug-in MI of the (activation decile, position bin)
+  # contingency table minus the Miller–Madow bias, computed here with np.histogram2d
+  mi = acc.position_mi()[0]
+  for n in range(N):
+    abin = np.searchsorted(acc.edges[n], v[:, n], side="left")
+    pbin = pos * acc.pos_bins // P
+    h, _, _ = np.histogram2d(abin, pbin, bins=[np.arange(acc.act_bins + 1) - 0.5,
+                                               np.arange(acc.pos_bins + 1) - 0.5])
+    pj = h / h.sum()
+    pa, pp = pj.sum(1, keepdims=True), pj.sum(0, keepdims=True)
+    nz = pj > 0
+    ref = (pj[nz] * np.log(pj[nz] / (pa @ pp)[nz])).sum()
+    ref -= ((pa > 0).sum() - 1) * ((pp > 0).sum() - 1) / (2 * h.sum())
+    assert mi[n] == pytest.approx(max(ref, 0.0), abs=1e-12)
 
 
 def test_planted_unigram_and_position_neurons(texts):

@@ -141,6 +141,11 @@ def test_runner_writes_tables_and_universal_comparison(model, tokens, tmp_path):
   assert table.loc[(0, 3), "w_in_norm_pct"] == 1.0       # the planted 10x input weight
   comp = pd.read_parquet(tmp_path / "universal_comparison.parquet")
   assert comp.loc["w_in_norm", "universal_median_pct"] > comp.loc["w_in_norm", "other_median_pct"]
+  import json
+  summ = json.load(open(tmp_path / "summary.json"))
+  assert summ["universal"] == 3 and summ["neurons"] == 64
+  assert summ["corr_sparsity_in_out_sim"] == pytest.approx(
+      np.corrcoef(table["sparsity"], table["in_out_sim"])[0, 1])
   assert len(figs) == 2 and all((tmp_path / p.split("/")[-1]).exists() for _, p, _ in figs)
 
 

@@ -11,7 +11,8 @@ token), by dataset label [D, N] and by position [P, N]. At the end one matrix pr
 label-indicator matrix [V, labels] with the grouped sums gives Σ_{y=1}(v−K) for every
 vocabulary label and its previous-token version — no loop over labels or data.
 
-Memory: 2·V·N float64 for the token-grouped sums (pass `layers` to split large models).
+Memory: 2·V·N float64 for the token-grouped sums; `run` splits the layers into passes that fit
+`memory_gb` (GPT-2 small: 2.5 GB per layer).
 """
 from __future__ import annotations
 
@@ -151,7 +152,9 @@ class GroupedSums:
       return np.where(self.total.m2 > 0, ssb / self.total.m2, np.nan)
 
   def position_mi(self) -> tuple:
-    """(MI in nats, MI / H(activation bin)) per neuron from the binned joint histogram."""
+    """(MI in nats, MI / H(activation bin)) per neuron from the binned joint histogram, with
+    the Miller–Madow bias correction (A−1)(P−1)/(2T) subtracted (clipped at 0), so that an
+    activation independent of position reads ≈ 0 even on few tokens."""
     h = self.hist.astype(np.float64)
     tot = h.sum(axis=(1, 2), keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -160,6 +163,9 @@ class GroupedSums:
       pp = p.sum(1, keepdims=True)
       mi = np.nansum(np.where(p > 0, p * np.log(p / (pa * pp)), 0.0), axis=(1, 2))
       ha = -np.nansum(np.where(pa > 0, pa * np.log(pa), 0.0), axis=(1, 2))
+      na = (pa[:, :, 0] > 0).sum(1)
+      npos = (pp[:, 0, :] > 0).sum(1)
+      mi = np.maximum(mi - (na - 1) * (npos - 1) / (2.0 * tot[:, 0, 0]), 0.0)
       return mi, np.where(ha > 0, mi / ha, 0.0)
 
 
@@ -176,10 +182,12 @@ def family_of(kind: str) -> str:
 
 def assign_families(vr: np.ndarray, names: list, kinds: list, position_vr: np.ndarray,
                     position_mi: np.ndarray, index: pd.MultiIndex, vr_threshold: float = 0.5,
-                    alphabet_threshold: float = 0.35) -> pd.DataFrame:
-  """Best label per neuron and its family. A neuron is a position neuron when position explains
-  more variance than its best label and more than vr_threshold; otherwise its family is that
-  of the best label if VR > vr_threshold (alphabet: > alphabet_threshold), else 'none'."""
+                    alphabet_threshold: float = 0.35,
+                    position_mi_threshold: float = 0.2) -> pd.DataFrame:
+  """Best label per neuron and its family. A neuron is a position neuron when its normalized
+  mutual information with position (MI / H(activation bin)) exceeds position_mi_threshold and
+  position explains at least as much variance (η²) as its best label; otherwise its family is
+  that of the best label if VR > vr_threshold (alphabet: > alphabet_threshold), else 'none'."""
   vr0 = np.where(np.isnan(vr), -np.inf, vr)
   # Ties (labels splitting the data identically, e.g. unigram:river and ends_with_er when
   # "river" is the only -er word seen): prefer the more specific kind.
@@ -192,7 +200,8 @@ def assign_families(vr: np.ndarray, names: list, kinds: list, position_vr: np.nd
   for j, b in enumerate(best):
     bv = best_vr[j]
     pv = position_vr[j]
-    if np.isfinite(pv) and pv > vr_threshold and (not np.isfinite(bv) or pv >= bv):
+    if (np.isfinite(pv) and position_mi[j] > position_mi_threshold and
+        (not np.isfinite(bv) or pv >= bv)):
       fam.append("position")
       continue
     f = family_of(kinds[b])
@@ -253,7 +262,7 @@ def neuron_families(model, batches: Iterable, labels: Optional[LabelSet],
                     dataset_names: Optional[list] = None, layers: Optional[list] = None,
                     hook: str = "mlp.hook_post", vr_threshold: float = 0.5,
                     alphabet_threshold: float = 0.35, act_bins: int = 10,
-                    pos_bins: int = 16) -> dict:
+                    pos_bins: int = 16, position_mi_threshold: float = 0.2) -> dict:
   """One pass over `batches` for the neurons of `layers`. Returns dict with 'families'
   (per-neuron table), 'counts', 'alphabet', 'top_labels', 'vr' [labels, N], 'names', 'kinds'."""
   cfg = model.config
@@ -271,7 +280,7 @@ def neuron_families(model, batches: Iterable, labels: Optional[LabelSet],
   index = pd.MultiIndex.from_product([layers, range(cfg.d_mlp)], names=["layer", "neuron"])
   mi, mi_norm = acc.position_mi()
   fam = assign_families(vr, names, kinds, acc.position_vr(), mi_norm, index, vr_threshold,
-                        alphabet_threshold)
+                        alphabet_threshold, position_mi_threshold)
   fam["position_mi_nats"] = mi
   return {"families": fam, "counts": family_counts(fam),
           "alphabet": alphabet_table(vr, names, index, alphabet_threshold),
@@ -304,8 +313,15 @@ def plot_best_vr(fam: pd.DataFrame, path: str) -> str:
   return common.save_figure(fig, path)
 
 
+def layers_per_pass_for(config, memory_gb: float) -> int:
+  """Layers whose grouped sums (2·(V+1)·d_mlp float64 + histograms) fit in memory_gb."""
+  per_layer = 2 * (config.vocab_size + 1) * config.d_mlp * 8 + config.d_mlp * 160 * 8
+  return int(max(1, min(config.n_layer, (memory_gb * 2 ** 30) // per_layer)))
+
+
 def run(model, batches_factory, out_dir: str, labels_texts: list, dataset_names=None,
-        n_unigrams: int = 200, layers_per_pass: Optional[int] = None, **kw) -> list:
+        n_unigrams: int = 200, layers_per_pass: Optional[int] = None,
+        memory_gb: float = 8.0, **kw) -> list:
   """`batches_factory()` -> a fresh iterable of Batches (called once to count tokens, then once
   per pass). Writes families.parquet, family_counts.parquet, alphabet_neurons.parquet,
   top_labels.parquet and figures."""
@@ -318,7 +334,7 @@ def run(model, batches_factory, out_dir: str, labels_texts: list, dataset_names=
   counts = token_counts(batches_factory(), V)
   labels = vocab_labels(labels_texts, counts, n_unigrams=n_unigrams)
   L = model.config.n_layer
-  step = L if not layers_per_pass else int(layers_per_pass)
+  step = int(layers_per_pass) if layers_per_pass else layers_per_pass_for(model.config, memory_gb)
   parts = [neuron_families(model, batches_factory(), labels, dataset_names,
                            layers=list(range(a, min(L, a + step))), **kw)
            for a in range(0, L, step)]
@@ -326,6 +342,7 @@ def run(model, batches_factory, out_dir: str, labels_texts: list, dataset_names=
   top = pd.concat([p["top_labels"] for p in parts])
   vr = np.concatenate([p["vr"] for p in parts], axis=1)
   alpha = alphabet_table(vr, parts[0]["names"], fam.index, kw.get("alphabet_threshold", 0.35))
+  del vr
   cnt = family_counts(fam)
   common.write_parquet(fam, os.path.join(out_dir, "families.parquet"))
   common.write_parquet(cnt, os.path.join(out_dir, "family_counts.parquet"))

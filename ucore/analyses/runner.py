@@ -95,6 +95,8 @@ def run_all(config, workdir: str, analyses: str = "all") -> list:
       secs = families.run(model, lambda: factory(config.families.max_rows), out, texts,
                           dataset_names=ds, n_unigrams=config.families.n_unigrams,
                           layers_per_pass=config.families.layers_per_pass or None,
+                          memory_gb=config.families.memory_gb,
+                          position_mi_threshold=config.families.position_mi_threshold,
                           vr_threshold=config.families.vr_threshold,
                           alphabet_threshold=config.families.alphabet_threshold)
     elif name == "vocab":

@@ -170,16 +170,26 @@ def run(model, batches, out_dir: str, corr: Optional[pd.DataFrame] = None) -> li
       stats, os.path.join(out_dir, "stats_by_layer.png")),
       "Per-layer distribution of activation frequency, pre-activation skew and kurtosis, "
       "‖w_out‖, input bias and vocabulary kurtosis (processed weights).")]
-  if corr is not None:
-    comp = universal_comparison(stats, corr["universal"])
-    ok = np.isfinite(stats["sparsity"]) & np.isfinite(stats["in_out_sim"]) \
-        if "sparsity" in stats else None
-    if ok is not None and ok.sum() > 2:
-      comp.attrs["corr_sparsity_in_out_sim"] = float(np.corrcoef(
+  summary = {"neurons": int(len(stats))}
+  if "sparsity" in stats:
+    ok = np.isfinite(stats["sparsity"]) & np.isfinite(stats["in_out_sim"])
+    summary["tokens"] = int(stats["tokens"].iloc[0])
+    summary["median_sparsity"] = float(stats["sparsity"].median())
+    if ok.sum() > 2:   # paper: -0.69 (small-a), -0.63 (medium-a)
+      summary["corr_sparsity_in_out_sim"] = float(np.corrcoef(
           stats["sparsity"][ok], stats["in_out_sim"][ok])[0, 1])
+  if corr is not None:
+    uni = corr["universal"].reindex(stats.index).fillna(False).astype(bool)
+    summary["universal"] = int(uni.sum())
+    if "sparsity" in stats:
+      summary["median_sparsity_universal"] = float(stats["sparsity"][uni.values].median())
+    comp = universal_comparison(stats, corr["universal"])
     common.write_parquet(comp, os.path.join(out_dir, "universal_comparison.parquet"))
     figs.append(("Universal vs other neurons", plot_universal(
         stats, corr["universal"], os.path.join(out_dir, "universal_vs_other.png")),
         "Within-layer percentiles of each statistic for universal (excess_corr > threshold) "
-        "and other neurons (paper Fig. 3)."))
+        "and other neurons (paper Fig. 3). " + ", ".join(
+            f"{k} = {v:.3g}" for k, v in summary.items() if isinstance(v, float))))
+  from ucore import atomic
+  atomic.write_json(os.path.join(out_dir, "summary.json"), summary)
   return figs
