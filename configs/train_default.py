@@ -53,13 +53,13 @@ def get_config(arg: str = ""):
   # Rows per update per seed (tokens per update per seed = batch_rows * (ctx - 1)).
   c.batch_rows = 16
   # Number of updates.
-  c.num_steps = 400
+  c.num_steps = 300
 
   c.optim = ml_collections.ConfigDict()
   # Peak learning rate (after warmup).
   c.optim.lr = 2e-3
   # Linear warmup steps from 0 to lr.
-  c.optim.warmup_steps = 40
+  c.optim.warmup_steps = 30
   # Cosine decay ends at lr * min_lr_ratio at num_steps.
   c.optim.min_lr_ratio = 0.1
   # AdamW betas and epsilon (GPT-2/Mistral: 0.9, 0.95, 1e-8).
@@ -73,7 +73,7 @@ def get_config(arg: str = ""):
 
   # Kept model checkpoints (step 0 = init and num_steps are always kept), like the Mistral
   # `checkpoint-N` branches: dense early, sparse late.
-  c.checkpoint_steps = (0, 10, 20, 50, 100, 200, 300, 400)
+  c.checkpoint_steps = (0, 10, 20, 50, 100, 150, 200, 300)
   # Held-out loss every this many steps (and at every kept checkpoint).
   c.eval_every = 50
   # Rows per held-out forward pass.
