@@ -87,6 +87,9 @@ def test_runner_and_bad_input(model, batches, tmp_path):
   assert summ.index[0] == planted.PLANTED["query"] + planted.HEAD
   assert len(pd.read_parquet(tmp_path / "attention_scores.parquet")) == 64
   assert len(figs) == 2
+  heads = pd.read_parquet(tmp_path / "head_bos_norms.parquet")
+  assert heads.loc[planted.HEAD, "norm_bos"] < 1e-6 < heads.loc[planted.HEAD, "norm_other_median"]
+  assert heads.loc[planted.HEAD, "ratio"] > 1e3
   with pytest.raises(UserError, match="earlier layer"):
     attention.path_ablation(model, batches, (1, 0), (1, 0))
   with pytest.raises(UserError, match="empty"):

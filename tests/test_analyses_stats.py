@@ -96,7 +96,7 @@ def test_weight_stats_against_loops_on_processed_weights(model):
   df = stats.weight_stats(common.processed_weights(model))
   w_u = np.asarray(p["lm_head"]["kernel"], np.float64)
   w_u_hat = w_u / np.linalg.norm(w_u, axis=0)
-  for (l, n) in [(0, 0), (0, 5), (1, 9), (1, 11), (1, 31)]:
+  for (l, n) in [(1, 0), (0, 5), (1, 9), (1, 11), (1, 31)]:
     w_in = np.asarray(p[f"h_{l}"]["mlp"]["c_fc"]["kernel"], np.float64)[:, n]
     w_out = np.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"], np.float64)[n]
     row = df.loc[(l, n)]
@@ -112,6 +112,9 @@ def test_weight_stats_against_loops_on_processed_weights(model):
     if c.var() > 1e-12:
       assert row["vocab_skew"] == pytest.approx(st.skew(c), rel=1e-6, abs=1e-9)
       assert row["vocab_kurt"] == pytest.approx(st.kurtosis(c, fisher=False), rel=1e-6)
+  # a neuron that writes nothing: zero norm, undefined cosine and vocabulary shape
+  assert df.loc[(0, 0), "w_out_norm"] == 0 and np.isnan(df.loc[(0, 0), "in_out_sim"])
+  assert np.isnan(df.loc[(0, 0), "vocab_kurt"])
   # a checkpoint already processed gives the same table
   from ucore.model import HookedGPT2
   pm = HookedGPT2(cfg, p, manifest={"processing": "transformer_lens"})
@@ -144,8 +147,9 @@ def test_runner_writes_tables_and_universal_comparison(model, tokens, tmp_path):
   import json
   summ = json.load(open(tmp_path / "summary.json"))
   assert summ["universal"] == 3 and summ["neurons"] == 64
+  ok = table["in_out_sim"].notna()     # layer-0 neurons that write nothing have no cosine
   assert summ["corr_sparsity_in_out_sim"] == pytest.approx(
-      np.corrcoef(table["sparsity"], table["in_out_sim"])[0, 1])
+      np.corrcoef(table["sparsity"][ok], table["in_out_sim"][ok])[0, 1])
   assert len(figs) == 2 and all((tmp_path / p.split("/")[-1]).exists() for _, p, _ in figs)
 
 

@@ -10,7 +10,8 @@ GPT-2 BPE (50257 ids), so the vocabulary labels are the real ones. Residual dime
   10..D-2 random token features
   D-1   nothing in the embedding: the unembedding's null space (entropy neuron writes here)
 Embedding rows are zero-mean, so after LayerNorm centering the null direction stays null.
-Layer 0 attention is switched off (zero weights). Planted neurons (layer, neuron) in PLANTED.
+Layer 0 attention is switched off (zero weights); of layer 0's neurons only the query neuron
+writes to the stream. Planted neurons (layer, neuron) in PLANTED.
 """
 from __future__ import annotations
 
@@ -77,10 +78,10 @@ def planted_params(config, seed: int = 0):
   l, n = PLANTED["position"]
   mlp0["c_fc"]["kernel"][:, n] = 0
   mlp0["c_fc"]["kernel"][6, n] = 4.0
-  # Other layer-0 neurons must not write into the planted directions.
-  keep = [PLANTED["query"][1]]
-  others = [i for i in range(F) if i not in keep]
-  mlp0["c_proj"]["kernel"][np.ix_(others, range(0, 10))] = 0
+  # Only the query neuron writes from layer 0 (so the stream at BOS is exactly the BOS
+  # embedding + position 0, and v_BOS of head (1, 0) is exactly 0).
+  others = [i for i in range(F) if i != PLANTED["query"][1]]
+  mlp0["c_proj"]["kernel"][others, :] = 0
   # layer 1, head 0: query reads dims 4,5, key reads the BOS feature.
   at1 = p["h_1"]["attn"]["c_attn"]
   q_cols = slice(0, dh)
