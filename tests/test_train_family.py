@@ -213,3 +213,35 @@ def test_bad_inputs_raise_user_errors(tmp_path):
     train_family(c, str(tmp_path / "c"), _corpus())
   with pytest.raises(UserError, match=r"\[rows, ctx\]"):
     train_family(_tiny_config(), str(tmp_path / "d"), _corpus()[0])
+
+
+def test_sigkill_then_same_call_resumes_identically(straight, tmp_path):
+  """A real SIGKILL (no cleanup runs) in a subprocess, then the same call in this process."""
+  import signal
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  wd = str(tmp_path / "killed")
+  script = f"""
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from tests.test_train_family import _tiny_config, _corpus
+from ucore.train import train_family
+def hook(event, step):
+  if step == 11:
+    os.kill(os.getpid(), signal.SIGKILL)
+train_family(_tiny_config(), {wd!r}, _corpus(), _hook=hook)
+"""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                     timeout=120, env=env)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+  assert sorted(os.listdir(os.path.join(wd, "state")))[-1] == "9"   # last committed state
+  steps = []
+  train_family(_tiny_config(), wd, _corpus(), _hook=lambda e, s: steps.append(s))
+  assert steps == [10, 11, 12]
+  key = ["split", "step", "seed"]
+  a = read_losses(straight[0]).sort_values(key).reset_index(drop=True)
+  b = read_losses(wd).sort_values(key).reset_index(drop=True)
+  assert len(a) == len(b) and (a[key] == b[key]).all().all()
+  np.testing.assert_array_equal(a.loss.values, b.loss.values)
