@@ -245,3 +245,20 @@ train_family(_tiny_config(), {wd!r}, _corpus(), _hook=hook)
   b = read_losses(wd).sort_values(key).reset_index(drop=True)
   assert len(a) == len(b) and (a[key] == b[key]).all().all()
   np.testing.assert_array_equal(a.loss.values, b.loss.values)
+
+
+def test_max_rows_limits_the_rows_used(tmp_path):
+  c = _tiny_config()
+  c.data.max_rows = -1
+  with pytest.raises(UserError, match="max_rows"):
+    train_family(c, str(tmp_path / "bad"), _corpus())
+  c = _tiny_config()
+  c.data.max_rows, c.num_steps, c.checkpoint_steps = 40, 3, (3,)
+  wd = tmp_path / "w"
+  train_family(c, str(wd), _corpus())
+  job = json.load(open(wd / "job.json"))
+  assert job["data"]["shape"] == [40, CTX]   # 32 training rows + 8 held out
+  seen = set()
+  for step in range(8):   # 4 rows per step: steps 0-7 cover exactly the 32 training rows
+    seen |= set(core.batch_row_indices(0, step, 4, 32).tolist())
+  assert seen == set(range(32))

@@ -7,18 +7,6 @@ from absl import logging
 from ucore.cli import common
 
 
-class _FirstRows:
-  """The first `n` rows of a token store (config.data.max_rows)."""
-
-  def __init__(self, store, n):
-    self.store, self.num_rows, self.ctx = store, int(n), store.ctx
-
-  def read_rows(self, start, stop):
-    if not 0 <= start <= stop <= self.num_rows:
-      raise ValueError(f"row range [{start}, {stop}) outside [0, {self.num_rows})")
-    return self.store.read_rows(start, stop)
-
-
 def run(argv):
   from ucore import tokenizer as tokmod
   from ucore.errors import UserError
@@ -35,19 +23,13 @@ def run(argv):
                     "directory> (build one with `python main.py tokenize ...`)")
   from ucore.data.store import open_store
   store = open_store(config.data.store)
-  rows = store
-  max_rows = int(config.data.max_rows)
-  if max_rows < 0:
-    raise UserError(f"config.data.max_rows={max_rows} must be >= 0 (0 = all rows)")
-  if max_rows and max_rows < store.num_rows:
-    rows = _FirstRows(store, max_rows)
   vocab = int(store.manifest["tokenizer"]["vocab_size"])
   if int(config.model.vocab_size):
     store.check_vocab_size(int(config.model.vocab_size))
   files = tokmod.files_in_dir(store.tokenizer_dir)
-  identity = {"kind": "store", "store_id": store.store_id, "num_rows": rows.num_rows,
+  identity = {"kind": "store", "store_id": store.store_id, "num_rows": store.num_rows,
               "tokenizer_sha256": store.tokenizer_sha256}
-  summary = train_family(config, workdir, rows, vocab_size=vocab, tokenizer_files=files,
+  summary = train_family(config, workdir, store, vocab_size=vocab, tokenizer_files=files,
                          data_identity=identity)
   logging.info("family complete: %s", summary["final"])
   losses = " ".join(f"seed{s}={v:.4f}" for s, v in summary["final_heldout_loss"].items())

@@ -218,8 +218,9 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
                  _hook: Optional[Callable] = None) -> dict:
   """Trains (or resumes) the family described by `config` on token `rows`.
 
-  rows: int32 array-like [num_rows, ctx] (numpy) or a TokenStore (has read_rows). The last
-    config.heldout_rows rows are held out; the rest are training rows (loaded into memory).
+  rows: int32 array-like [num_rows, ctx] (numpy) or a TokenStore (has read_rows). Of the first
+    config.data.max_rows rows (0 = all), the last config.heldout_rows are held out and the
+    rest are training rows (loaded into host memory: 4 bytes per token).
   vocab_size: the tokenizer's vocabulary (used when config.model.vocab_size is 0).
   tokenizer_files: ucore.tokenizer.TokenizerFiles copied into every checkpoint, or None.
   data_identity: what identifies the data in job.json (default: sha256 of the rows).
@@ -230,6 +231,11 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
   from ucore.model import save_model
   t_start = time.time()
   num_rows, ctx = _num_rows_ctx(rows)
+  max_rows = int(config.data.get("max_rows", 0) or 0) if "data" in config else 0
+  if max_rows < 0:
+    raise UserError(f"config.data.max_rows={max_rows} must be >= 0 (0 = all rows)")
+  if max_rows:
+    num_rows = min(num_rows, max_rows)
   seeds = _validate(config, num_rows, ctx)
   mcfg = model_config(config, vocab_size, ctx)
   n_heldout = int(config.heldout_rows)
