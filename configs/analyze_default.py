@@ -48,6 +48,9 @@ def get_config(arg: str = ""):
   c.vocab = ml_collections.ConfigDict()
   c.vocab.kurt_threshold = 10.0         # prediction/suppression: vocab_kurt above this
   c.vocab.partition_factor = 4.0        # partition: vocab_var above factor × median
+  # Other models of the same family (comma-separated checkpoint dirs, e.g. seeds b..e): adds
+  # percentiles pooled over the family and the mean count of vocab_kurt > threshold per layer.
+  c.vocab.family_model_dirs = ""
 
   c.entropy = ml_collections.ConfigDict()
   c.entropy.max_rows = 64

@@ -45,3 +45,27 @@ def test_layer_percentiles_match_numpy():
   pct_sel = prediction.layer_percentiles(df, select=sel)
   vals = df.xs(2, level="layer")["vocab_kurt"].values[::2]
   assert pct_sel.loc[(2, "vocab_kurt"), "p50"] == pytest.approx(np.median(vals))
+
+
+def test_family_summary_over_seeds(model, tmp_path):
+  other = planted.planted_model(seed=1)
+  figs = prediction.run(model, str(tmp_path), family={"seed1": other})
+  counts = pd.read_parquet(tmp_path / "vocab_family_counts.parquet")
+  s0 = stats.weight_stats(common.processed_weights(model))
+  s1 = stats.weight_stats(common.processed_weights(other))
+  for name, s in (("self", s0), ("seed1", s1)):
+    np.testing.assert_array_equal(counts[name].values,
+                                  (s["vocab_kurt"] > 10).groupby(level="layer").sum().values)
+  np.testing.assert_allclose(counts["mean_kurt_gt_10"], (counts["self"] + counts["seed1"]) / 2)
+  pct = pd.read_parquet(tmp_path / "vocab_family_percentiles.parquet")
+  pooled = np.concatenate([s0.xs(1, level="layer")["vocab_skew"].dropna(),
+                           s1.xs(1, level="layer")["vocab_skew"].dropna()])
+  assert pct.loc[(1, "vocab_skew"), "p50"] == pytest.approx(np.median(pooled))
+  assert len(figs) == 2
+  from ucore.errors import UserError
+  with pytest.raises(UserError, match="neurons"):
+    from ucore.model import HookedGPT2
+    import dataclasses
+    cfg = dataclasses.replace(other.config, d_mlp=16)
+    from ucore.model import init_params
+    prediction.run(model, str(tmp_path), family={"bad": HookedGPT2(cfg, init_params(cfg))})

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ucore.analyses import common
+from ucore.errors import UserError
 
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 
@@ -63,6 +64,27 @@ def role_counts(stats: pd.DataFrame, roles: pd.Series, kurt_threshold: float = 1
   return out.astype(int)
 
 
+def family_summary(stats_by_model: dict, kurt_threshold: float = 10.0,
+                   percentiles=PERCENTILES) -> tuple:
+  """Across a model family (e.g. the 5 seeds): per-layer percentiles of vocab_kurt and
+  vocab_skew pooled over all models' neurons, and per layer the count of vocab_kurt >
+  threshold for each model plus the mean over models (paper: 130.8, 142.2, 207.2, 339.2 in
+  L20..L23 of GPT-2 medium). Returns (percentiles, counts)."""
+  if not stats_by_model:
+    raise ValueError("no models")
+  layers = {tuple(sorted(set(s.index.get_level_values("layer")))) for s in stats_by_model.values()}
+  if len(layers) != 1:
+    raise UserError("the models of a family must have the same layers")
+  pooled = pd.concat(list(stats_by_model.values()))
+  pct = layer_percentiles(pooled, percentiles=percentiles)
+  col = f"kurt_gt_{kurt_threshold:g}"
+  counts = pd.DataFrame({name: (s["vocab_kurt"] > kurt_threshold).groupby(level="layer").sum()
+                         for name, s in stats_by_model.items()})
+  counts[f"mean_{col}"] = counts.mean(axis=1)
+  counts.index.name = "layer"
+  return pct, counts
+
+
 def plot_percentiles(pct: pd.DataFrame, path: str, title: str) -> str:
   fig, axes = common.new_figure(1, 2, figsize=(9, 3.5))
   for ax, stat in zip(axes, ("vocab_kurt", "vocab_skew")):
@@ -82,9 +104,11 @@ def plot_percentiles(pct: pd.DataFrame, path: str, title: str) -> str:
 
 def run(model, out_dir: str, stats: Optional[pd.DataFrame] = None,
         corr: Optional[pd.DataFrame] = None, kurt_threshold: float = 10.0,
-        partition_factor: float = 4.0) -> list:
+        partition_factor: float = 4.0, family: Optional[dict] = None) -> list:
   """Writes vocab_roles.parquet (per neuron), vocab_role_counts.parquet (per layer),
-  vocab_percentiles.parquet and Fig. 6-style PNGs."""
+  vocab_percentiles.parquet and Fig. 6-style PNGs. `family`: {name: other model of the same
+  family} — then also vocab_family_percentiles.parquet and vocab_family_counts.parquet
+  (this model included as "self")."""
   from ucore.analyses import stats as stats_mod
   os.makedirs(out_dir, exist_ok=True)
   if stats is None:
@@ -110,6 +134,22 @@ def run(model, out_dir: str, stats: Optional[pd.DataFrame] = None,
                    plot_percentiles(pct_u, os.path.join(out_dir, "vocab_percentiles_universal.png"),
                                     "universal neurons"),
                    "As above, universal neurons only."))
+  if family:
+    by_model = {"self": stats}
+    for name, m in family.items():
+      if (m.config.n_layer, m.config.d_mlp) != (model.config.n_layer, model.config.d_mlp):
+        raise UserError(f"family model {name} has {m.config.n_layer}×{m.config.d_mlp} neurons, "
+                        f"not {model.config.n_layer}×{model.config.d_mlp} like the analysed model")
+      by_model[name] = stats_mod.weight_stats(common.processed_weights(m))
+    fpct, fcounts = family_summary(by_model, kurt_threshold)
+    common.write_parquet(fpct, os.path.join(out_dir, "vocab_family_percentiles.parquet"))
+    common.write_parquet(fcounts, os.path.join(out_dir, "vocab_family_counts.parquet"))
+    figs.append((f"Vocabulary kurtosis and skew by layer ({len(by_model)} models)",
+                 plot_percentiles(fpct, os.path.join(out_dir, "vocab_percentiles_family.png"),
+                                  f"{len(by_model)} models pooled"),
+                 "Per-layer percentiles pooled over the model family; mean count of "
+                 f"vocab_kurt > {kurt_threshold:g} per layer (last layers): " + ", ".join(
+                     f"L{l}: {v:.1f}" for l, v in fcounts.iloc[-4:, -1].items())))
   common.write_parquet(table, os.path.join(out_dir, "vocab_roles.parquet"))
   common.write_parquet(counts, os.path.join(out_dir, "vocab_role_counts.parquet"))
   common.write_parquet(pct, os.path.join(out_dir, "vocab_percentiles.parquet"))

@@ -100,9 +100,14 @@ def run_all(config, workdir: str, analyses: str = "all") -> list:
                           vr_threshold=config.families.vr_threshold,
                           alphabet_threshold=config.families.alphabet_threshold)
     elif name == "vocab":
+      fam_models = None
+      if config.vocab.family_model_dirs:
+        from ucore.model import load_model
+        fam_models = {os.path.basename(os.path.normpath(d)): load_model(d)
+                      for d in str(config.vocab.family_model_dirs).split(",") if d.strip()}
       secs = prediction.run(model, out, stats=stats_table, corr=corr,
                             kurt_threshold=config.vocab.kurt_threshold,
-                            partition_factor=config.vocab.partition_factor)
+                            partition_factor=config.vocab.partition_factor, family=fam_models)
     elif name == "entropy":
       secs = entropy.run(model, factory(config.entropy.max_rows), out,
                          n_targets=config.entropy.n_targets, n_random=config.entropy.n_random,
