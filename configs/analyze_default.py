@@ -21,6 +21,8 @@ def get_config(arg: str = ""):
   # Correlation results: neurons_<model>.parquet (or the directory holding it); "" = none
   # (then no universal-vs-other comparison and no ablation).
   c.corr_table = ""
+  # Refuse correlation results whose summary.json names other weights than model_dir's.
+  c.corr_check_fingerprint = True
   # Rows per forward pass.
   c.batch_rows = 8
   # Use at most this many rows of the store for every analysis (0 = all). Paper: 10M tokens.

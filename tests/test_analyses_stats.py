@@ -166,6 +166,20 @@ def test_corr_table_validation(model, tmp_path):
   corr.drop(columns=["universal"]).to_parquet(tmp_path / "nocol.parquet")
   with pytest.raises(UserError, match="lack columns"):
     common.read_corr_table(str(tmp_path / "nocol.parquet"), model.config)
+  # a summary.json (as written by the correlation engine) names the weights
+  import json
+  (tmp_path / "summary.json").write_text(json.dumps(
+      {"models": [{"name": "a", "fingerprint": model.fingerprint},
+                  {"name": "b", "fingerprint": "0" * 64}]}))
+  corr.to_parquet(tmp_path / "neurons_b.parquet")
+  assert common.read_corr_table(str(good), model.config, model.fingerprint) is not None
+  assert common.read_corr_table(str(tmp_path), model.config, model.fingerprint) is not None
+  with pytest.raises(UserError, match="other weights"):
+    common.read_corr_table(str(tmp_path / "neurons_b.parquet"), model.config, model.fingerprint)
+  with pytest.raises(UserError, match="none with this"):
+    common.read_corr_table(str(tmp_path), model.config, "1" * 64)
+  with pytest.raises(UserError, match="several models"):
+    common.read_corr_table(str(tmp_path), model.config)
   corr.iloc[:40].to_parquet(tmp_path / "small.parquet")
   with pytest.raises(UserError, match="does not match|describe"):
     common.read_corr_table(str(tmp_path / "small.parquet"), model.config)

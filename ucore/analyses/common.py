@@ -154,9 +154,22 @@ def vocab_file_of(model=None, store=None) -> str:
 CORR_REQUIRED = ("excess_corr", "universal")
 
 
-def read_corr_table(path: str, config) -> pd.DataFrame:
+def _corr_summary(directory: str) -> Optional[dict]:
+  path = os.path.join(directory, "summary.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    return atomic.read_json(path)
+  except (OSError, ValueError) as e:
+    raise UserError(f"correlation summary {path} is unreadable ({e}); re-run the correlation "
+                    "finalization") from e
+
+
+def read_corr_table(path: str, config, fingerprint: Optional[str] = None) -> pd.DataFrame:
   """Reads the correlation engine's per-neuron parquet; UserError if missing or if it does not
-  describe this model (neuron count / layers / d_mlp)."""
+  describe this model (neuron count / layers / d_mlp, and — when `fingerprint` is given and the
+  results carry a summary.json — the weights' fingerprint). `path` may be the tables directory:
+  then the table of the model with this fingerprint is chosen (or the only one)."""
   if not path:
     raise UserError("no correlation results given: pass the neurons_<model>.parquet written by "
                     "`python main.py correlate` (config field corr_table)")
@@ -166,9 +179,29 @@ def read_corr_table(path: str, config) -> pd.DataFrame:
     if not cands:
       raise UserError(f"correlation directory {path} holds no neurons_*.parquet; run "
                       "`python main.py correlate` first")
+    summary = _corr_summary(path)
+    if fingerprint and summary:
+      names = [m["name"] for m in summary.get("models", []) if m.get("fingerprint") == fingerprint]
+      cands = [c for c in cands if c[len("neurons_"):-len(".parquet")] in names]
+      if not cands:
+        raise UserError(f"the correlation results in {path} are for models "
+                        f"{[m['name'] for m in summary.get('models', [])]}, none with this "
+                        f"model's weights (fingerprint {fingerprint[:12]}); pass the results of "
+                        "this model")
+    elif len(cands) > 1:
+      raise UserError(f"correlation directory {path} holds tables for several models {cands}; "
+                      "pass the file of the analysed model")
     path = os.path.join(path, cands[0])
   if not os.path.isfile(path):
     raise UserError(f"correlation results {path} do not exist; run `python main.py correlate`")
+  summary = _corr_summary(os.path.dirname(os.path.abspath(path)))
+  if fingerprint and summary:
+    name = os.path.basename(path)[len("neurons_"):-len(".parquet")]
+    fps = {m.get("name"): m.get("fingerprint") for m in summary.get("models", [])}
+    if name in fps and fps[name] != fingerprint:
+      raise UserError(f"correlation results {path} were computed on other weights (fingerprint "
+                      f"{str(fps[name])[:12]}, this model {fingerprint[:12]}); pass the results "
+                      "of this model or set corr_check_fingerprint=False")
   try:
     df = pd.read_parquet(path)
   except Exception as e:

@@ -76,7 +76,9 @@ def run_all(config, workdir: str, analyses: str = "all") -> list:
   from ucore.analyses import ablation, attention, entropy, families, prediction, stats, vocab
   os.makedirs(workdir, exist_ok=True)
   model, store, factory, label_names, bos_id = _load(config)
-  corr = common.read_corr_table(config.corr_table, model.config) if config.corr_table else None
+  fp = model.fingerprint if config.get("corr_check_fingerprint", True) else None
+  corr = (common.read_corr_table(config.corr_table, model.config, fp) if config.corr_table
+          else None)
   todo = parse_analyses(analyses, corr is not None)
   sections, timings = [], {}
   stats_table = None
