@@ -296,6 +296,7 @@ def plot_counts(counts: pd.DataFrame, path: str) -> str:
       continue
     ax.bar(counts.index, counts[fam].values, bottom=bottom, label=fam)
     bottom += counts[fam].values
+  ax.set_xticks(list(counts.index))
   ax.set_xlabel("layer")
   ax.set_ylabel("neurons")
   ax.legend(fontsize=7)
