@@ -1,7 +1,8 @@
 """Attention (de)activation neurons (paper §7, Fig. 8).
 
 Weight score of a neuron (layer l) for a head (layer L > l, head h), processed weights:
-  score = ŵ_outᵀ W_Q^h k_BOS^h / sqrt(d_head)
+  score = ŵ_outᵀ W_Q^h k_BOS^h / sqrt(d_head)     (also / (L+1) where the model scales
+                                                  attention by the inverse layer index)
 with k_BOS the head's key for the BOS-only input. Positive: the neuron's output pushes the
 head's query towards the BOS key (more attention to BOS, the head switches off). The baseline
 replaces ŵ_out by random unit vectors (seeded); `z` = (score − baseline mean) / baseline sd.
@@ -33,6 +34,13 @@ def _wq(params, config, layer):
   return k[:, :D].reshape(D, H, dh), b[:D].reshape(H, dh)
 
 
+def _score_scale(cfg, layer: int) -> float:
+  """The attention-score divisor of the model: sqrt(d_head) (scale_attn_weights) times
+  layer+1 (scale_attn_by_inverse_layer_idx, set in the Stanford CRFM GPT-2s)."""
+  s = float(np.sqrt(cfg.d_head)) if cfg.scale_attn_weights else 1.0
+  return s * (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else s
+
+
 def bos_keys(model, bos_id: int) -> np.ndarray:
   """[n_layer, n_head, d_head] keys of every head for the input [BOS]."""
   names = [f"blocks.{l}.attn.hook_k" for l in range(model.config.n_layer)]
@@ -53,10 +61,9 @@ def attention_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0) ->
   rand = rng.normal(size=(n_random, cfg.n_embd))
   rand /= np.linalg.norm(rand, axis=1, keepdims=True)
   frames = []
-  scale = np.sqrt(cfg.d_head)
   for L in range(1, cfg.n_layer):
     wq, _ = _wq(pm.params, cfg, L)
-    qk = np.einsum("dhe,he->dh", wq, k_bos[L]) / scale              # [D, H]
+    qk = np.einsum("dhe,he->dh", wq, k_bos[L]) / _score_scale(cfg, L)             # [D, H]
     base = rand @ qk                                                 # [n_random, H]
     mu, sd = base.mean(0), base.std(0)
     for l in range(L):
@@ -86,7 +93,7 @@ def random_baseline_scores(model, bos_id: int, n_random: int = 1000, seed: int =
   out = []
   for L in range(1, cfg.n_layer):
     wq, _ = _wq(pm.params, cfg, L)
-    out.append((rand @ (np.einsum("dhe,he->dh", wq, k_bos[L]) / np.sqrt(cfg.d_head))).ravel())
+    out.append((rand @ (np.einsum("dhe,he->dh", wq, k_bos[L]) / _score_scale(cfg, L))).ravel())
   return np.concatenate(out)
 
 
