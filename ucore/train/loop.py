@@ -27,6 +27,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -276,6 +277,8 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     logging.info("resumed %s at step %d of %d", workdir, step, num_steps)
   elif resumed:
     logging.info("restarting %s from step 0 (no committed state yet)", workdir)
+  # jax arrays from here on: numpy or committed inputs would add entries to the step's cache.
+  params, opt_state = jax.tree_util.tree_map(jnp.asarray, (params, opt_state))
   log = _LossLog(os.path.join(workdir, LOSSES), step)
 
   family_step = core.make_family_step(mcfg, tx)
