@@ -119,3 +119,24 @@ def test_bad_inputs_are_user_errors(tmp_path):
     write_report(str(tmp_path), {"t": table}, figures_extra=[("x", str(tmp_path / "no.png"))])
   with pytest.raises(UserError, match="at least one"):
     write_report(str(tmp_path), {})
+
+
+def test_parquet_table_and_training_curves_section(tmp_path):
+  from ucore.report import training_curves
+  table = _table()
+  pq = tmp_path / "neurons.parquet"
+  table.reset_index().to_parquet(pq)
+  rows = []
+  for seed in (0, 1):
+    for step in range(1, 21):
+      rows.append({"step": step, "seed": seed, "split": "train", "loss": 5 - 0.1 * step + seed})
+    for step in (0, 10, 20):
+      rows.append({"step": step, "seed": seed, "split": "heldout", "loss": 5 - 0.1 * step})
+  curves = training_curves(pd.DataFrame(rows), str(tmp_path / "curves.png"))
+  html_path = write_report(str(tmp_path / "r"), {"from parquet": str(pq)},
+                           figures_extra=[("Training", curves, "loss per seed")])
+  html = open(html_path).read()
+  assert 'src="figures/curves.png"' in html and (tmp_path / "r" / "figures" / "curves.png").is_file()
+  assert f"{int(table.universal.sum()):,}" in html
+  with pytest.raises(UserError, match="lacks columns"):
+    training_curves(pd.DataFrame({"step": [1]}), str(tmp_path / "x.png"))

@@ -7,10 +7,10 @@ from ucore.report.figures import (REQUIRED_COLUMNS, check_table, corr_distributi
                                   max_vs_min, partner_layer_heatmap,
                                   partner_layer_hist_from_table, partner_layer_shares,
                                   per_layer_stats, persistence, persistence_table,
-                                  universal_by_layer)
+                                  training_curves, universal_by_layer)
 from ucore.report.html import Section, table_summary, top_universal_html, write_report
 
 __all__ = ["REQUIRED_COLUMNS", "Section", "check_table", "corr_distributions", "max_vs_min",
            "partner_layer_heatmap", "partner_layer_hist_from_table", "partner_layer_shares",
            "per_layer_stats", "persistence", "persistence_table", "table_summary",
-           "top_universal_html", "universal_by_layer", "write_report"]
+           "top_universal_html", "training_curves", "universal_by_layer", "write_report"]

@@ -207,3 +207,25 @@ def persistence(persist: pd.DataFrame, path: str) -> str:
   ax.set_ylabel("share")
   ax.legend(frameon=False, fontsize=8)
   return _save(fig, path)
+
+
+def training_curves(losses: pd.DataFrame, path: str) -> str:
+  """Train (thin) and held-out (markers) loss per seed against step, from
+  ucore.train.read_losses(workdir) (columns step, seed, split, loss)."""
+  missing = [c for c in ("step", "seed", "split", "loss") if c not in losses.columns]
+  if missing:
+    from ucore.errors import UserError
+    raise UserError(f"losses table lacks columns {missing} (use ucore.train.read_losses)")
+  fig = _figure(6.0, 3.8)
+  ax = fig.add_subplot(1, 1, 1)
+  colors = [f"C{i}" for i in range(10)]
+  for i, (seed, g) in enumerate(losses.groupby("seed")):
+    c = colors[i % len(colors)]
+    tr = g[g.split == "train"].sort_values("step")
+    ho = g[g.split == "heldout"].sort_values("step")
+    ax.plot(tr.step, tr.loss, color=c, lw=0.7, alpha=0.6)
+    ax.plot(ho.step, ho.loss, "o-", color=c, ms=3, label=f"seed {seed} (held-out)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats / token)")
+  ax.legend(frameon=False, fontsize=8)
+  return _save(fig, path)

@@ -175,6 +175,16 @@ figcaption{font-size:.85em;color:#555} mark{background:#ffd54f}
 """
 
 
+def _read_table(t, name):
+  if isinstance(t, (str, os.PathLike)):
+    if not os.path.isfile(t):
+      raise UserError(f"neuron table {name!r}: {t} does not exist")
+    t = pd.read_parquet(t)
+    if "layer" in t.columns and "neuron" in t.columns:
+      t = t.set_index(["layer", "neuron"])
+  return t
+
+
 def write_report(out_dir: str, tables: Mapping[str, pd.DataFrame], *,
                  figures_extra: Sequence[SectionLike] = (),
                  summary: Optional[Mapping] = None,
@@ -186,7 +196,8 @@ def write_report(out_dir: str, tables: Mapping[str, pd.DataFrame], *,
   """Renders figures for every neuron table and writes `<out_dir>/index.html`; returns its path.
 
   tables: {name: neuron table} (one per reference model / comparison), each indexed by
-    (layer, neuron) with mean_corr, max_corr, min_corr, mean_baseline, excess_corr, universal.
+    (layer, neuron) with mean_corr, max_corr, min_corr, mean_baseline, excess_corr, universal;
+    a value may also be the path of such a table saved as parquet.
   partner_layers: {name: counts [n_layer_ref, n_layer_other]} for Fig. 2c (when absent and the
     table has max_sim_layer, the counts are taken from it).
   examples: {name: DataFrame(layer, neuron, activation, token[, context_before, context_after])}.
@@ -204,6 +215,7 @@ def write_report(out_dir: str, tables: Mapping[str, pd.DataFrame], *,
     if unknown:
       raise UserError(f"{label} names tables {sorted(unknown)} that are not in tables "
                       f"{sorted(tables)}")
+  tables = {name: _read_table(t, name) for name, t in tables.items()}
   out_dir = os.path.abspath(out_dir)
   fig_dir = os.path.join(out_dir, FIGURES_DIR)
   os.makedirs(fig_dir, exist_ok=True)
