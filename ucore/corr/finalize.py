@@ -20,15 +20,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ucore.corr.moments import NEU, PRECISION, TOK, Spec, state_shapes
+from ucore.corr.moments import C_SPEC, NEU, PRECISION, S_SPEC, TOK, Spec
 
 NEG = -jnp.inf
 
 
 def _value(state, key):
-  """Compensated value s - c."""
+  """Compensated value s - c (C and S carry [sum, compensation] on a leading axis)."""
+  v = state[key]
+  if key.startswith(("C/", "S/")):
+    return v[0] - v[1] if v.shape[0] == 2 else v[0]
   c = state.get(key + "#c")
-  return state[key] if c is None else state[key] - c
+  return v if c is None else v - c
 
 
 def _to_host(x):
@@ -155,7 +158,7 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
   rep = NamedSharding(mesh, P())
   inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
   inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
-  c_spec = state_shapes(spec)[f"C/{x}_{y}"][2]
+  c_spec = C_SPEC
   own_ax = TOK if orient == "fwd" else NEU
   out_spec = P(None, own_ax, None)
   f = jax.jit(jax.shard_map(partial(_corr_local, spec, x, y, orient, k), mesh=mesh,
@@ -179,7 +182,7 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
     from ucore.corr import baselines as bl
     fb = jax.jit(jax.shard_map(
         partial(_baseline_local, spec, x, y, orient), mesh=mesh,
-        in_specs=(c_spec, state_shapes(spec)[f"S/{part}"][2], P(), P()),
+        in_specs=(c_spec, S_SPEC, P(), P()),
         out_specs=P(None, own_ax), check_vma=False))
     cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
     for kind in baseline_kinds:

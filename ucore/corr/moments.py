@@ -139,13 +139,16 @@ def state_shapes(spec: Spec):
   for m in range(spec.n_models):
     out[f"mean/{m}"] = ((spec.n_layers[m], d), jnp.float32, P())
     out[f"m2/{m}"] = ((spec.n_layers[m], d), jnp.float32, P())
-  for x, y in spec.pairs:
-    out[f"C/{x}_{y}"] = ((spec.n_layers[x], d, spec.band(x, y), d), jnp.float32, C_SPEC)
-  for y in spec.rotated:
-    out[f"S/{y}"] = ((spec.n_layers[y], d, d), jnp.float32, S_SPEC)
-  for k in list(out):   # means/M2 (size N) are always compensated; C and S when asked
-    if k.startswith(("mean/", "m2/")) or (spec.compensated and k != "n"):
+  for k in list(out):   # means/M2 (size N): always Kahan-compensated, separate buffers
+    if k != "n":
       out[k + "#c"] = out[k]
+  # C and S: leading axis [sum, compensation] (K=2) or [sum] (K=1), updated in one fusion
+  K = 2 if spec.compensated else 1
+  for x, y in spec.pairs:
+    out[f"C/{x}_{y}"] = ((K, spec.n_layers[x], d, spec.band(x, y), d), jnp.float32,
+                         P(None, *C_SPEC))
+  for y in spec.rotated:
+    out[f"S/{y}"] = ((K, spec.n_layers[y], d, d), jnp.float32, P(None, *S_SPEC))
   return out
 
 
@@ -182,13 +185,16 @@ def _batch_stats(x, w, n_b):
   """Batch mean as an unevaluated sum hi + lo (hi: float32 mean, lo: the mean of the
   residuals x - hi). At large offsets hi alone is off by up to half an ulp of the offset;
   carrying lo keeps the Chan merge exact to float32 resolution of the spread, not of the
-  offset. x [L, k, T] (feature-major), w [T]. Returns hi, lo [L, k] and M2 [L, k]."""
+  offset. x [L, k, T] (feature-major), w [T]. Returns hi, lo, M2 [L, k] and the centred,
+  masked activations. The weighted sums are GEMVs (no broadcast of w is materialized)."""
   inv = jnp.where(n_b > 0, 1.0 / jnp.maximum(n_b, 1).astype(jnp.float32), 0.0)
-  hi = jnp.sum(x * w, axis=-1) * inv
+  dot = lambda a, b: jnp.einsum("lkt,t->lk", a, b, precision=PRECISION)
+  hi = dot(x, w) * inv
   res = x - hi[..., None]           # exact where x and hi are within a factor 2 (Sterbenz)
-  lo = jnp.sum(res * w, axis=-1) * inv
+  lo = dot(res, w) * inv
   xc = (res - lo[..., None]) * w
-  return hi, lo, jnp.sum(xc * xc, axis=-1)
+  m2 = jnp.einsum("lkt,lkt->lk", xc, xc, precision=PRECISION)
+  return hi, lo, m2, xc
 
 
 def _center(x, hi, lo, w):
@@ -238,8 +244,8 @@ def _local_step(spec: Spec, state, xs, w):
       slabs["cols"] = _gather_slab(xs[m], NEU, TOK, c, r)        # [L, dc, T]
     # batch statistics from one slab, all-gathered to the full (replicated) vectors
     which, ax = ("cols", NEU) if "cols" in slabs else ("rows", TOK)
-    hi, lo, m2_b = _batch_stats(slabs[which], wg, n_b)
-    hi, lo, m2_b = (jax.lax.all_gather(v, ax, axis=1, tiled=True) for v in (hi, lo, m2_b))
+    hi_l, lo_l, m2_l, xc_l = _batch_stats(slabs[which], wg, n_b)
+    hi, lo, m2_b = (jax.lax.all_gather(v, ax, axis=1, tiled=True) for v in (hi_l, lo_l, m2_l))
     mc = state[f"mean/{m}#c"]         # running mean = s - c
     d_m = (hi - state[f"mean/{m}"]) + (lo + mc)
     d_m = jnp.where(n_b > 0, d_m, 0.0)
@@ -249,18 +255,23 @@ def _local_step(spec: Spec, state, xs, w):
     j = jax.lax.axis_index(NEU)
     sl_r = lambda v: jax.lax.dynamic_slice_in_dim(v, i * dr, dr, axis=1)
     sl_c = lambda v: jax.lax.dynamic_slice_in_dim(v, j * dc, dc, axis=1)
-    if "rows" in slabs:
-      rows_c[m] = _center(slabs["rows"], sl_r(hi), sl_r(lo), wg)
-      d_rows[m] = sl_r(d_m)
     if "cols" in slabs:
-      cols_c[m] = _center(slabs["cols"], sl_c(hi), sl_c(lo), wg)
+      cols_c[m] = xc_l
       d_cols[m] = sl_c(d_m)
+    if "rows" in slabs:
+      if which == "rows" or (r == 1 and c == 1):   # the stats slab / one device: same slab
+        rows_c[m] = xc_l
+      else:
+        rows_c[m] = _center(slabs["rows"], sl_r(hi), sl_r(lo), wg)
+      d_rows[m] = sl_r(d_m)
 
   def merge(key, term):
-    s, cc = _kadd(state[key], state.get(key + "#c"), term, comp)
-    new[key] = s
+    st = state[key]
     if comp:
-      new[key + "#c"] = cc
+      t, cc = _kadd(st[0], st[1], term, True)
+      new[key] = jnp.stack([t, cc])
+    else:
+      new[key] = st + term[None]
 
   for x, y in spec.pairs:
     xa, da = rows_c[x], d_rows[x]                 # [Lx, dr, T], [Lx, dr]
