@@ -308,3 +308,25 @@ def test_lr_schedule_warmup_then_cosine():
   np.testing.assert_allclose(lr[1], o.lr / o.warmup_steps, rtol=1e-6)
   assert np.all(np.diff(lr[o.warmup_steps:]) <= 1e-12)
   assert lr[100] == pytest.approx(o.lr * o.min_lr_ratio)
+
+
+def test_loss_lines_without_committed_state_are_redone_once(straight, tmp_path):
+  """Killed after loss lines were flushed but before any state committed: the rerun starts
+  from step 0 and the losses file holds each line once."""
+  import shutil
+  wd = str(tmp_path / "w")
+
+  def kill_at_4(event, step):
+    if step == 4:
+      raise KeyboardInterrupt()
+
+  with pytest.raises(KeyboardInterrupt):
+    train_family(_tiny_config(), wd, _corpus(), _hook=kill_at_4)
+  shutil.rmtree(os.path.join(wd, "state"))   # as if the kill hit before the first commit
+  assert len(read_losses(wd)) > 0
+  train_family(_tiny_config(), wd, _corpus())
+  key = ["split", "step", "seed"]
+  a = read_losses(straight[0]).sort_values(key).reset_index(drop=True)
+  b = read_losses(wd).sort_values(key).reset_index(drop=True)
+  assert len(a) == len(b) and (a[key] == b[key]).all().all()
+  np.testing.assert_array_equal(a.loss.values, b.loss.values)

@@ -279,7 +279,8 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     logging.info("restarting %s from step 0 (no committed state yet)", workdir)
   # jax arrays from here on: numpy or committed inputs would add entries to the step's cache.
   params, opt_state = jax.tree_util.tree_map(jnp.asarray, (params, opt_state))
-  log = _LossLog(os.path.join(workdir, LOSSES), step)
+  # Lines after the restored step (or all lines, when no state was committed) are redone.
+  log = _LossLog(os.path.join(workdir, LOSSES), step if latest is not None else -1)
 
   family_step = core.make_family_step(mcfg, tx)
   family_eval = core.make_family_eval(mcfg)
