@@ -1,7 +1,8 @@
 """`python main.py correlate --config=configs/correlate_*.py --workdir=DIR`.
 
 Multi-process (one process per host; see BUILD.md):
-  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (explicit), or
+  --distributed_auto                                                  (TPU pods, SLURM, MPI)
 calls jax.distributed.initialize before any device is touched. Re-running the same command
 resumes from the last committed checkpoint in DIR/state.
 """
@@ -14,12 +15,21 @@ COORDINATOR = flags.DEFINE_string(
     "jax.distributed.initialize (multi-process runs only).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "correlate: total processes.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "correlate: this process's index.")
+DISTRIBUTED_AUTO = flags.DEFINE_bool(
+    "distributed_auto", False, "correlate: call jax.distributed.initialize() with the "
+    "cluster auto-detected (TPU pod slices, SLURM, Open MPI) instead of the three flags.")
 
 
 def init_distributed():
   import jax
   from ucore.errors import UserError
   given = [v is not None for v in (COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)]
+  if DISTRIBUTED_AUTO.value:
+    if any(given):
+      raise UserError("--distributed_auto excludes --coordinator_address/--num_processes/"
+                      "--process_id.")
+    jax.distributed.initialize()
+    return
   if any(given) and not all(given):
     raise UserError("multi-process runs need all of --coordinator_address, --num_processes "
                     "and --process_id.")

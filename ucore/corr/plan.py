@@ -73,8 +73,13 @@ def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=
   c_bytes = pairs * n_layer * d_pad * band * d_pad * 4 * comp
   s_bytes = rotated * n_layer * d_pad * d_pad * 4 * comp
   state = c_bytes + s_bytes
-  # per step, every device holds all models' gathered activations and their centred copies
-  acts = 2 * n_models * tokens_per_step * n_layer * d_pad * 4
+  # per step, each device holds all tokens of its row slice (d/tok) of every model that
+  # appears as rows (reference; every rotated model, for S) and of its column slice (d/neu)
+  # of every partner model, raw and centred
+  row_models = n_models if mode == "all_pairs" else 1 + rotated
+  col_models = n_models if mode == "all_pairs" else n_models - 1
+  acts = 2 * tokens_per_step * n_layer * 4 * (
+      min(row_models, n_models) * d_pad / tok + col_models * d_pad / neu)
   params = n_layer * 12 * d_model * d_model + 50257 * d_model + 1024 * d_model
   weights = n_models * params * 4
   # finalize transient: one partner layer of rotated block per device
