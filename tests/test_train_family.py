@@ -80,6 +80,9 @@ def test_killed_and_resumed_run_is_identical(straight, tmp_path):
   with pytest.raises(Killed):
     train_family(config, wd, _corpus(), _hook=kill_at_8)
   assert not os.path.exists(os.path.join(wd, "family.json"))
+  from ucore.train import read_family
+  with pytest.raises(UserError, match="not finished"):
+    read_family(wd)
   assert os.path.isdir(os.path.join(wd, "seed0", "checkpoint-6"))
   assert not os.path.exists(os.path.join(wd, "seed0", "checkpoint-12"))
   seen = []
@@ -192,6 +195,10 @@ def test_changed_config_or_data_is_refused(straight, tmp_path):
   # A complete run called again returns its summary without training.
   again = train_family(_tiny_config(), wd, _corpus())
   assert again == json.load(open(os.path.join(wd, "family.json")))
+  from ucore.train import read_family
+  assert read_family(wd) == again
+  with pytest.raises(UserError, match="not a training run"):
+    read_family(str(tmp_path))
   # A non-empty directory that is not a training run is refused.
   other = tmp_path / "other"
   other.mkdir()

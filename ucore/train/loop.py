@@ -381,3 +381,19 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
   }
   atomic.write_json(family_path, summary)
   return summary
+
+
+def read_family(workdir: str) -> dict:
+  """family.json of a completed training run (seeds, checkpoint paths per seed and step,
+  final paths, final losses); UserError if the run is missing or unfinished."""
+  path = os.path.join(os.path.abspath(workdir), FAMILY)
+  if not os.path.isfile(path):
+    if os.path.isfile(os.path.join(workdir, JOB)):
+      raise UserError(f"training in {workdir} is not finished (no {FAMILY}); rerun the same "
+                      "`python main.py train ...` command to complete it")
+    raise UserError(f"{workdir} is not a training run (no {FAMILY}); train one with "
+                    "`python main.py train --config=configs/train_default.py --workdir=...`")
+  family = atomic.read_json(path)
+  if family.get("format") != FAMILY_FORMAT:
+    raise UserError(f"{path} has format {family.get('format')!r}, expected {FAMILY_FORMAT!r}")
+  return family
