@@ -12,6 +12,7 @@ correlation: its row is NaN (or `dead_value` when configured) and it is never an
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 
 import jax
@@ -132,6 +133,22 @@ def _baseline_local(spec, x, y, orient, c_loc, s_loc, rmat, inv_own):
   return best
 
 
+@functools.lru_cache(maxsize=64)
+def _corr_fn(spec, mesh, x, y, orient, k):
+  out_spec = P(None, TOK if orient == "fwd" else NEU, None)
+  return jax.jit(jax.shard_map(partial(_corr_local, spec, x, y, orient, k), mesh=mesh,
+                               in_specs=(C_SPEC, P(), P()), out_specs=(out_spec, out_spec),
+                               check_vma=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _baseline_fn(spec, mesh, x, y, orient):
+  return jax.jit(jax.shard_map(partial(_baseline_local, spec, x, y, orient), mesh=mesh,
+                               in_specs=(C_SPEC, S_SPEC, P(), P()),
+                               out_specs=P(None, TOK if orient == "fwd" else NEU),
+                               check_vma=False))
+
+
 @dataclasses.dataclass
 class PairResult:
   own: int
@@ -158,12 +175,8 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
   rep = NamedSharding(mesh, P())
   inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
   inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
-  c_spec = C_SPEC
   own_ax = TOK if orient == "fwd" else NEU
-  out_spec = P(None, own_ax, None)
-  f = jax.jit(jax.shard_map(partial(_corr_local, spec, x, y, orient, k), mesh=mesh,
-                            in_specs=(c_spec, P(), P()), out_specs=(out_spec, out_spec),
-                            check_vma=False))
+  f = _corr_fn(spec, mesh, x, y, orient, k)
   cv, ci = f(_value(state, f"C/{x}_{y}"), inv_own, inv_part)
   cv, ci = _to_host(cv)[:, :spec.d_mlp], _to_host(ci)[:, :spec.d_mlp]
   dead_own = moments[own]["dead"][:, :spec.d_mlp]
@@ -180,10 +193,7 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
     if part not in spec.rotated:
       raise ValueError(f"model {part} has no within-layer co-moments (not rotated)")
     from ucore.corr import baselines as bl
-    fb = jax.jit(jax.shard_map(
-        partial(_baseline_local, spec, x, y, orient), mesh=mesh,
-        in_specs=(c_spec, S_SPEC, P(), P()),
-        out_specs=P(None, own_ax), check_vma=False))
+    fb = _baseline_fn(spec, mesh, x, y, orient)
     cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
     for kind in baseline_kinds:
       res = []

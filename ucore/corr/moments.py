@@ -31,6 +31,7 @@ feature-major), the fastest layout for XLA on CPU and GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from functools import partial
 
@@ -300,6 +301,7 @@ def _local_step(spec: Spec, state, xs, w):
   return new
 
 
+@functools.lru_cache(maxsize=32)
 def make_step(spec: Spec, mesh: Mesh):
   """jit(state, xs: list of [T, L_m, d_pad] token-sharded, w [T]) -> state (donated)."""
   specs = {k: p for k, (_, _, p) in state_shapes(spec).items()}
