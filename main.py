@@ -9,6 +9,7 @@ Each subcommand lives in ucore/cli/<name>.py; this file only parses flags and di
 A ucore.errors.UserError becomes a one-line message on stderr and exit status 2.
 """
 import importlib
+import logging as logging_std
 import sys
 
 from absl import app
@@ -35,8 +36,17 @@ def _load_commands():
 _MODULES = _load_commands()
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax (several lines per checkpoint) from the absl log; warnings
+  and errors still pass."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   from ucore.errors import UserError
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   args = argv[1:]
   command = args[0] if args else DEFAULT_COMMAND
   if command not in _MODULES:

@@ -27,6 +27,8 @@ def get_config(arg: str = ""):
   c.batch_rows = 8
   # Use at most this many rows of the store for every analysis (0 = all). Paper: 10M tokens.
   c.max_rows = 0
+  # First store row used (e.g. past the rows a trained family saw: held-out text).
+  c.start_row = 0
   # Seed of every random choice (control neurons, random sets, random directions).
   c.seed = 0
   # Write an HTML report in <workdir>/report (needs corr_table).

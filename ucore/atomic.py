@@ -74,3 +74,8 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         break
       h.update(b)
   return h.hexdigest()
+
+
+def read_json_roundtrip(obj):
+  """`obj` as it reads back after write_json (tuples become lists, keys strings)."""
+  return json.loads(json.dumps(obj, sort_keys=True))

@@ -62,12 +62,16 @@ def _load(config):
   from ucore.data.store import open_store
   store = open_store(config.token_store)
   common.check_store_matches_model(store, model)
+  if not 0 <= int(config.get("start_row", 0)) < store.num_rows:
+    raise UserError(f"start_row={config.get('start_row')} outside the store's "
+                    f"{store.num_rows} rows")
 
   def factory(max_rows=None):
     mr = config.max_rows or None
     if max_rows:
       mr = min(mr, max_rows) if mr else max_rows
-    return list(common.store_batches(store, config.batch_rows, mr))
+    return list(common.store_batches(store, config.batch_rows, mr,
+                                     start_row=int(config.get("start_row", 0))))
   return model, store, factory, list(store.label_names), store.bos_id
 
 
@@ -80,6 +84,11 @@ def run_all(config, workdir: str, analyses: str = "all") -> list:
   corr = (common.read_corr_table(config.corr_table, model.config, fp) if config.corr_table
           else None)
   todo = parse_analyses(analyses, corr is not None)
+  if "ablation" in todo and analyses == "all" and not corr["universal"].astype(bool).any():
+    # Nothing to compare against random sets; an explicit --analysis=ablation still errors.
+    logging.warning("no universal neurons in %s: skipping the ablation analysis",
+                    config.corr_table)
+    todo.remove("ablation")
   sections, timings = [], {}
   stats_table = None
   for name in todo:

@@ -1,0 +1,92 @@
+"""The default study, offline, on the embedded corpus (data/corpus): what `python main.py` runs.
+
+  python main.py                                   # = the line below
+  python main.py pipeline --config=configs/pipeline_default.py --workdir=runs/default
+
+Stages (each cached and resumable; re-running skips finished ones): byte-level BPE + token
+store -> a family of GPT-2 seeds trained here -> correlations of seed 0 against the others
+with one-pass rotation baselines -> the same at earlier training checkpoints (persistence) ->
+the paper's analyses on seed 0 -> report (runs/default/report/index.html).
+Variant `:quick` shrinks every stage (tests, smoke runs).
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _config_of(name: str, arg: str = ""):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def get_config(arg: str = ""):
+  from ucore.corr.config import default_config as correlate_config
+  c = ml_collections.ConfigDict()
+  # Token store recipe: the embedded corpus, a byte-level BPE trained on it, 128-token rows.
+  c.tokenize = _config_of("tokenize_default", "bpe")
+  c.tokenize.ctx = 128
+  c.tokenize.num_tokens = 0              # keep every row; train / held-out split below
+  # Rows [0, train_rows) train the family; rows after them are held-out text for the
+  # correlations and analyses (the paper correlates on text the models never saw).
+  c.train_rows = 16384
+  # The seed family (configs/train_default.py; data.store and data.max_rows are set here).
+  c.train = _config_of("train_default")
+  # Correlations of the first seed against every other (ucore/corr/config.py fields).
+  c.correlate = correlate_config()
+  c.correlate.max_tokens = 500_000       # held-out tokens correlated
+  c.correlate.batch_rows = 64
+  c.correlate.baseline.draws = 1
+  c.correlate.checkpoint.every_steps = 20
+  c.correlate.log_every = 20
+  # Universality over training: correlate the family at these earlier checkpoints too
+  # (must be among train.checkpoint_steps), on this many held-out tokens each.
+  c.persistence_steps = (20, 50, 100, 200)
+  c.persistence_max_tokens = 200_000
+  # The paper's analyses on the first seed (configs/analyze_default.py fields).
+  c.analyze = _config_of("analyze_default")
+  c.analyze.max_rows = 512               # held-out rows used by the analyses
+  c.analyze.batch_rows = 32
+  c.analyze.families.n_unigrams = 200
+  c.analyze.report = False               # the pipeline writes one combined report
+  # Report: top universal neurons shown, with their top-activating contexts from this many
+  # held-out rows.
+  c.report_top_k = 20
+  c.examples_rows = 512
+  if arg == "quick":
+    c.tokenize.max_documents = 400
+    c.tokenize.bpe_vocab_size = 512
+    c.train_rows = 512
+    c.train.seeds = (0, 1, 2)
+    c.train.model.n_embd = 32
+    c.train.model.n_head = 2
+    c.train.model.d_mlp = 64
+    c.train.num_steps = 20
+    c.train.batch_rows = 4
+    c.train.heldout_rows = 16
+    c.train.checkpoint_steps = (0, 10, 20)
+    c.train.eval_every = 10
+    c.train.state_every = 10
+    c.train.optim.warmup_steps = 4
+    c.correlate.max_tokens = 8192
+    c.correlate.batch_rows = 16
+    c.persistence_steps = (10,)
+    c.persistence_max_tokens = 4096
+    c.analyze.max_rows = 32
+    c.analyze.batch_rows = 8
+    c.analyze.families.n_unigrams = 20
+    c.analyze.entropy.max_rows = 8
+    c.analyze.entropy.n_random = 4
+    c.analyze.attention.max_rows = 8
+    c.analyze.attention.positions = (8, 64)
+    c.analyze.attention.n_random = 100
+    c.analyze.ablation.max_rows = 8
+    c.analyze.ablation.n_random = 2
+    c.examples_rows = 32
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/pipeline_default.py (known: quick)")
+  return c

@@ -1,0 +1,36 @@
+"""`python main.py [pipeline] [--config=configs/pipeline_default.py] [--workdir=runs/default]`:
+the default study, offline, end to end (see ucore/pipeline.py)."""
+import os
+
+from ucore.cli import common
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "pipeline_default.py")
+DEFAULT_WORKDIR = "runs/default"
+
+
+def _default_config():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("pipeline_default", DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run(argv):
+  from ucore import pipeline
+  from ucore.errors import UserError
+  if argv:
+    raise UserError(f"pipeline takes no positional arguments; got {argv}")
+  config = common.CONFIG.value if common.CONFIG.value is not None else _default_config()
+  if "train" not in config or "correlate" not in config:
+    raise UserError("--config is not a pipeline config; use configs/pipeline_default.py")
+  workdir = common.WORKDIR.value or DEFAULT_WORKDIR
+  r = pipeline.run(config, workdir)
+  layers = " ".join(str(v) for v in r["universal_per_layer"])
+  print(f"\nUniversal neurons of {r['reference']} (excess correlation over the rotation "
+        f"baseline > {config.correlate.threshold}): {r['n_universal']} of {r['n_neurons']} "
+        f"({100 * r['share_universal']:.2f}%); per layer: {layers}\n"
+        f"medians: mean max corr {r['mean_corr_median']:.3f}, mean baseline "
+        f"{r['mean_baseline_median']:.3f}, excess {r['excess_corr_median']:.3f}\n"
+        f"report: {r['report']}\n(total {r['seconds']:.0f}s; stages {r['stage_seconds']})")

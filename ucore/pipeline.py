@@ -1,0 +1,195 @@
+"""The default study end to end: tokens -> seed family -> correlations (+ over training) ->
+analyses -> report. Every stage is itself resumable and skips work already finished, so
+re-running the pipeline after a kill continues where it stopped.
+
+Layout of the workdir:
+  tokens/            token store (ucore.data)
+  family/            trained seeds, family/seed{s}/checkpoint-{N} and final (ucore.train)
+  corr/              correlations of the final models (ucore.corr), tables in corr/tables/
+  corr_steps/step{N} the same at earlier checkpoints
+  analyses/          the paper's analyses on the reference seed (ucore.analyses)
+  report/index.html  the combined report; pipeline.json (written last) summarises the run
+"""
+import copy
+import os
+import time
+
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from ucore import atomic
+from ucore.errors import UserError
+
+SUMMARY = "pipeline.json"
+
+
+def _copy(config):
+  """An unlocked deep copy (flag-parsed configs are locked)."""
+  import ml_collections
+  return ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+
+
+def _stage(name, fn, timings):
+  t0 = time.time()
+  logging.info("pipeline: stage %s ...", name)
+  print(f"[pipeline] {name} ...", flush=True)
+  out = fn()
+  timings[name] = round(time.time() - t0, 1)
+  print(f"[pipeline] {name} done in {timings[name]:.1f}s", flush=True)
+  return out
+
+
+def _correlate(config, model_dirs, names, store_dir, start_row, max_tokens, workdir):
+  from ucore.corr import driver
+  c = _copy(config.correlate)
+  c.models, c.model_names = list(model_dirs), list(names)
+  c.token_store, c.start_row, c.max_tokens = store_dir, int(start_row), int(max_tokens)
+  c.mode = "reference"
+  if not c.exclude_ids or tuple(c.exclude_ids) == (50256, 198):
+    # The store knows its tokenizer's BOS/EOS and newline ids (a trained BPE differs).
+    from ucore.data.store import open_store
+    c.exclude_ids = tuple(open_store(store_dir).mask_exclude_ids)
+  tables_dir = driver.run(c, workdir)
+  return tables_dir, atomic.read_json(os.path.join(tables_dir, "summary.json"))
+
+
+def _read_tables(tables_dir, name):
+  neurons = pd.read_parquet(os.path.join(tables_dir, f"neurons_{name}.parquet"))
+  long = pd.read_parquet(os.path.join(tables_dir, f"partner_layers_{name}.parquet"))
+  mean = long[long["partner"] == "__mean__"]     # averaged over the partner models
+  hist = mean.pivot(index="layer", columns="partner_layer", values="count").to_numpy()
+  return neurons, hist
+
+
+def run(config, workdir: str) -> dict:
+  from ucore.data.build import build_store
+  from ucore.train.store_input import train_from_store
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t_start, timings = time.time(), {}
+  tokens_dir = os.path.join(workdir, "tokens")
+  store = _stage("tokenize", lambda: build_store(config.tokenize, tokens_dir), timings)
+  train_rows = int(config.train_rows)
+  heldout_needed = max(int(config.correlate.max_tokens), int(config.persistence_max_tokens))
+  heldout_rows = store.num_rows - train_rows
+  if train_rows <= 0 or heldout_rows * store.ctx < heldout_needed:
+    raise UserError(f"the token store has {store.num_rows} rows of {store.ctx}; train_rows="
+                    f"{train_rows} leaves {max(heldout_rows, 0) * store.ctx} held-out tokens, "
+                    f"fewer than the {heldout_needed} the correlations need; lower train_rows "
+                    "or correlate.max_tokens")
+
+  train_cfg = _copy(config.train)
+  train_cfg.data.store, train_cfg.data.max_rows = tokens_dir, train_rows
+  family = _stage("train", lambda: train_from_store(train_cfg, os.path.join(workdir, "family")),
+                  timings)
+  seeds = [str(s) for s in family["seeds"]]
+  names = [f"seed{s}" for s in seeds]
+  ref = names[0]
+  finals = [family["final"][s] for s in seeds]
+
+  tables_dir, corr_summary = _stage("correlate", lambda: _correlate(
+      config, finals, names, tokens_dir, train_rows, config.correlate.max_tokens,
+      os.path.join(workdir, "corr")), timings)
+  neurons, hist = _read_tables(tables_dir, ref)
+
+  def persistence():
+    universal_at = {}
+    for step in config.persistence_steps:
+      step = int(step)
+      dirs = [family["checkpoints"][s].get(str(step)) for s in seeds]
+      if any(d is None for d in dirs):
+        raise UserError(f"persistence step {step} is not a kept training checkpoint "
+                        f"({family['checkpoint_steps']}); add it to train.checkpoint_steps")
+      tdir, _ = _correlate(config, dirs, names, tokens_dir, train_rows,
+                           config.persistence_max_tokens,
+                           os.path.join(workdir, "corr_steps", f"step{step}"))
+      universal_at[step] = _read_tables(tdir, ref)[0]
+    from ucore.report.figures import persistence_table
+    universal_at[int(family["num_steps"])] = neurons
+    return persistence_table(neurons, universal_at)
+  persist = _stage("persistence", persistence, timings) if config.persistence_steps else None
+
+  analyses_dir = os.path.join(workdir, "analyses")
+  sections = _stage("analyze", lambda: _analyze(config, family, seeds, tokens_dir, train_rows,
+                                                tables_dir, analyses_dir), timings)
+  examples = _stage("examples", lambda: _examples(config, finals[0], tokens_dir, train_rows,
+                                                  neurons), timings)
+
+  def report():
+    from ucore.report.html import write_report
+    n_univ = int(neurons["universal"].sum())
+    summary = {
+        "models": ", ".join(f"{n} ({d})" for n, d in zip(names, finals)),
+        "reference": ref,
+        "training": f"{len(seeds)} seeds x {family['num_steps']} steps, final held-out loss "
+                    + ", ".join(f"{v:.3f}" for v in family["final_heldout_loss"].values()),
+        "held-out tokens correlated": corr_summary["tokens_counted"],
+        "universal neurons": f"{n_univ} of {len(neurons)} ({100 * n_univ / len(neurons):.2f}%)",
+        "numerics": corr_summary.get("numerics", ""),
+    }
+    return write_report(os.path.join(workdir, "report"), {f"{ref} vs other seeds": neurons},
+                        figures_extra=sections, summary=summary,
+                        partner_layers={f"{ref} vs other seeds": np.asarray(hist, np.float64)},
+                        examples={f"{ref} vs other seeds": examples},
+                        persistence=({f"{ref} vs other seeds": persist}
+                                     if persist is not None else None),
+                        threshold=float(config.correlate.threshold),
+                        top_k=int(config.report_top_k))
+  html = _stage("report", report, timings)
+
+  n_univ = int(neurons["universal"].sum())
+  result = {
+      "report": html, "tables": tables_dir, "family": os.path.join(workdir, "family"),
+      "reference": ref, "n_neurons": int(len(neurons)), "n_universal": n_univ,
+      "share_universal": n_univ / max(len(neurons), 1),
+      "excess_corr_median": float(np.nanmedian(neurons["excess_corr"])),
+      "mean_corr_median": float(np.nanmedian(neurons["mean_corr"])),
+      "mean_baseline_median": float(np.nanmedian(neurons["mean_baseline"])),
+      "universal_per_layer": [int(v) for v in
+                              neurons["universal"].groupby(level="layer").sum()],
+      "persistence": (persist.reset_index().to_dict(orient="records")
+                      if persist is not None else None),
+      "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
+  }
+  atomic.write_json(os.path.join(workdir, SUMMARY), result)
+  return result
+
+
+def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir):
+  """The analyses on the reference seed; skipped when a previous run finished them."""
+  from ucore.analyses import runner
+  done = os.path.join(out_dir, "sections.json")
+  c = _copy(config.analyze)
+  c.model_dir = family["final"][seeds[0]]
+  c.token_store, c.start_row = tokens_dir, int(train_rows)
+  c.corr_table = tables_dir
+  c.vocab.family_model_dirs = ",".join(family["final"][s] for s in seeds[1:])
+  stamp = {"config": c.to_dict(), "corr_tables": atomic.read_json(
+      os.path.join(tables_dir, "summary.json"))["identity"]}
+  stamp_path = os.path.join(out_dir, "pipeline_stamp.json")
+  if os.path.exists(done) and os.path.exists(stamp_path) and \
+      atomic.read_json(stamp_path) == atomic.read_json_roundtrip(stamp):
+    logging.info("analyses in %s are complete; skipping", out_dir)
+    return [tuple(s) for s in atomic.read_json(done)["sections"]]
+  if os.path.exists(stamp_path):
+    os.unlink(stamp_path)
+  sections = runner.run_all(c, out_dir, "all")
+  atomic.write_json(stamp_path, stamp)   # last: marks the analyses complete for these inputs
+  return sections
+
+
+def _examples(config, model_dir, tokens_dir, start_row, neurons):
+  """Top-activating held-out contexts of the top universal neurons (for the report)."""
+  from ucore import load_model
+  from ucore import tokenizer as tokmod
+  from ucore.analyses.common import store_batches
+  from ucore.analyses.top_examples import top_activating_examples
+  from ucore.data.store import open_store
+  u = neurons[neurons["universal"].astype(bool).values]
+  top = u.sort_values("excess_corr", ascending=False).head(int(config.report_top_k))
+  store = open_store(tokens_dir)
+  model = load_model(model_dir)
+  tok = tokmod.load(tokmod.files_in_dir(store.tokenizer_dir))
+  batches = store_batches(store, 32, int(config.examples_rows), start_row=int(start_row))
+  return top_activating_examples(model, batches, list(top.index), decode=tok.decode)

@@ -1,0 +1,27 @@
+"""Train a family on a token store: the wiring shared by `main.py train` and the pipeline."""
+from ucore import tokenizer as tokmod
+from ucore.errors import UserError
+
+
+def train_from_store(config, workdir: str) -> dict:
+  """Opens config.data.store, checks it against the model config, trains (or resumes, or
+  returns the finished summary of) the family in `workdir`."""
+  from ucore.data.store import open_store
+  from ucore.train import train_family
+  if "data" not in config or "seeds" not in config:
+    raise UserError("the config is not a training config (no data / seeds); use "
+                    "configs/train_default.py or configs/train_tiny.py")
+  if not config.data.store:
+    raise UserError("config.data.store is empty: pass --config.data.store=<token store "
+                    "directory> (build one with `python main.py tokenize ...`)")
+  store = open_store(config.data.store)
+  if int(config.model.vocab_size):
+    store.check_vocab_size(int(config.model.vocab_size))
+  vocab = int(store.manifest["tokenizer"]["vocab_size"])
+  files = tokmod.files_in_dir(store.tokenizer_dir)
+  max_rows = int(config.data.get("max_rows", 0) or 0)
+  identity = {"kind": "store", "store_id": store.store_id,
+              "num_rows": min(store.num_rows, max_rows) if max_rows else store.num_rows,
+              "tokenizer_sha256": store.tokenizer_sha256}
+  return train_family(config, workdir, store, vocab_size=vocab, tokenizer_files=files,
+                      data_identity=identity)
