@@ -1,6 +1,6 @@
 """Tokenization throughput of the token-store pipeline on the embedded corpus.
 
-  .venv/bin/python benchmarks/tokenize.py [--repeats=3] [--ctx=512]
+  .venv/bin/python benchmarks/tokenize_throughput.py [--repeats=3] [--ctx=512]
 
 Measures, in one process (the machine is shared and noisy, so the ratios matter more than the
 absolute figures):
