@@ -12,8 +12,7 @@ Also checks that the two variants produce the same losses (to float32 rounding).
 import os
 import sys
 
-# Run as a script, sys.path[0] is benchmarks/, whose tokenize.py would shadow the standard
-# library's module: put the repository root there instead.
+# Run as a script: import the toolkit from the repository root.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402

@@ -19,9 +19,8 @@ def train_from_store(config, workdir: str) -> dict:
     store.check_vocab_size(int(config.model.vocab_size))
   vocab = int(store.manifest["tokenizer"]["vocab_size"])
   files = tokmod.files_in_dir(store.tokenizer_dir)
-  max_rows = int(config.data.get("max_rows", 0) or 0)
-  identity = {"kind": "store", "store_id": store.store_id,
-              "num_rows": min(store.num_rows, max_rows) if max_rows else store.num_rows,
+  # config.data.max_rows is part of the config, which job.json records beside this.
+  identity = {"kind": "store", "store_id": store.store_id, "num_rows": store.num_rows,
               "tokenizer_sha256": store.tokenizer_sha256}
   return train_family(config, workdir, store, vocab_size=vocab, tokenizer_files=files,
                       data_identity=identity)
