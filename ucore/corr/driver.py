@@ -40,7 +40,7 @@ def _cfg_get(cfg, key, default=None):
     return default
 
 
-def build_sources(config):
+def build_sources(config, need_store=True):
   """(activation sources, token store, synthetic family or None)."""
   syn = _cfg_get(config, "synthetic")
   if syn is not None and syn.enabled:
@@ -57,6 +57,9 @@ def build_sources(config):
       os.path.basename(os.path.normpath(p)) for p in models]
   if len(names) != len(models):
     raise UserError("config.model_names must have one name per entry of config.models.")
+  srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
+  if not need_store:
+    return srcs, None, None
   if not config.token_store:
     raise UserError("config.token_store is required (a directory made by `main.py tokenize`).")
   from ucore.data.store import open_store
@@ -64,7 +67,6 @@ def build_sources(config):
     store = open_store(config.token_store)
   except (OSError, ValueError) as e:
     raise UserError(f"cannot open token store {config.token_store!r}: {e}")
-  srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
   return srcs, store, None
 
 
@@ -98,9 +100,14 @@ def identity(config, spec, srcs, store, mesh, stop_row):
   }
 
 
-def run(config, workdir: str):
+def run(config, workdir: str, *, store=None):
+  """`store` (optional) replaces config.token_store: any object with the TokenStore
+  interface (num_rows, ctx, store_id, iter_batches)."""
   t_start = time.time()
-  srcs, store, fam = build_sources(config)
+  if store is not None and not (config.synthetic.enabled):
+    srcs, _, fam = build_sources(config, need_store=False)
+  else:
+    srcs, store, fam = build_sources(config)
   d = {s.d_mlp for s in srcs}
   if len(d) != 1:
     raise UserError(f"all models must have the same d_mlp, got {sorted(d)}.")
@@ -156,11 +163,9 @@ def run(config, workdir: str):
   per = config.batch_rows // pcount
   excl = tuple(int(i) for i in config.exclude_ids)
   pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
-  hook = config.hook
-  total_rows = stop_row - cursor
   tokens_step = config.batch_rows * ctx
   flops_step = M.step_flops(spec, tokens_step)
-  last_save, t0, rows_done, acc_time = time.time(), time.time(), 0, 0.0
+  last_save, t0, rows_done, acc_time, steps_run = time.time(), time.time(), 0, 0.0, 0
   for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
                                     process_index=pidx, process_count=pcount):
     n_valid = rows.shape[0]
@@ -182,6 +187,7 @@ def run(config, workdir: str):
     jax.block_until_ready(acc.state["n"])
     acc_time += time.time() - ta
     step += 1
+    steps_run += 1
     cursor = min(g + config.batch_rows, stop_row)
     rows_done += min(config.batch_rows, stop_row - g)
     ST.fault("step")
@@ -191,14 +197,13 @@ def run(config, workdir: str):
       eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
       logging.info("correlate: step %d row %d/%d | %.0f tokens/s | accumulate %.1f GFLOP/s "
                    "| ETA %.0fs", step, cursor, stop_row, tps,
-                   flops_step * step / max(acc_time, 1e-9) / 1e9 if acc_time else 0.0, eta)
+                   flops_step * steps_run / max(acc_time, 1e-9) / 1e9, eta)
     due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
            time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
     if due and cursor < stop_row:
       save()
       last_save = time.time()
   save()
-  del total_rows, hook
   return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
                          _jsonable(ident))
 
