@@ -161,6 +161,12 @@ def run(config, workdir: str, *, store=None):
 
   pidx, pcount = jax.process_index(), jax.process_count()
   per = config.batch_rows // pcount
+  # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
+  n_local = len(mesh.local_devices)
+  per_pad = -(-per // n_local) * n_local
+  row_sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
+      jax.sharding.PartitionSpec("rows", None))
   excl = tuple(int(i) for i in config.exclude_ids)
   pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
   tokens_step = config.batch_rows * ctx
@@ -170,18 +176,22 @@ def run(config, workdir: str, *, store=None):
                                     process_index=pidx, process_count=pcount):
     n_valid = rows.shape[0]
     a = min(g + pidx * per, stop_row)
-    tokens = np.zeros((per, ctx), np.int32)
+    tokens = np.zeros((per_pad, ctx), np.int32)
     tokens[:n_valid] = rows
     mask = S.token_mask(tokens, exclude_ids=excl, pad_id=pad_id)
     mask[n_valid:] = False
     acts = []
+    dev_tokens = None
     for src in srcs:
       if getattr(src, "synthetic", False):
         x = src.acts(tokens, layer_ids[len(acts)], rows=range(a, a + n_valid))
-        x = np.concatenate([x, np.zeros((per - n_valid,) + x.shape[1:], np.float32)])
-      else:
-        x = src.acts(tokens, layer_ids[len(acts)])
-      acts.append(np.asarray(x, np.float32).reshape(per * ctx, -1))
+        x = np.concatenate([x, np.zeros((per_pad - n_valid,) + x.shape[1:], np.float32)])
+        acts.append(x.reshape(per_pad * ctx, -1))
+        continue
+      if dev_tokens is None:
+        dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
+      x = src.acts(dev_tokens, layer_ids[len(acts)])
+      acts.append(x.reshape(per_pad * ctx, -1))
     ta = time.time()
     acc.update(acts, mask.reshape(-1))
     jax.block_until_ready(acc.state["n"])

@@ -323,6 +323,14 @@ def step_flops(spec: Spec, tokens: int) -> float:
   return fl
 
 
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _to_layout(a, L, d, d_pad, Tp, sharding):
+  T = a.shape[0]
+  a = a.astype(jnp.float32).reshape(T, L, d).transpose(1, 2, 0)
+  a = jnp.pad(a, ((0, 0), (0, d_pad - d), (0, Tp - T)))
+  return jax.lax.with_sharding_constraint(a, sharding)
+
+
 class Accumulator:
   """Owns the sharded state and the compiled step; feed it batches of activations.
 
@@ -354,10 +362,14 @@ class Accumulator:
     Tp = -(-max(T, 1) // local) * local
     xs = []
     for m, a in enumerate(acts):
-      a = np.asarray(a, np.float32)
-      if a.shape[0] != T or a.size != T * spec.n_layers[m] * spec.d_mlp:
+      if a.shape[0] != T or int(np.prod(a.shape)) != T * spec.n_layers[m] * spec.d_mlp:
         raise ValueError(f"model {m}: activations {a.shape} do not match {T} tokens × "
                          f"{spec.n_layers[m]} layers × {spec.d_mlp} neurons")
+      if isinstance(a, jax.Array) and jax.process_count() == 1:
+        # stays on the accelerator: transpose/pad on device, then reshard (no host trip)
+        xs.append(_to_layout(a, spec.n_layers[m], spec.d_mlp, spec.d_pad, Tp, self._xsh))
+        continue
+      a = np.asarray(a, np.float32)
       buf = np.zeros((spec.n_layers[m], spec.d_pad, Tp), np.float32)
       buf[:, :spec.d_mlp, :T] = a.reshape(T, spec.n_layers[m], spec.d_mlp).transpose(1, 2, 0)
       xs.append(jax.make_array_from_process_local_data(self._xsh, buf))
