@@ -365,8 +365,11 @@ class Accumulator:
       if a.shape[0] != T or int(np.prod(a.shape)) != T * spec.n_layers[m] * spec.d_mlp:
         raise ValueError(f"model {m}: activations {a.shape} do not match {T} tokens × "
                          f"{spec.n_layers[m]} layers × {spec.d_mlp} neurons")
-      if isinstance(a, jax.Array) and jax.process_count() == 1:
-        # stays on the accelerator: transpose/pad on device, then reshard (no host trip)
+      if jax.process_count() == 1:
+        # transpose/pad compiled (on the accelerator when the activations already live
+        # there: no host round trip), then resharded to the step's layout
+        if not isinstance(a, jax.Array):
+          a = jnp.asarray(np.asarray(a, np.float32))
         xs.append(_to_layout(a, spec.n_layers[m], spec.d_mlp, spec.d_pad, Tp, self._xsh))
         continue
       a = np.asarray(a, np.float32)
