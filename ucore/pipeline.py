@@ -165,6 +165,10 @@ def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir)
   c.token_store, c.start_row = tokens_dir, int(train_rows)
   c.corr_table = tables_dir
   c.vocab.family_model_dirs = ",".join(family["final"][s] for s in seeds[1:])
+  ctx = int(family["model_config"]["n_positions"])
+  lo, hi = (int(p) for p in c.attention.positions)
+  if hi > ctx:   # the paper's 64..255 of 256-token rows, scaled to shorter rows
+    c.attention.positions = (min(lo, ctx // 4), ctx)
   stamp = {"config": c.to_dict(), "corr_tables": atomic.read_json(
       os.path.join(tables_dir, "summary.json"))["identity"]}
   stamp_path = os.path.join(out_dir, "pipeline_stamp.json")
