@@ -38,15 +38,15 @@ def get_config(arg: str = ""):
   c.train = _config_of("train_default")
   # Correlations of the first seed against every other (ucore/corr/config.py fields).
   c.correlate = correlate_config()
-  c.correlate.max_tokens = 500_000       # held-out tokens correlated
+  c.correlate.max_tokens = 300_000       # held-out tokens correlated
   c.correlate.batch_rows = 64
   c.correlate.baseline.draws = 1
   c.correlate.checkpoint.every_steps = 20
   c.correlate.log_every = 20
   # Universality over training: correlate the family at these earlier checkpoints too
   # (must be among train.checkpoint_steps), on this many held-out tokens each.
-  c.persistence_steps = (20, 50, 100, 200)
-  c.persistence_max_tokens = 200_000
+  c.persistence_steps = (50, 100, 200)
+  c.persistence_max_tokens = 100_000
   # The paper's analyses on the first seed (configs/analyze_default.py fields).
   c.analyze = _config_of("analyze_default")
   c.analyze.max_rows = 512               # held-out rows used by the analyses

@@ -1,0 +1,92 @@
+"""The default pipeline end to end (its `quick` variant), its caching, and its report as a
+person sees it: rendered by headless Chromium with every figure loaded."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "pipeline_default.py") + ":quick"
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
+  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir, r
+
+
+def test_pipeline_writes_every_stage(pipeline_run):
+  workdir, r = pipeline_run
+  summary = json.load(open(os.path.join(workdir, "pipeline.json")))
+  assert set(summary["stage_seconds"]) == {"tokenize", "train", "correlate", "persistence",
+                                           "analyze", "examples", "report"}
+  neurons = pd.read_parquet(os.path.join(workdir, "corr", "tables", "neurons_seed0.parquet"))
+  assert len(neurons) == summary["n_neurons"] == 2 * 64
+  assert summary["n_universal"] == int(neurons["universal"].sum())
+  # excess = mean_corr - mean_baseline, and the printed summary says so.
+  diff = (neurons["mean_corr"] - neurons["mean_baseline"] - neurons["excess_corr"]).abs()
+  assert diff.max() < 1e-6
+  assert f"{summary['n_universal']} of {summary['n_neurons']}" in r.stdout
+  for step in (10,):
+    assert os.path.isfile(os.path.join(workdir, "corr_steps", f"step{step}", "tables",
+                                       "summary.json"))
+  assert [p["step"] for p in summary["persistence"]] == [10, 20]
+  assert os.path.isfile(os.path.join(workdir, "analyses", "sections.json"))
+
+
+def test_pipeline_rerun_skips_finished_stages(pipeline_run):
+  workdir, _ = pipeline_run
+  before = os.path.getmtime(os.path.join(workdir, "family", "family.json"))
+  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.path.getmtime(os.path.join(workdir, "family", "family.json")) == before
+  summary = json.load(open(os.path.join(workdir, "pipeline.json")))
+  assert summary["stage_seconds"]["train"] < 5 and summary["stage_seconds"]["analyze"] < 5
+
+
+def test_report_renders_in_headless_chromium(pipeline_run, tmp_path):
+  workdir, _ = pipeline_run
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  assert chromium, "headless Chromium is required (apt-get install chromium; .ci/run does)"
+  report_dir = os.path.join(workdir, "report")
+  html = open(os.path.join(report_dir, "index.html"), encoding="utf-8").read()
+  srcs = re.findall(r'<img src="([^"]+)"', html)
+  assert len(srcs) >= 8   # Fig. 2a/2b/2c, per layer, persistence, analyses...
+  # Probe page beside the report: after load, record how many images really decoded.
+  probe = html.replace("</body>", "<script>window.addEventListener('load',()=>{"
+                       "const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0);"
+                       "document.body.setAttribute('data-images-ok',ok.length);"
+                       "document.body.setAttribute('data-images',document.images.length);});"
+                       "</script></body>")
+  probe_path = os.path.join(report_dir, "_probe.html")
+  open(probe_path, "w", encoding="utf-8").write(probe)
+  try:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
+             "--virtual-time-budget=10000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", "file://" + probe_path],
+                         capture_output=True, text=True, timeout=120).stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,3000",
+                    "file://" + probe_path], capture_output=True, timeout=120)
+  finally:
+    os.unlink(probe_path)
+  m = re.search(r'data-images-ok="(\d+)"', dom)
+  n = re.search(r'data-images="(\d+)"', dom)
+  assert m and n, "the report did not finish loading in Chromium"
+  assert int(n.group(1)) == len(srcs) and int(m.group(1)) == len(srcs)
+  assert "Universal neurons" in dom or "universal" in dom.lower()
+  assert shot.exists() and shot.stat().st_size > 20_000   # a real rendered page, not blank
