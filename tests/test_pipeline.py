@@ -43,6 +43,8 @@ def test_pipeline_writes_every_stage(pipeline_run):
     assert os.path.isfile(os.path.join(workdir, "corr_steps", f"step{step}", "tables",
                                        "summary.json"))
   assert [p["step"] for p in summary["persistence"]] == [10, 20]
+  by_step = {row["step"]: row for row in summary["excess_by_step"]}
+  assert by_step[20]["median_excess"] == pytest.approx(float(neurons["excess_corr"].median()))
   assert os.path.isfile(os.path.join(workdir, "analyses", "sections.json"))
 
 

@@ -105,10 +105,11 @@ def run(config, workdir: str) -> dict:
                            config.persistence_max_tokens,
                            os.path.join(workdir, "corr_steps", f"step{step}"))
       universal_at[step] = _read_tables(tdir, ref)[0]
-    from ucore.report.figures import persistence_table
+    from ucore.report.figures import excess_by_step, persistence_table
     universal_at[int(family["num_steps"])] = neurons
-    return persistence_table(neurons, universal_at)
-  persist = _stage("persistence", persistence, timings) if config.persistence_steps else None
+    return persistence_table(neurons, universal_at), excess_by_step(universal_at)
+  persist, by_step = (_stage("persistence", persistence, timings) if config.persistence_steps
+                      else (None, None))
 
   analyses_dir = os.path.join(workdir, "analyses")
   sections = _stage("analyze", lambda: _analyze(config, family, seeds, tokens_dir, train_rows,
@@ -117,8 +118,29 @@ def run(config, workdir: str) -> dict:
                                                   neurons), timings)
 
   def report():
-    from ucore.report.html import write_report
+    from ucore.report import figures as F
+    from ucore.report.html import Section, top_universal_html, write_report
+    from ucore.train import read_losses
     n_univ = int(neurons["universal"].sum())
+    fig_dir = os.path.join(workdir, "report_extra")
+    extra = [Section("Training", F.training_curves(read_losses(os.path.join(workdir, "family")),
+                                                   os.path.join(fig_dir, "training.png")),
+                     "Train (lines) and held-out (markers) loss of every seed.")]
+    if by_step is not None:
+      extra.append(Section(
+          "Excess correlation over training",
+          F.excess_over_training(by_step, os.path.join(fig_dir, "excess_by_step.png")),
+          "Correlations of the reference seed with the others at each kept checkpoint.",
+          by_step.reset_index().to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                        classes="grid", border=0)))
+    if n_univ == 0:
+      top = neurons.nlargest(int(config.report_top_k), "excess_corr")
+      extra.append(Section(
+          "Neurons of highest excess correlation",
+          caption=f"No neuron clears the universality threshold "
+                  f"({config.correlate.threshold}); these come closest.",
+          html=top_universal_html(top.assign(universal=True), int(config.report_top_k),
+                                  examples, name="top excess")))
     summary = {
         "models": ", ".join(f"{n} ({d})" for n, d in zip(names, finals)),
         "reference": ref,
@@ -129,7 +151,7 @@ def run(config, workdir: str) -> dict:
         "numerics": corr_summary.get("numerics", ""),
     }
     return write_report(os.path.join(workdir, "report"), {f"{ref} vs other seeds": neurons},
-                        figures_extra=sections, summary=summary,
+                        figures_extra=extra + list(sections), summary=summary,
                         partner_layers={f"{ref} vs other seeds": np.asarray(hist, np.float64)},
                         examples={f"{ref} vs other seeds": examples},
                         persistence=({f"{ref} vs other seeds": persist}
@@ -150,6 +172,8 @@ def run(config, workdir: str) -> dict:
                               neurons["universal"].groupby(level="layer").sum()],
       "persistence": (persist.reset_index().to_dict(orient="records")
                       if persist is not None else None),
+      "excess_by_step": (by_step.reset_index().to_dict(orient="records")
+                         if by_step is not None else None),
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
   }
   atomic.write_json(os.path.join(workdir, SUMMARY), result)
@@ -191,6 +215,8 @@ def _examples(config, model_dir, tokens_dir, start_row, neurons):
   from ucore.analyses.top_examples import top_activating_examples
   from ucore.data.store import open_store
   u = neurons[neurons["universal"].astype(bool).values]
+  if u.empty:   # nothing universal: show what the closest neurons fire on
+    u = neurons
   top = u.sort_values("excess_corr", ascending=False).head(int(config.report_top_k))
   store = open_store(tokens_dir)
   model = load_model(model_dir)

@@ -229,3 +229,39 @@ def training_curves(losses: pd.DataFrame, path: str) -> str:
   ax.set_ylabel("loss (nats / token)")
   ax.legend(frameon=False, fontsize=8)
   return _save(fig, path)
+
+
+def excess_by_step(tables_by_step: dict, thresholds=(0.1, 0.2, 0.3, 0.5)) -> pd.DataFrame:
+  """Per training step: medians of mean_corr / mean_baseline / excess_corr, the 99th
+  percentile of excess, and the share of neurons whose excess clears each threshold."""
+  rows = []
+  for step in sorted(tables_by_step):
+    t = tables_by_step[step]
+    ex = _finite(t["excess_corr"])
+    row = {"step": int(step), "median_mean_corr": float(np.nanmedian(t["mean_corr"])),
+           "median_mean_baseline": float(np.nanmedian(t["mean_baseline"])),
+           "median_excess": float(np.median(ex)) if ex.size else np.nan,
+           "p99_excess": float(np.percentile(ex, 99)) if ex.size else np.nan}
+    for th in thresholds:
+      row[f"share_excess_gt_{th:g}"] = float(np.mean(ex > th)) if ex.size else np.nan
+    rows.append(row)
+  return pd.DataFrame(rows).set_index("step")
+
+
+def excess_over_training(by_step: pd.DataFrame, path: str) -> str:
+  """Median and 99th-percentile excess correlation, and median correlation and baseline,
+  against training step."""
+  fig = _figure(5.5, 3.6)
+  ax = fig.add_subplot(1, 1, 1)
+  steps = np.asarray(by_step.index, np.float64)
+  ax.plot(steps, by_step["median_mean_corr"], "o-", color="#1f77b4", label="median mean max corr")
+  ax.plot(steps, by_step["median_mean_baseline"], "o--", color=OTHER_COLOR,
+          label="median mean baseline")
+  ax.plot(steps, by_step["median_excess"], "s-", color=UNIVERSAL_COLOR, label="median excess")
+  ax.plot(steps, by_step["p99_excess"], "s:", color=UNIVERSAL_COLOR, label="99th pct excess")
+  if np.all(steps > 0):
+    ax.set_xscale("log")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("correlation")
+  ax.legend(frameon=False, fontsize=8)
+  return _save(fig, path)
