@@ -81,3 +81,47 @@ def test_mesh_must_match_devices():
   from ucore.errors import UserError
   with pytest.raises(UserError, match="does not match"):
     M.make_mesh(3, 3, jax.devices()[:1])
+
+
+def _collective_sizes(hlo_text):
+  import re
+  sizes = []
+  for line in hlo_text.splitlines():
+    m = re.search(r"\b(all-gather|all-to-all|all-reduce|reduce-scatter|collective-permute)"
+                  r"(-start)?\(", line)
+    if m and "=" in line[:m.start()]:
+      lhs = line[line.index("=") + 1:m.start()]      # result type(s), tuples included
+      for dims in re.findall(r"f32\[([0-9,]*)\]", lhs):
+        n = 1
+        for v in filter(None, dims.split(",")):
+          n *= int(v)
+        sizes.append(n)
+  return sizes
+
+
+def _check_step_communication():
+  assert jax.device_count() >= 8
+  mesh = M.make_mesh(2, 4, jax.devices()[:8])
+  L, d, T = 2, 128, 16
+  spec = M.make_spec(["a", "b", "c"], [range(L)] * 3, d, mesh)
+  acc = M.Accumulator(spec, mesh)
+  xs, w = acc.prepare([np.zeros((T, L, d), np.float32)] * 3, np.ones(T, bool))
+  text = acc._step.lower(acc.state, xs, w).compile().as_text()
+  sizes = _collective_sizes(text)
+  assert sizes, "expected collectives in a sharded step"
+  # every collective moves at most all tokens × one model's neurons; the co-moment blocks
+  # (N² / devices per device, here 2× larger than T·N) never travel
+  assert max(sizes) <= T * L * spec.d_pad
+  assert max(sizes) < L * spec.d_pad * L * spec.d_pad // 8
+
+
+def test_step_communication_is_tokens_times_neurons():
+  if jax.device_count() >= 8:
+    _check_step_communication()
+    return
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=ROOT)
+  code = "from tests.test_corr_sharding import _check_step_communication as f; f()"
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
