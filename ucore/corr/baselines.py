@@ -23,9 +23,13 @@ def mixing_matrix(kind: str, d: int, *, seed: int, draw: int, model: int, layer:
   """float64 [d, d]; rotated units are R @ v (row k of R mixes v into unit k)."""
   g = _rng(seed, kind, draw, model, layer).standard_normal((d, d))
   if kind == "haar":
-    # scipy's LAPACK QR: numpy's np.linalg.qr is ~30× slower on the build machine
-    import scipy.linalg
-    q, r = scipy.linalg.qr(g, mode="economic", check_finite=False)
+    # scipy's LAPACK QR when present: numpy's np.linalg.qr is ~30× slower on the build
+    # machine (same result up to rounding; the sign fix below makes Q unique)
+    try:
+      import scipy.linalg
+      q, r = scipy.linalg.qr(g, mode="economic", check_finite=False)
+    except ImportError:
+      q, r = np.linalg.qr(g)
     return q * np.sign(np.diag(r))[None, :]
   if kind == "gaussian_rows":
     return g / np.linalg.norm(g, axis=1, keepdims=True)
