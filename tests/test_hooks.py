@@ -54,6 +54,10 @@ def test_stop_at_layer_returns_residual_entering_that_block(converted):
   np.testing.assert_allclose(np.asarray(resid), np.asarray(full["blocks.2.hook_resid_pre"]),
                              atol=1e-6)
   assert "blocks.1.mlp.hook_post" in cache
+  # stop_at_layer = n_layer: the stream after the last block, before ln_final.
+  _, full = model.run_with_cache(tokens, names_filter=["blocks.2.hook_resid_post"])
+  resid, _ = model.run_with_cache(tokens, names_filter=[], stop_at_layer=3)
+  np.testing.assert_array_equal(np.asarray(resid), np.asarray(full["blocks.2.hook_resid_post"]))
 
 
 def test_neuron_activations_flat_layout(converted):

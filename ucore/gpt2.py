@@ -140,7 +140,8 @@ class GPT2LM(nn.Module):
   """tokens [batch, pos] int32 -> logits [batch, pos, vocab] float32.
 
   With `stop_at_layer=l` returns the residual stream entering block l (TransformerLens
-  semantics) instead of logits.
+  semantics; l = n_layer gives the stream after the last block, before ln_final) instead of
+  logits.
   """
   config: GPT2Config
   dtype: jnp.dtype = jnp.float32
@@ -157,6 +158,8 @@ class GPT2LM(nn.Module):
       if stop_at_layer is not None and layer >= stop_at_layer:
         return x
       x = Block(cfg, layer, self.dtype, name=f"h_{layer}")(x, hook)
+    if stop_at_layer is not None:   # == n_layer: the residual stream after the last block
+      return x
     x = LayerNorm(cfg.layer_norm_epsilon, "ln_final.", self.dtype, name="ln_f")(x, hook)
     prec = _precision(self.dtype)
     if cfg.tie_word_embeddings:

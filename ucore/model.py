@@ -171,12 +171,25 @@ class HookedGPT2:
     layers = list(range(self.config.n_layer)) if layers is None else [int(l) for l in layers]
     if not layers or any(not 0 <= l < self.config.n_layer for l in layers):
       raise UserError(f"layers {layers} must be non-empty and within [0, {self.config.n_layer})")
-    names = [f"blocks.{l}.{hook}" for l in layers]
-    stop = max(layers) + 1
-    _, cache = self.run_with_cache(tokens, names_filter=names,
-                                   stop_at_layer=None if stop == self.config.n_layer else stop,
-                                   interventions=interventions)
-    return jnp.concatenate([cache[n].astype(jnp.float32) for n in names], axis=-1)
+    names = tuple(f"blocks.{l}.{hook}" for l in layers)
+    self._check_tokens(tokens)
+    self._resolve_names(names)
+    data, funcs = self._split_interventions(interventions)
+    fn = self._compiled_activations(names, max(layers) + 1, funcs)
+    return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
+              else tokens, data)
+
+  @functools.lru_cache(maxsize=64)
+  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple):
+    # Stops after the last requested block (never computes the unembedding) and concatenates
+    # inside the compiled function, so no per-layer arrays round-trip through Python.
+    forward = self._compiled(frozenset(names), stop_at_layer, funcs)
+
+    def activations(params, tokens, data_interventions):
+      _, cache = forward(params, tokens, data_interventions)
+      return jnp.concatenate([cache[n].astype(jnp.float32) for n in names], axis=-1)
+
+    return jax.jit(activations)
 
   def __hash__(self):
     return id(self)
