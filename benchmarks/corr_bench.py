@@ -5,8 +5,8 @@
   python -m benchmarks.corr_bench memory [--neurons=4096]
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.corr_bench devices
 
-(Run as a module from the repository root: benchmarks/ holds a tokenize.py that would shadow
-the standard library if the script were run by path.) Every ratio is against a baseline measured in the same process (the machine is shared).
+Run as a module from the repository root (so `ucore` is importable). Every ratio is against
+a baseline measured in the same process (the machine is shared).
 """
 import argparse
 import json
