@@ -81,6 +81,12 @@ def main():
         f"batch {args.batch}x{args.seq}, best of {args.reps}")
   for k in variants:
     print(f"  {k:14s} {tps[k]:9,.0f} tokens/s ({min(times[k]):.2f}s)")
+  # Matmul FLOPs of the capture forward (12 blocks; attention scores and values unmasked, as
+  # both implementations compute them): how close both run to the CPU's GEMM peak.
+  d, f, p, h = 768, 3072, args.seq, 12
+  per_token = 12 * (2 * d * 3 * d + 2 * d * d + 2 * 2 * d * f + 2 * 2 * p * d)
+  for k in ("flax capture", "torch capture"):
+    print(f"  {k:14s} {per_token * tps[k] / 1e9:6.0f} GFLOP/s (matmuls)")
   print(f"ratio full (logits + 12 hook_post vs transformers forward): "
         f"{tps['flax full'] / tps['torch full']:.2f}x")
   print(f"ratio capture (12 hook_post, no unembedding, both):         "
