@@ -16,7 +16,6 @@ import sys
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -25,10 +24,8 @@ import numpy as np  # noqa: E402
 
 
 def _load_config(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from ucore import config_files
+  return config_files.load(path)
 
 
 def main():

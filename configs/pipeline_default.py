@@ -9,19 +9,9 @@ with one-pass rotation baselines -> the same at earlier training checkpoints (pe
 the paper's analyses on seed 0 -> report (runs/default/report/index.html).
 Variant `:quick` shrinks every stage (tests, smoke runs).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _config_of(name: str, arg: str = ""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+from ucore.config_files import load as _config_of
 
 
 def get_config(arg: str = ""):

@@ -7,20 +7,11 @@ work uses; it lacks a few subsets such as Books3). Smaller sets as in the paper:
 `--config.num_tokens=10_000_000` (every analysis after correlations), 100_000 ... 50_000_000.
 Every row keeps its subset name (`meta.pile_set_name`) as its label.
 """
-import importlib.util
-import os
-
-
-def _default_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenize_default.py")
-  spec = importlib.util.spec_from_file_location("_tokenize_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from ucore import config_files
 
 
 def get_config(arg: str = ""):
-  c = _default_config()
+  c = config_files.load("tokenize_default")
   # Streamed from the hub (≈ 214k documents in the test split).
   c.source = "monology/pile-uncopyrighted"
   # The paper uses the test split.

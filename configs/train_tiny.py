@@ -7,17 +7,11 @@
 --config.tokenizer=bpe --config.bpe_vocab_size=512 --workdir=runs/tok_tiny`). It shrinks the
 default family config (configs/train_default.py) rather than keeping a second list of fields.
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "train_default", os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_default.py"))
-_default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_default)
+from ucore import config_files
 
 
 def get_config(arg: str = ""):
-  c = _default.get_config()
+  c = config_files.load("train_default")
   c.seeds = (0, 1)              # two members are enough to see seeds differ
   c.model.n_layer = 1           # one block
   c.model.n_embd = 32           # residual width

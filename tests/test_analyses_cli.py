@@ -1,7 +1,6 @@
 """The analyses pipeline end to end on a saved planted model + a real token store (built from a
 small local corpus), with a correlation table: every analysis runs, writes its tables and
 figures, sections.json and the HTML report. Bad input gets a clear UserError / exit 2."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore import config_files
 from ucore import tokenizer as tokmod
 from ucore.analyses import common, planted, runner
 from ucore.data import build
@@ -23,10 +23,7 @@ WORDS = ("the dog river mountain quick brown fox jumps over lazy a b c 1984 She 
 
 
 def _config(name, arg=""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  m = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(m)
-  return m.get_config(arg)
+  return config_files.load(name, arg)
 
 
 def _store(tmp, tokenizer="gpt2"):

@@ -1,6 +1,5 @@
 """Token datasets: the recipe against hand-computed rows, shuffle, resume after a kill, readers,
 and bad input. All on small local corpora, offline."""
-import importlib.util
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from ucore import config_files
 from ucore import tokenizer as tokmod
 from ucore.data import build, store as storemod
 from ucore.data.store import open_store
@@ -22,11 +22,7 @@ E = tokmod.GPT2_EOS_ID
 
 
 def default_config(arg=""):
-  spec = importlib.util.spec_from_file_location(
-      "tokenize_default", os.path.join(REPO, "configs", "tokenize_default.py"))
-  m = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(m)
-  return m.get_config(arg)
+  return config_files.load("tokenize_default", arg)
 
 
 def make_config(source, **overrides):

@@ -1,28 +1,18 @@
 """`python main.py [pipeline] [--config=configs/pipeline_default.py] [--workdir=runs/default]`:
 the default study, offline, end to end (see ucore/pipeline.py)."""
-import os
-
 from ucore.cli import common
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "pipeline_default.py")
+DEFAULT_CONFIG = "pipeline_default"   # configs/pipeline_default.py
 DEFAULT_WORKDIR = "runs/default"
 
 
-def _default_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("pipeline_default", DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def run(argv):
-  from ucore import pipeline
+  from ucore import config_files, pipeline
   from ucore.errors import UserError
   if argv:
     raise UserError(f"pipeline takes no positional arguments; got {argv}")
-  config = common.CONFIG.value if common.CONFIG.value is not None else _default_config()
+  config = common.CONFIG.value if common.CONFIG.value is not None else config_files.load(
+      DEFAULT_CONFIG)
   if "train" not in config or "correlate" not in config:
     raise UserError("--config is not a pipeline config; use configs/pipeline_default.py")
   workdir = common.WORKDIR.value or DEFAULT_WORKDIR
