@@ -46,6 +46,11 @@ def test_pipeline_writes_every_stage(pipeline_run):
   by_step = {row["step"]: row for row in summary["excess_by_step"]}
   assert by_step[20]["median_excess"] == pytest.approx(float(neurons["excess_corr"].median()))
   assert os.path.isfile(os.path.join(workdir, "analyses", "sections.json"))
+  # The correlations mask the trained BPE's own BOS/EOS and newline ids, not GPT-2's.
+  from ucore.data.store import open_store
+  ident = json.load(open(os.path.join(workdir, "corr", "tables", "summary.json")))["identity"]
+  store = open_store(os.path.join(workdir, "tokens"))
+  assert ident["exclude_ids"] == list(store.mask_exclude_ids) != [50256, 198]
 
 
 def test_pipeline_rerun_skips_finished_stages(pipeline_run):

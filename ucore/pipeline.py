@@ -46,10 +46,6 @@ def _correlate(config, model_dirs, names, store_dir, start_row, max_tokens, work
   c.models, c.model_names = list(model_dirs), list(names)
   c.token_store, c.start_row, c.max_tokens = store_dir, int(start_row), int(max_tokens)
   c.mode = "reference"
-  if not c.exclude_ids or tuple(c.exclude_ids) == (50256, 198):
-    # The store knows its tokenizer's BOS/EOS and newline ids (a trained BPE differs).
-    from ucore.data.store import open_store
-    c.exclude_ids = tuple(open_store(store_dir).mask_exclude_ids)
   tables_dir = driver.run(c, workdir)
   return tables_dir, atomic.read_json(os.path.join(tables_dir, "summary.json"))
 

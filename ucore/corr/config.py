@@ -14,7 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_tokens = 100_000_000     # token budget (rows × ctx, before the mask); ≤0 = whole store
   c.start_row = 0                # first row of the store used
   c.batch_rows = 24              # rows per global step (all processes together)
-  c.exclude_ids = (50256, 198)   # token ids not counted (BOS/EOS, newline)
+  c.exclude_ids = ()             # token ids not counted; () = the store's (BOS/EOS, newline)
   c.pad_id = -1                  # padding id not counted; -1 = none
   c.compensated = True           # Kahan-compensated float32 running sums (2× state memory)
   c.dead_rel_std = 1e-6          # dead neuron: std ≤ dead_rel_std·|mean| (float32 resolution)

@@ -82,6 +82,13 @@ def parse_layers(spec: str, n_layer: int):
   return out
 
 
+def exclude_ids(config, store) -> tuple:
+  """config.exclude_ids, or the token store's own mask ids (its tokenizer's BOS/EOS and "\\n";
+  GPT-2: 50256, 198) when the config leaves it empty."""
+  ids = tuple(int(i) for i in config.exclude_ids)
+  return ids or tuple(int(i) for i in getattr(store, "mask_exclude_ids", (50256, 198)))
+
+
 def identity(config, spec, srcs, store, mesh, stop_row):
   """Everything that defines the result; a resumed run must match it exactly."""
   return {
@@ -95,7 +102,7 @@ def identity(config, spec, srcs, store, mesh, stop_row):
       "batch_rows": int(config.batch_rows),
       "start_row": int(config.start_row),
       "stop_row": int(stop_row),
-      "exclude_ids": [int(i) for i in config.exclude_ids],
+      "exclude_ids": list(exclude_ids(config, store)),
       "pad_id": int(config.pad_id),
   }
 
@@ -167,7 +174,7 @@ def run(config, workdir: str, *, store=None):
   row_sharding = jax.sharding.NamedSharding(
       jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
       jax.sharding.PartitionSpec("rows", None))
-  excl = tuple(int(i) for i in config.exclude_ids)
+  excl = exclude_ids(config, store)
   pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
   tokens_step = config.batch_rows * ctx
   flops_step = M.step_flops(spec, tokens_step)
