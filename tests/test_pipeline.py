@@ -97,3 +97,12 @@ def test_report_renders_in_headless_chromium(pipeline_run, tmp_path):
   assert int(n.group(1)) == len(srcs) and int(m.group(1)) == len(srcs)
   assert "Universal neurons" in dom or "universal" in dom.lower()
   assert shot.exists() and shot.stat().st_size > 20_000   # a real rendered page, not blank
+
+
+def test_bad_pipeline_config_refused_before_any_work(tmp_path):
+  workdir = str(tmp_path / "run")
+  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}",
+            "--config.persistence_steps=(7,)")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1].startswith("error: persistence_steps [7]")
+  assert not os.path.exists(workdir)

@@ -61,6 +61,12 @@ def _read_tables(tables_dir, name):
 def run(config, workdir: str) -> dict:
   from ucore.data.build import build_store
   from ucore.train.store_input import train_from_store
+  from ucore.train import checkpoint_steps
+  kept = checkpoint_steps(config.train)
+  missing = [int(s) for s in config.persistence_steps if int(s) not in kept]
+  if missing:   # checked before hours of work, not after
+    raise UserError(f"persistence_steps {missing} are not kept training checkpoints {kept}; "
+                    "add them to train.checkpoint_steps")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start, timings = time.time(), {}
@@ -93,10 +99,7 @@ def run(config, workdir: str) -> dict:
     universal_at = {}
     for step in config.persistence_steps:
       step = int(step)
-      dirs = [family["checkpoints"][s].get(str(step)) for s in seeds]
-      if any(d is None for d in dirs):
-        raise UserError(f"persistence step {step} is not a kept training checkpoint "
-                        f"({family['checkpoint_steps']}); add it to train.checkpoint_steps")
+      dirs = [family["checkpoints"][s][str(step)] for s in seeds]
       tdir, _ = _correlate(config, dirs, names, tokens_dir, train_rows,
                            config.persistence_max_tokens,
                            os.path.join(workdir, "corr_steps", f"step{step}"))
