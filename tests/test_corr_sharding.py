@@ -65,16 +65,22 @@ def _compare_all():
       assert np.array_equal(v[2][..., 0][clear], w[2][..., 0][clear])
 
 
-def test_one_vs_eight_devices():
+def _on_eight_devices(name):
+  """Runs this module's function `name` here when 8 devices exist, else in a subprocess
+  with 8 virtual CPU devices."""
   if jax.device_count() >= 8:
-    _compare_all()
+    globals()[name]()
     return
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              PYTHONPATH=ROOT)
-  code = "from tests.test_corr_sharding import _compare_all; _compare_all()"
+  code = f"from tests.test_corr_sharding import {name}; {name}()"
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_one_vs_eight_devices():
+  _on_eight_devices("_compare_all")
 
 
 def test_mesh_must_match_devices():
@@ -116,12 +122,4 @@ def _check_step_communication():
 
 
 def test_step_communication_is_tokens_times_neurons():
-  if jax.device_count() >= 8:
-    _check_step_communication()
-    return
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT)
-  code = "from tests.test_corr_sharding import _check_step_communication as f; f()"
-  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  _on_eight_devices("_check_step_communication")

@@ -57,13 +57,10 @@ def attention_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0) ->
     raise UserError(f"BOS id {bos_id} is outside the vocabulary")
   w = common.weights_of(cfg, pm.params, True)
   k_bos = bos_keys(pm, bos_id)                                      # [L, H, dh]
-  rng = np.random.default_rng(seed)
-  rand = rng.normal(size=(n_random, cfg.n_embd))
-  rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+  rand = _random_unit_vectors(n_random, cfg.n_embd, seed)
   frames = []
   for L in range(1, cfg.n_layer):
-    wq, _ = _wq(pm.params, cfg, L)
-    qk = np.einsum("dhe,he->dh", wq, k_bos[L]) / _score_scale(cfg, L)             # [D, H]
+    qk = _bos_score_directions(pm, L, k_bos)                         # [D, H]
     base = rand @ qk                                                 # [n_random, H]
     mu, sd = base.mean(0), base.std(0)
     for l in range(L):
@@ -87,14 +84,21 @@ def random_baseline_scores(model, bos_id: int, n_random: int = 1000, seed: int =
   pm = common.processed_model(model)
   cfg = pm.config
   k_bos = bos_keys(pm, bos_id)
-  rng = np.random.default_rng(seed)
-  rand = rng.normal(size=(n_random, cfg.n_embd))
-  rand /= np.linalg.norm(rand, axis=1, keepdims=True)
-  out = []
-  for L in range(1, cfg.n_layer):
-    wq, _ = _wq(pm.params, cfg, L)
-    out.append((rand @ (np.einsum("dhe,he->dh", wq, k_bos[L]) / _score_scale(cfg, L))).ravel())
-  return np.concatenate(out)
+  rand = _random_unit_vectors(n_random, cfg.n_embd, seed)
+  return np.concatenate([(rand @ _bos_score_directions(pm, L, k_bos)).ravel()
+                         for L in range(1, cfg.n_layer)])
+
+
+def _random_unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
+  rand = np.random.default_rng(seed).normal(size=(n, d))
+  return rand / np.linalg.norm(rand, axis=1, keepdims=True)
+
+
+def _bos_score_directions(pm, layer: int, k_bos) -> np.ndarray:
+  """[D, H]: a residual direction's attention score to BOS for every head of `layer`
+  (W_Q^T k_BOS over the model's score divisor)."""
+  wq, _ = _wq(pm.params, pm.config, layer)
+  return np.einsum("dhe,he->dh", wq, k_bos[layer]) / _score_scale(pm.config, layer)
 
 
 def bos_value_norms(model, batches, bos_id: int) -> pd.DataFrame:
