@@ -36,11 +36,6 @@ class ModelRef:
     return f"{self.alias or self.location}{rev}"
 
 
-def checkpoint_revision(step: int) -> str:
-  """The Mistral/CRFM branch name for a training step."""
-  return f"checkpoint-{int(step)}"
-
-
 def parse(ref: str) -> ModelRef:
   """'stanford-gpt2-small-a@checkpoint-1000' | 'org/name@rev' | '/path/to/dir'."""
   if not ref or not ref.strip():

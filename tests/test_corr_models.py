@@ -7,7 +7,8 @@ import pandas as pd
 from tests.corr_ref import corr64, rowmax
 from ucore.corr import driver
 from ucore.corr.config import default_config
-from ucore.corr.sources import SyntheticTokens, token_mask
+from ucore.corr.synthetic import SyntheticTokens
+from ucore.data.mask import token_mask
 from ucore.gpt2_config import GPT2Config
 from ucore.model import init_params, load_model, save_model
 

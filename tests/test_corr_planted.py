@@ -6,7 +6,7 @@ import pandas as pd
 
 from ucore.corr import driver
 from ucore.corr.config import default_config
-from ucore.corr.sources import SyntheticFamily
+from ucore.corr.synthetic import SyntheticFamily
 
 
 def _config(**over):
