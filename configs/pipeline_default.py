@@ -15,7 +15,6 @@ from ucore.config_files import load as _config_of
 
 
 def get_config(arg: str = ""):
-  from ucore.corr.config import default_config as correlate_config
   c = ml_collections.ConfigDict()
   # Token store recipe: the embedded corpus, a byte-level BPE trained on it, 128-token rows.
   c.tokenize = _config_of("tokenize_default", "bpe")
@@ -26,8 +25,8 @@ def get_config(arg: str = ""):
   c.train_rows = 16384
   # The seed family (configs/train_default.py; data.store and data.max_rows are set here).
   c.train = _config_of("train_default")
-  # Correlations of the first seed against every other (ucore/corr/config.py fields).
-  c.correlate = correlate_config()
+  # Correlations of the first seed against every other (configs/correlate_default.py fields).
+  c.correlate = _config_of("correlate_default")
   c.correlate.max_tokens = 300_000       # held-out tokens correlated
   c.correlate.batch_rows = 64
   c.correlate.baseline.draws = 1

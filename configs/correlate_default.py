@@ -1,8 +1,15 @@
-"""Default correlate config; configs/correlate_*.py start from it and override fields."""
+"""Default correlate config: every field of `python main.py correlate`, one comment each.
+
+  python main.py correlate --config=configs/correlate_default.py --workdir=runs/corr \
+      --config.models="('ckpt/a', 'ckpt/b')" --config.token_store=data/tok
+
+configs/correlate_*.py and the pipeline start from it (ucore.config_files.load
+("correlate_default")) and override fields.
+"""
 import ml_collections
 
 
-def default_config() -> ml_collections.ConfigDict:
+def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.models = []                  # converted model directories; the first is the reference
   c.model_names = []             # display names (default: directory basenames)
