@@ -13,11 +13,6 @@ from ucore.model import HookedGPT2
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
   return batches_mod.make_batches(planted.planted_tokens(6, 32, seed=7), 3)
 

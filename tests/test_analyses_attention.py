@@ -11,11 +11,6 @@ from ucore.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
   return batches_mod.make_batches(planted.planted_tokens(8, 32, seed=2), 4)
 

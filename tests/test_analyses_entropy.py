@@ -10,11 +10,6 @@ from ucore.interventions import fix_neurons
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
   return batches_mod.make_batches(planted.planted_tokens(8, 32, seed=5), 4)
 

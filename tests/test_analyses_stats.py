@@ -14,11 +14,6 @@ RTOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def tokens():
   return planted.planted_tokens(12, 32, seed=1)
 
