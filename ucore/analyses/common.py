@@ -1,5 +1,5 @@
 """Shared plumbing of the analyses: neuron indices, weights, input checks, the correlation
-table reader and pyplot figures.
+table reader and figures (on ucore.report.canvas, like the report's).
 
 Neuron ids are (layer, neuron), shown as L{layer}.{neuron}; flat index = layer * d_mlp +
 neuron (the TransformerLens convention). Token batches are ucore.data.batches; parquet
@@ -188,20 +188,15 @@ def read_corr_table(path: str, config, fingerprint: Optional[str] = None) -> pd.
 
 
 def new_figure(*args, **kwargs):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt.subplots(*args, **kwargs)
+  """(fig, axes) like pyplot.subplots, on ucore.report.canvas (no pyplot state)."""
+  from ucore.report import canvas
+  return canvas.subplots(*args, **kwargs)
 
 
 def save_figure(fig, path: str) -> str:
-  import matplotlib.pyplot as plt
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  """The analyses' PNGs: ucore.report.canvas.save at 110 dpi."""
+  from ucore.report import canvas
+  return canvas.save(fig, path, dpi=110)
 
 
 def layer_percentiles(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:

@@ -1,15 +1,15 @@
 """Figures of the universality analysis (paper Fig. 2 and friends) as PNG files.
 
 Every function takes plain data (a neuron table, an array) and an output path, writes one PNG
-with matplotlib's Agg canvas (no pyplot, no global backend state) and returns the path.
+with ucore.report.canvas (Agg, no pyplot, no global backend state) and returns the path.
 
 Neuron table contract: a pandas DataFrame indexed by (layer, neuron) with at least the columns
 mean_corr, max_corr, min_corr, mean_baseline, excess_corr and universal (bool).
 """
-import os
-
 import numpy as np
 import pandas as pd
+
+from ucore.report.canvas import figure as _figure, save as _save
 
 REQUIRED_COLUMNS = ("mean_corr", "max_corr", "min_corr", "mean_baseline", "excess_corr",
                     "universal")
@@ -31,23 +31,6 @@ def check_table(table: pd.DataFrame, name: str = "table") -> pd.DataFrame:
   if len(table) == 0:
     raise UserError(f"{name} is empty")
   return table
-
-
-def _figure(width=6.0, height=4.0):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height), dpi=110)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.tight_layout()
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
-  return path
 
 
 def _finite(x) -> np.ndarray:
