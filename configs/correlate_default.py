@@ -1,10 +1,11 @@
 """Default correlate config: every field of `python main.py correlate`, one comment each.
 
-  python main.py correlate --config=configs/correlate_default.py --workdir=runs/corr \
-      --config.models="('ckpt/a', 'ckpt/b')" --config.token_store=data/tok
+  python main.py plan --config=configs/correlate_default.py --plan_devices=8
 
-configs/correlate_*.py and the pipeline start from it (ucore.config_files.load
-("correlate_default")) and override fields.
+A run needs `models` (a list: set it in a config file, not with a flag), so
+configs/correlate_*.py and the pipeline start from this one (ucore.config_files.load
+("correlate_default")) and override fields, e.g.
+  python main.py correlate --config=configs/correlate_tiny.py --workdir=runs/corr_tiny
 """
 import ml_collections
 
