@@ -62,12 +62,18 @@ def get_config(arg: str = ""):
   c.entropy.n_random = 20               # random control neurons (paper: 20)
   c.entropy.last_layers = 2             # controls drawn from the last layers (paper: 2)
   c.entropy.fixed_values = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+  # Controls exclude the top decile of l2_penalty and bottom decile of vocab_var ("original",
+  # as the authors' code) or of ‖w_out‖ and logit variance ("w_out").
+  c.entropy.control_filter = "original"
 
   c.attention = ml_collections.ConfigDict()
   c.attention.max_rows = 64
   c.attention.top_pairs = 3             # path-ablate the top-scoring (neuron, head) pairs
   c.attention.positions = (64, 256)     # destination positions (paper: 64–255 of 256)
   c.attention.n_random = 1000           # random unit vectors for the baseline
+  # Rank (neuron, head) pairs by the paper's score ŵ_outᵀW_Q k_BOS/√d_head ("paper") or by the
+  # model's own score divisor, which adds 1/(layer+1) in inverse-layer-scaled models ("model").
+  c.attention.rank_by = "paper"
 
   c.ablation = ml_collections.ConfigDict()
   c.ablation.max_rows = 64

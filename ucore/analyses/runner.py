@@ -126,7 +126,7 @@ def _entropy(inp: Inputs, out: str) -> list:
   return entropy.run(inp.model, inp.batches(c.entropy.max_rows), out,
                      n_targets=c.entropy.n_targets, n_random=c.entropy.n_random,
                      last_layers=c.entropy.last_layers, values=tuple(c.entropy.fixed_values),
-                     seed=c.seed)
+                     seed=c.seed, control_filter=c.entropy.get("control_filter", "original"))
 
 
 @analysis("attention")
@@ -135,7 +135,8 @@ def _attention(inp: Inputs, out: str) -> list:
   c = inp.config
   return attention.run(inp.model, inp.batches(c.attention.max_rows), out, inp.bos_id,
                        top_pairs=c.attention.top_pairs, positions=tuple(c.attention.positions),
-                       n_random=c.attention.n_random, seed=c.seed)
+                       n_random=c.attention.n_random, seed=c.seed,
+                       rank_by=c.attention.get("rank_by", "paper"))
 
 
 @analysis("ablation", needs_corr=True)
