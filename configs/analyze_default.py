@@ -5,8 +5,8 @@
       --config.corr_table=runs/corr_small/tables/neurons_stanford-gpt2-small-a.parquet
   python main.py analyze --config=configs/analyze_default.py:planted --workdir=/tmp/an  # offline
 
-Pick analyses with --analysis=stats,families,prediction,entropy,attention,ablation (default all;
-"all" skips ablation when no corr_table is given). Variant `planted`: the hand-set tiny model of
+Pick analyses with --analysis=stats,properties,views,families,prediction,entropy,attention,roles,
+ablation,cards (default all; "all" skips those needing corr_table when none is given). Variant `planted`: the hand-set tiny model of
 ucore.analyses.planted with synthetic rows (seconds, no files needed).
 """
 import ml_collections
@@ -36,6 +36,15 @@ def get_config(arg: str = ""):
   # Synthetic inputs (model_dir/token_store = "planted"): rows and context.
   c.planted_rows = 32
   c.planted_ctx = 32
+
+  # The universality sections (properties, views, roles, ablation, cards) are about the
+  # universal neurons; when none clears the threshold, about the fallback_k neurons of highest
+  # excess correlation instead (every caption says which).
+  c.universal = ml_collections.ConfigDict()
+  c.universal.fallback_k = 20
+  c.universal.threshold = 0.5           # the cut drawn in the threshold-free views
+  c.universal.cards_k = 12              # neuron cards (top by excess correlation)
+  c.universal.cards_rows = 64           # held-out rows for the cards' contexts and histograms
 
   c.stats = ml_collections.ConfigDict()
   c.stats.max_rows = 0                  # rows for the activation moments (0 = max_rows)
