@@ -91,9 +91,11 @@ def summary_html(comp: pd.DataFrame, label: str) -> str:
 
 
 def plot(comp: pd.DataFrame, path: str, label: str) -> str:
-  """One panel per scope: the focus set's median within-layer percentile per statistic (bars,
+  """One panel per scope holding focus neurons (layers without any are left out: the table
+  marks them "—"): the focus set's median within-layer percentile per statistic (bars,
   coloured by holds), the others' (gray dots), 0.5 line."""
-  scopes = list(dict.fromkeys(comp.index.get_level_values("scope")))
+  scopes = [s for s in dict.fromkeys(comp.index.get_level_values("scope"))
+            if (comp.xs(s, level="scope")["n_focus"] > 0).any()]
   fig, axes = common.new_figure(len(scopes), 1, figsize=(9, 2.4 * len(scopes)), squeeze=False)
   colors = {"yes": "tab:green", "no": "tab:red", "—": "tab:gray"}
   for ax, s in zip(axes[:, 0], scopes):
