@@ -30,7 +30,8 @@ def test_every_train_config_loads(path):
   assert len(set(c.seeds)) == len(c.seeds) >= 2
   assert 0 in c.checkpoint_steps and max(c.checkpoint_steps) == c.num_steps
   if path.endswith("train_default.py"):
-    assert len(c.seeds) >= 4 and c.model.n_layer >= 2
+    # a reference seed and at least two partners; attention analyses need a later layer
+    assert len(c.seeds) >= 3 and c.model.n_layer >= 2
 
 
 def _main(*args):
