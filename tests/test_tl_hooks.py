@@ -74,3 +74,47 @@ def test_cache_tuple_keys(model):
   assert cache["scale"] is cache["ln_final.hook_scale"]
   assert cache["q", 1] is cache["blocks.1.attn.hook_q"]
   assert ("z", 0) in cache and ("z", 5) not in cache
+
+
+def test_opt_in_hooks_match_definitions_and_leave_outputs_unchanged(model):
+  cfg = model.config
+  H, D = cfg.n_head, cfg.n_embd
+  want_logits, want = model.run_with_cache(TOKENS)
+  for setter in ("set_use_attn_result", "set_use_attn_in", "set_use_split_qkv_input",
+                 "set_use_hook_mlp_in"):
+    getattr(model, setter)(True)
+  try:
+    logits, cache = model.run_with_cache(TOKENS)
+    np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-5)
+    for l in range(cfg.n_layer):
+      p = f"blocks.{l}."
+      resid_pre = np.asarray(want[p + "hook_resid_pre"])
+      for name in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"):
+        assert cache[p + name].shape == (3, 10, H, D)
+        np.testing.assert_allclose(cache[p + name], np.repeat(resid_pre[:, :, None], H, 2),
+                                   rtol=0, atol=1e-5)
+      mlp_in = resid_pre if cfg.parallel_residual else want[p + "hook_resid_mid"]
+      # per-head attention sums the heads in another order: float32 rounding differs
+      np.testing.assert_allclose(cache[p + "hook_mlp_in"], mlp_in, rtol=0, atol=1e-5)
+      # Each head's result = z_h @ W_O^h; their sum + b_O = hook_attn_out.
+      w_o = np.asarray(model.params[f"h_{l}"]["attn"]["c_proj"]["kernel"], np.float64)
+      z = np.asarray(want[p + "attn.hook_z"], np.float64)
+      result = np.einsum("bphe,hed->bphd", z, w_o.reshape(H, cfg.d_head, D))
+      np.testing.assert_allclose(cache[p + "attn.hook_result"], result, rtol=0, atol=1e-5)
+      b_o = np.asarray(model.params[f"h_{l}"]["attn"]["c_proj"]["bias"])
+      np.testing.assert_allclose(result.sum(2) + b_o, want[p + "hook_attn_out"], rtol=0,
+                                 atol=1e-5)
+    # Editing one head's query input changes only that head's queries.
+    name = "blocks.0.hook_q_input"
+    _, c2 = model.run_with_cache(TOKENS, names_filter=["blocks.0.attn.hook_q",
+                                                       "blocks.0.attn.hook_k"],
+                                 fwd_hooks=[(name, lambda x, hook: x.at[:, :, 1].mul(2.0))])
+    q, q2 = np.asarray(cache["blocks.0.attn.hook_q"]), np.asarray(c2["blocks.0.attn.hook_q"])
+    np.testing.assert_allclose(q2[:, :, 0], q[:, :, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(c2["blocks.0.attn.hook_k"], cache["blocks.0.attn.hook_k"],
+                               rtol=0, atol=1e-6)
+  finally:
+    for setter in ("set_use_attn_result", "set_use_attn_in", "set_use_split_qkv_input",
+                   "set_use_hook_mlp_in"):
+      getattr(model, setter)(False)
+  assert "blocks.0.attn.hook_result" not in model.hook_names

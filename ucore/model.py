@@ -9,6 +9,7 @@ says which one it holds (HookedGPT2 is the older name of the same class).
 A checkpoint directory holds config.json (ucore.model_config), params/ (orbax), tokenizer/ and
 manifest.json, which is written last and marks the directory complete.
 """
+import dataclasses
 import functools
 import hashlib
 import os
@@ -21,7 +22,7 @@ import numpy as np
 from ucore import atomic
 from ucore.errors import UserError
 from ucore.model_config import LMConfig, config_from_dict
-from ucore.transformer import TransformerLM, hook_names
+from ucore.transformer import HookOptions, TransformerLM, hook_names
 from ucore.activation_cache import ActivationCache
 from ucore.interventions import Intervention, from_fwd_hooks
 
@@ -65,12 +66,10 @@ class HookedTransformer:
     self.config = config
     self.params = params
     self.dtype = jnp.dtype(dtype)
-    self.module = TransformerLM(config, dtype=self.dtype)
+    self._set_options(HookOptions())
     self._fingerprint = fingerprint
     self.manifest = manifest or {}
     self.path = path
-    self._hook_names = hook_names(config)
-    self._hook_name_set = frozenset(self._hook_names)
 
   @property
   def fingerprint(self) -> str:
@@ -81,6 +80,29 @@ class HookedTransformer:
   @property
   def hook_names(self) -> list[str]:
     return list(self._hook_names)
+
+  # ---- TransformerLens's opt-in hooks (ucore.transformer.HookOptions) --------------------
+  def _set_options(self, options: HookOptions):
+    self.options = options
+    self.module = TransformerLM(self.config, dtype=self.dtype, options=options)
+    self._hook_names = hook_names(self.config, options)
+    self._hook_name_set = frozenset(self._hook_names)
+
+  def set_use_attn_result(self, use: bool):
+    """blocks.L.attn.hook_result: each head's output [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, attn_result=bool(use)))
+
+  def set_use_attn_in(self, use: bool):
+    """blocks.L.hook_attn_in: resid_pre per head [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, attn_in=bool(use)))
+
+  def set_use_split_qkv_input(self, use: bool):
+    """blocks.L.hook_q_input / hook_k_input / hook_v_input, [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, split_qkv_input=bool(use)))
+
+  def set_use_hook_mlp_in(self, use: bool):
+    """blocks.L.hook_mlp_in: the stream entering ln2."""
+    self._set_options(dataclasses.replace(self.options, mlp_in=bool(use)))
 
   # ---- input checks -------------------------------------------------------------------
   def _check_tokens(self, tokens):
@@ -133,8 +155,8 @@ class HookedTransformer:
 
   # ---- forward ------------------------------------------------------------------------
   @functools.lru_cache(maxsize=64)
-  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple):
-    module = self.module
+  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple, options: HookOptions):
+    module = TransformerLM(self.config, dtype=self.dtype, options=options)
     func_map = dict(funcs)
 
     def forward(params, tokens, data_interventions):
@@ -167,7 +189,7 @@ class HookedTransformer:
       raise UserError(f"stop_at_layer={stop_at_layer} outside [0, {self.config.n_layer}]")
     names = self._resolve_names(names_filter)
     data, funcs = self._split_interventions(interventions, fwd_hooks)
-    fn = self._compiled(names, stop_at_layer, funcs)
+    fn = self._compiled(names, stop_at_layer, funcs, self.options)
     out, cache = fn(self.params, jnp.asarray(tokens, jnp.int32)
                     if isinstance(tokens, np.ndarray) else tokens, data)
     return out, ActivationCache(cache, self.config.n_layer)
@@ -193,15 +215,16 @@ class HookedTransformer:
     self._check_tokens(tokens)
     self._resolve_names(names)
     data, funcs = self._split_interventions(interventions)
-    fn = self._compiled_activations(names, max(layers) + 1, funcs)
+    fn = self._compiled_activations(names, max(layers) + 1, funcs, self.options)
     return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
               else tokens, data)
 
   @functools.lru_cache(maxsize=64)
-  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple):
+  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple,
+                            options: HookOptions):
     # Stops after the last requested block (never computes the unembedding) and concatenates
     # inside the compiled function, so no per-layer arrays round-trip through Python.
-    forward = self._compiled(frozenset(names), stop_at_layer, funcs)
+    forward = self._compiled(frozenset(names), stop_at_layer, funcs, options)
 
     def activations(params, tokens, data_interventions):
       _, cache = forward(params, tokens, data_interventions)

@@ -15,6 +15,8 @@ Every hook point calls `hook(name, x)`, which may replace `x` (an intervention) 
 (a cache entry). `hook` is a plain Python object created inside the jitted function, so caching
 and interventions cost nothing when not requested.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -89,24 +91,65 @@ def rotary(x, rotary_dim: int, base: float):
   return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1).astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class HookOptions:
+  """TransformerLens's opt-in hook points (off by default: they cost memory and FLOPs).
+
+  attn_result: blocks.L.attn.hook_result [batch, pos, head, d_model], each head's output.
+  attn_in: blocks.L.hook_attn_in [batch, pos, head, d_model], resid_pre copied per head.
+  split_qkv_input: blocks.L.hook_q_input / hook_k_input / hook_v_input, one copy each.
+  mlp_in: blocks.L.hook_mlp_in [batch, pos, d_model], the stream entering ln2.
+  (With per-head inputs, ln1's hooks hold [batch, pos, head, 1|d_model], as in TransformerLens.)
+  """
+  attn_result: bool = False
+  attn_in: bool = False
+  split_qkv_input: bool = False
+  mlp_in: bool = False
+
+
+class DenseParams(nn.Module):
+  """A Dense layer's parameters (same names and initialisers as nn.Dense), for layers whose
+  kernel is used per head."""
+  features_in: int
+  features_out: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.features_in, self.features_out), jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features_out,), jnp.float32)
+            if self.use_bias else None)
+    return kernel, bias
+
+
 class Attention(nn.Module):
+  """x: [batch, pos, d_model], or [3, batch, pos, head, d_model] per-head query/key/value
+  inputs (TransformerLens's attn_in / split_qkv_input)."""
   config: LMConfig
   layer_idx: int
   dtype: jnp.dtype = jnp.float32
+  options: HookOptions = HookOptions()
 
   @nn.compact
   def __call__(self, x, hook):
     cfg = self.config
     p = f"blocks.{self.layer_idx}.attn."
-    batch, pos, _ = x.shape
     prec = _precision(self.dtype)
-    qkv = nn.Dense(3 * cfg.n_embd, use_bias=cfg.attention_bias, dtype=self.dtype,
-                   precision=prec, name="c_attn")(x)
-    q, k, v = jnp.split(qkv, 3, axis=-1)
-    split = lambda t: t.reshape(batch, pos, cfg.n_head, cfg.d_head)
-    q = hook(p + "hook_q", split(q))
-    k = hook(p + "hook_k", split(k))
-    v = hook(p + "hook_v", split(v))
+    H, dh, D = cfg.n_head, cfg.d_head, cfg.n_embd
+    w_qkv, b_qkv = DenseParams(D, 3 * D, cfg.attention_bias, name="c_attn")()
+    w_qkv = w_qkv.astype(self.dtype).reshape(D, 3, H, dh)
+    if x.ndim == 3:
+      q, k, v = jnp.einsum("bpd,dthe->tbphe", x, w_qkv, precision=prec)
+    else:
+      q, k, v = (jnp.einsum("bphd,dhe->bphe", x[t], w_qkv[:, t], precision=prec)
+                 for t in range(3))
+    if b_qkv is not None:
+      b = b_qkv.astype(self.dtype).reshape(3, H, dh)
+      q, k, v = q + b[0], k + b[1], v + b[2]
+    q = hook(p + "hook_q", q)
+    k = hook(p + "hook_k", k)
+    v = hook(p + "hook_v", v)
     if cfg.rotary_dim:
       q = hook(p + "hook_rot_q", rotary(q, cfg.rotary_dim, cfg.rotary_base))
       k = hook(p + "hook_rot_k", rotary(k, cfg.rotary_dim, cfg.rotary_base))
@@ -116,9 +159,10 @@ class Attention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(score_dtype), k.astype(score_dtype),
                         precision=prec)
     if cfg.scale_attn_weights:
-      scores = scores / jnp.asarray(float(cfg.d_head) ** 0.5, score_dtype)
+      scores = scores / jnp.asarray(float(dh) ** 0.5, score_dtype)
     if cfg.scale_attn_by_inverse_layer_idx:
       scores = scores / jnp.asarray(float(self.layer_idx + 1), score_dtype)
+    pos = scores.shape[-1]
     causal = jnp.tril(jnp.ones((pos, pos), dtype=bool))
     scores = jnp.where(causal, scores, -jnp.inf)   # TransformerLens: masked scores are -inf
     scores = hook(p + "hook_attn_scores", scores)
@@ -126,8 +170,15 @@ class Attention(nn.Module):
     pattern = hook(p + "hook_pattern", pattern)
     z = jnp.einsum("bhqk,bkhd->bqhd", pattern.astype(self.dtype), v, precision=prec)
     z = hook(p + "hook_z", z)
-    return nn.Dense(cfg.n_embd, use_bias=cfg.attention_bias, dtype=self.dtype, precision=prec,
-                    name="c_proj")(z.reshape(batch, pos, cfg.n_embd))
+    w_o, b_o = DenseParams(D, D, cfg.attention_bias, name="c_proj")()
+    w_o = w_o.astype(self.dtype)
+    if self.options.attn_result:
+      result = hook(p + "hook_result", jnp.einsum("bphe,hed->bphd", z, w_o.reshape(H, dh, D),
+                                                  precision=prec))
+      out = result.sum(axis=2)
+    else:
+      out = jnp.einsum("bpf,fd->bpd", z.reshape(*z.shape[:2], D), w_o, precision=prec)
+    return out if b_o is None else out + b_o.astype(self.dtype)
 
 
 class MLP(nn.Module):
@@ -150,23 +201,34 @@ class Block(nn.Module):
   config: LMConfig
   layer_idx: int
   dtype: jnp.dtype = jnp.float32
+  options: HookOptions = HookOptions()
 
   @nn.compact
   def __call__(self, x, hook):
-    cfg = self.config
+    cfg, opt = self.config, self.options
     p = f"blocks.{self.layer_idx}."
     x = hook(p + "hook_resid_pre", x)
-    h = LayerNorm(cfg.layer_norm_epsilon, p + "ln1.", self.dtype, name="ln_1")(x, hook)
+    ln_1 = LayerNorm(cfg.layer_norm_epsilon, p + "ln1.", self.dtype, name="ln_1")
+    if opt.attn_in or opt.split_qkv_input:   # per-head copies of resid_pre
+      per_head = jnp.broadcast_to(x[:, :, None], (*x.shape[:2], cfg.n_head, x.shape[-1]))
+      attn_in = hook(p + "hook_attn_in", per_head) if opt.attn_in else per_head
+      inputs = ([hook(p + f"hook_{t}_input", per_head) for t in "qkv"]
+                if opt.split_qkv_input else [attn_in] * 3)
+      h = jnp.stack([ln_1(t, hook) for t in inputs])
+    else:
+      h = ln_1(x, hook)
     attn_out = hook(p + "hook_attn_out",
-                    Attention(cfg, self.layer_idx, self.dtype, name="attn")(h, hook))
+                    Attention(cfg, self.layer_idx, self.dtype, opt, name="attn")(h, hook))
     if cfg.parallel_residual:   # both sublayers read resid_pre; no resid_mid (TransformerLens)
       mlp_in = x
     else:
       x = mlp_in = hook(p + "hook_resid_mid", x + attn_out)
+    if opt.mlp_in:
+      mlp_in = hook(p + "hook_mlp_in", mlp_in)
     h = LayerNorm(cfg.layer_norm_epsilon, p + "ln2.", self.dtype, name="ln_2")(mlp_in, hook)
     mlp_out = hook(p + "hook_mlp_out", MLP(cfg, self.layer_idx, self.dtype, name="mlp")(h, hook))
     if cfg.parallel_residual:
-      return hook(p + "hook_resid_post", x + attn_out + mlp_out)
+      return hook(p + "hook_resid_post", (mlp_out + attn_out) + x)   # HF's order of sums
     return hook(p + "hook_resid_post", x + mlp_out)
 
 
@@ -179,6 +241,7 @@ class TransformerLM(nn.Module):
   """
   config: LMConfig
   dtype: jnp.dtype = jnp.float32
+  options: HookOptions = HookOptions()
 
   @nn.compact
   def __call__(self, tokens, hook=no_hook, stop_at_layer=None):
@@ -193,7 +256,7 @@ class TransformerLM(nn.Module):
     for layer in range(cfg.n_layer):
       if stop_at_layer is not None and layer >= stop_at_layer:
         return x
-      x = Block(cfg, layer, self.dtype, name=f"h_{layer}")(x, hook)
+      x = Block(cfg, layer, self.dtype, self.options, name=f"h_{layer}")(x, hook)
     if stop_at_layer is not None:   # == n_layer: the residual stream after the last block
       return x
     x = LayerNorm(cfg.layer_norm_epsilon, "ln_final.", self.dtype, name="ln_f")(x, hook)
@@ -207,20 +270,25 @@ class TransformerLM(nn.Module):
     return hook("unembed.hook_out", logits.astype(jnp.float32))
 
 
-def hook_names(config: LMConfig) -> list[str]:
+def hook_names(config: LMConfig, options: HookOptions = HookOptions()) -> list[str]:
   """Every hook point, in forward order."""
   names = ["hook_tokens", "hook_embed"] + (
       ["hook_pos_embed"] if config.positional == "learned" else [])
   for l in range(config.n_layer):
     p = f"blocks.{l}."
-    names += [p + "hook_resid_pre", p + "ln1.hook_scale", p + "ln1.hook_normalized",
+    names += [p + "hook_resid_pre"]
+    names += [p + "hook_attn_in"] if options.attn_in else []
+    names += [p + f"hook_{t}_input" for t in "qkv"] if options.split_qkv_input else []
+    names += [p + "ln1.hook_scale", p + "ln1.hook_normalized",
               p + "attn.hook_q", p + "attn.hook_k", p + "attn.hook_v"]
     if config.rotary_dim:
       names += [p + "attn.hook_rot_q", p + "attn.hook_rot_k"]
-    names += [p + "attn.hook_attn_scores", p + "attn.hook_pattern", p + "attn.hook_z",
-              p + "hook_attn_out"]
+    names += [p + "attn.hook_attn_scores", p + "attn.hook_pattern", p + "attn.hook_z"]
+    names += [p + "attn.hook_result"] if options.attn_result else []
+    names += [p + "hook_attn_out"]
     if not config.parallel_residual:
       names += [p + "hook_resid_mid"]
+    names += [p + "hook_mlp_in"] if options.mlp_in else []
     names += [p + "ln2.hook_scale", p + "ln2.hook_normalized", p + "mlp.hook_pre",
               p + "mlp.hook_post", p + "hook_mlp_out", p + "hook_resid_post"]
   return names + ["ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_in",
