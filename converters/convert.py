@@ -142,6 +142,10 @@ def convert(model: str, workdir: str, process: str = "none") -> dict:
       "architecture": config.architecture,
       "sha256": hf_files.sha256_of(files),
       "processing": process,
+      # The TransformerLens defaults applied (checkpoints converted before value-bias folding
+      # say "transformer_lens" without this list).
+      "processing_steps": (["fold_ln", "center_writing_weights", "center_unembed",
+                            "fold_value_biases"] if process == "transformer_lens" else []),
       "hf_config": hf_config,
       "tokenizer_sha256": tokenizer_files.sha256() if tokenizer_files else None,
   }
