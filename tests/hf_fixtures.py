@@ -118,6 +118,24 @@ def write_checkpoint(directory, model, fmt="safetensors"):
   return directory
 
 
+def write_tokenizer_json(directory, texts, vocab_size=200, added=("  ",)):
+  """A byte-level BPE trained on `texts`, saved as a HF tokenizer.json (what Pythia ships),
+  with <|endoftext|> (id 0) and `added` tokens (the NeoX vocabulary adds whitespace runs)."""
+  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  if added:
+    tok.add_tokens([AddedToken(t, normalized=False) for t in added])
+  path = os.path.join(directory, "tokenizer.json")
+  tok.save(path)
+  return path
+
+
 def reference_activations(model, tokens):
   """HF forward with torch hooks capturing the TransformerLens-named activations.
   (No hook_resid_mid for a parallel-residual NeoX: TransformerLens has none either.)"""

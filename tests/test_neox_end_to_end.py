@@ -27,18 +27,6 @@ def _corpus(path, n=60):
   return str(path)
 
 
-def _tokenizer_json(directory, corpus):
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tok.train_from_iterator([json.loads(l)["text"] for l in open(corpus)], trainer=trainer)
-  tok.save(os.path.join(directory, "tokenizer.json"))
-
-
 def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
   corpus = _corpus(tmp_path / "docs.jsonl")
   cfg = hf_fixtures.neox_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
@@ -51,7 +39,8 @@ def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
       for p in m.parameters():
         p.add_(0.002 * i * torch.randn_like(p))
     src = hf_fixtures.write_checkpoint(str(tmp_path / f"hf{i}"), m)
-    _tokenizer_json(src, corpus)
+    hf_fixtures.write_tokenizer_json(src, [json.loads(l)["text"] for l in open(corpus)], 320,
+                                     added=())
     convert(src, str(tmp_path / f"m{i}"))
     dirs.append(str(tmp_path / f"m{i}"))
   tc = config_files.load("tokenize_default")

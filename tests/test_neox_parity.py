@@ -111,20 +111,7 @@ def test_parity_sharded_safetensors_and_tokenizer_json_copied(tmp_path):
 
 
 def _write_tokenizer_json(directory):
-  """A small byte-level BPE saved as a HF tokenizer.json, with an added whitespace token
-  (as the NeoX tokenizer has)."""
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<|endoftext|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tok.train_from_iterator(["hello world, hello there"] * 20, trainer=trainer)
-  tok.add_tokens([AddedToken("  ", normalized=False)])
-  path = os.path.join(directory, "tokenizer.json")
-  tok.save(path)
-  return path
+  return hf_fixtures.write_tokenizer_json(directory, ["hello world, hello there"] * 20)
 
 
 def test_pythia_160m_full_size_config(tmp_path):
