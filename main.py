@@ -5,14 +5,18 @@
   python main.py tokenize --config=configs/tokenize_default.py --workdir=data/tok
   python main.py correlate --config=configs/correlate_default.py --workdir=runs/corr
 
-Each subcommand lives in ucore/cli/<name>.py; this file only parses flags and dispatches.
-A ucore.errors.UserError becomes a one-line message on stderr and exit status 2.
+Each subcommand lives in ucore/cli/<name>.py (a missing module is an import error) and
+registers its own flags there; a flag of another subcommand (`main.py train --plan_devices=3`)
+is refused. --config and --workdir (ucore/cli/common.py) are shared. This file only parses
+flags and dispatches. A ucore.errors.UserError becomes a one-line message on stderr and exit
+status 2.
 """
 import importlib
 import logging as logging_std
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
@@ -21,19 +25,14 @@ COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "an
 DEFAULT_COMMAND = "pipeline"
 
 
-def _load_commands():
-  modules = {}
-  for name in COMMANDS:
-    module_name = f"ucore.cli.{name}"
-    try:
-      modules[name] = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-      if e.name != module_name:
-        raise
-  return modules
+_MODULES = {name: importlib.import_module(f"ucore.cli.{name}") for name in COMMANDS}
 
 
-_MODULES = _load_commands()
+def _foreign_flags(command: str) -> list:
+  """[(flag, its subcommand)] set on the command line but registered by another subcommand."""
+  by_module = flags.FLAGS.flags_by_module_dict()
+  return [(f.name, name) for name, module in _MODULES.items() if name != command
+          for f in by_module.get(module.__name__, ()) if f.present]
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -54,9 +53,13 @@ def main(argv):
                      f"{', '.join(_MODULES)}\n")
     sys.exit(2)
   try:
+    foreign = _foreign_flags(command)
+    if foreign:
+      raise UserError(", ".join(f"--{f} is a flag of `{c}`" for f, c in foreign) +
+                      f", not of `{command}`")
     _MODULES[command].run(args[1:])
   except UserError as e:
-    logging.flush() if hasattr(logging, "flush") else None
+    logging.flush()
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
 

@@ -5,7 +5,7 @@
       --config.corr_table=runs/corr_small/tables/neurons_stanford-gpt2-small-a.parquet
   python main.py analyze --config=configs/analyze_default.py:planted --workdir=/tmp/an  # offline
 
-Pick analyses with --analysis=stats,families,vocab,entropy,attention,ablation (default all;
+Pick analyses with --analysis=stats,families,prediction,entropy,attention,ablation (default all;
 "all" skips ablation when no corr_table is given). Variant `planted`: the hand-set tiny model of
 ucore.analyses.planted with synthetic rows (seconds, no files needed).
 """
@@ -49,12 +49,12 @@ def get_config(arg: str = ""):
   c.families.vr_threshold = 0.5         # family member (authors' notebooks)
   c.families.alphabet_threshold = 0.35  # alphabet neurons (authors' notebooks)
 
-  c.vocab = ml_collections.ConfigDict()
-  c.vocab.kurt_threshold = 10.0         # prediction/suppression: vocab_kurt above this
-  c.vocab.partition_factor = 4.0        # partition: vocab_var above factor × median
+  c.prediction = ml_collections.ConfigDict()
+  c.prediction.kurt_threshold = 10.0         # prediction/suppression: vocab_kurt above this
+  c.prediction.partition_factor = 4.0        # partition: vocab_var above factor × median
   # Other models of the same family (comma-separated checkpoint dirs, e.g. seeds b..e): adds
   # percentiles pooled over the family and the mean count of vocab_kurt > threshold per layer.
-  c.vocab.family_model_dirs = ""
+  c.prediction.family_model_dirs = ""
 
   c.entropy = ml_collections.ConfigDict()
   c.entropy.max_rows = 64

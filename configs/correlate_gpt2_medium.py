@@ -4,13 +4,13 @@
       --config.token_store=data/pile_test_100m
   python main.py plan --config=configs/correlate_gpt2_medium.py --plan_device=tpu-v5p --plan_devices=32
 """
-from ucore.corr.config import default_config
+from ucore import config_files
 
 SEEDS = ("a", "b", "c", "d", "e")
 
 
 def get_config():
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.models = [f"ckpt/stanford-gpt2-medium-{s}" for s in SEEDS]   # a = reference
   c.model_names = [f"stanford-gpt2-medium-{s}" for s in SEEDS]   # table column suffixes
   c.token_store = "data/pile_test_100m"   # same 1e8 tokens as small

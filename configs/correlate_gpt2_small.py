@@ -6,13 +6,13 @@
   python main.py plan --config=configs/correlate_gpt2_small.py --plan_device=h100 --plan_devices=8
 Multi-host: see BUILD.md ("Correlation").
 """
-from ucore.corr.config import default_config
+from ucore import config_files
 
 SEEDS = ("a", "b", "c", "d", "e")
 
 
 def get_config():
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.models = [f"ckpt/stanford-gpt2-small-{s}" for s in SEEDS]   # a = reference
   c.model_names = [f"stanford-gpt2-small-{s}" for s in SEEDS]   # table column suffixes
   c.token_store = "data/pile_test_100m"   # 195,313 rows × 512 tokens (paper §3)

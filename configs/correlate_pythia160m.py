@@ -9,13 +9,13 @@ test tokens (paper §4.1 / App.: 465 of 36,864 neurons universal, 1.26%).
 Pythia has its own tokenizer (the converted checkpoint's tokenizer/tokenizer.json): the token
 store must be built with it, not with GPT-2's. Multi-host: see BUILD.md ("Correlation").
 """
-from ucore.corr.config import default_config
+from ucore import config_files
 
 MODELS = ("pythia-160m", "pythia-160m-seed1", "pythia-160m-seed2", "pythia-160m-seed3")
 
 
 def get_config():
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.models = [f"ckpt/{m}" for m in MODELS]     # pythia-160m = reference
   c.model_names = list(MODELS)                  # table column suffixes
   c.token_store = "data/pile_test_100m_pythia"  # 195,313 rows × 512 Pythia tokens

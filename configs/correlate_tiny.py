@@ -3,11 +3,11 @@
   python main.py correlate --config=configs/correlate_tiny.py --workdir=/tmp/corr_tiny
   python main.py plan --config=configs/correlate_tiny.py
 """
-from ucore.corr.config import default_config
+from ucore import config_files
 
 
 def get_config():
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.synthetic.enabled = True     # planted family: 3 models × 2 layers × 128 neurons
   c.max_tokens = 0               # the whole synthetic store (64 rows × 16 tokens)
   c.batch_rows = 8               # rows per step

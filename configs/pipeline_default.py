@@ -7,7 +7,11 @@ Stages (each cached and resumable; re-running skips finished ones): byte-level B
 store -> a family of GPT-2 seeds trained here -> correlations of seed 0 against the others
 with one-pass rotation baselines -> the same at earlier training checkpoints (persistence) ->
 the paper's analyses on seed 0 -> report (runs/default/report/index.html).
-Variant `:quick` shrinks every stage (tests, smoke runs).
+Variants (comma-separated, e.g. `:gpu,quick`):
+  quick  shrinks every stage (tests, smoke runs; seconds on a CPU)
+  gpt2   the GPT-2-faithful family (gelu_new, 512 neurons, BPE 4096; no universal neuron)
+  gpu    a deeper family for one GPU (6 layers, d_model 256, 2048 neurons per layer)
+The default family departs from GPT-2 in its MLP activation (ReLU); see configs/train_default.py.
 """
 import ml_collections
 
@@ -15,19 +19,20 @@ from ucore.config_files import load as _config_of
 
 
 def get_config(arg: str = ""):
-  from ucore.corr.config import default_config as correlate_config
   c = ml_collections.ConfigDict()
   # Token store recipe: the embedded corpus, a byte-level BPE trained on it, 128-token rows.
   c.tokenize = _config_of("tokenize_default", "bpe")
   c.tokenize.ctx = 128
   c.tokenize.num_tokens = 0              # keep every row; train / held-out split below
+  # A small vocabulary: cheap unembedding, frequent tokens (BENCHMARKS.md "Universality recipes")
+  c.tokenize.bpe_vocab_size = 512
   # Rows [0, train_rows) train the family; rows after them are held-out text for the
   # correlations and analyses (the paper correlates on text the models never saw).
   c.train_rows = 16384
   # The seed family (configs/train_default.py; data.store and data.max_rows are set here).
   c.train = _config_of("train_default")
-  # Correlations of the first seed against every other (ucore/corr/config.py fields).
-  c.correlate = correlate_config()
+  # Correlations of the first seed against every other (configs/correlate_default.py fields).
+  c.correlate = _config_of("correlate_default")
   c.correlate.max_tokens = 300_000       # held-out tokens correlated
   c.correlate.batch_rows = 64
   c.correlate.baseline.draws = 1
@@ -47,7 +52,30 @@ def get_config(arg: str = ""):
   # held-out rows.
   c.report_top_k = 20
   c.examples_rows = 512
-  if arg == "quick":
+  variants = [v for v in arg.split(",") if v]
+  unknown = sorted(set(variants) - {"quick", "gpt2", "gpu"})
+  if unknown:
+    raise ValueError(f"unknown variant(s) {unknown} of configs/pipeline_default.py "
+                     "(known: quick, gpt2, gpu; comma-separated)")
+  if "gpt2" in variants:
+    c.tokenize.bpe_vocab_size = 4096
+    c.train = _config_of("train_default", "gpt2")
+  if "gpu" in variants:
+    # ~6x the default's FLOPs per token and 2.5x its tokens: minutes on one H100.
+    c.train_rows = 40_000                # of the BPE-512 store's 53,030 rows
+    c.train.model.n_layer = 6
+    c.train.model.n_embd = 256
+    c.train.model.n_head = 8
+    c.train.model.d_mlp = 2048
+    c.train.num_steps = 1000
+    c.train.checkpoint_steps = (0, 10, 20, 50, 100, 200, 500, 1000)
+    c.train.eval_every = 100
+    c.train.state_every = 100
+    c.correlate.max_tokens = 1_000_000
+    c.correlate.batch_rows = 128
+    c.persistence_steps = (100, 200, 500)
+    c.persistence_max_tokens = 300_000
+  if "quick" in variants:
     c.tokenize.max_documents = 400
     c.tokenize.bpe_vocab_size = 512
     c.train_rows = 512
@@ -77,6 +105,4 @@ def get_config(arg: str = ""):
     c.analyze.ablation.max_rows = 8
     c.analyze.ablation.n_random = 2
     c.examples_rows = 32
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/pipeline_default.py (known: quick)")
   return c

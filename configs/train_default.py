@@ -1,14 +1,16 @@
-"""The default seed family: 4 small GPT-2s on the embedded corpus, differing only in seed.
+"""The default seed family: 4 small GPT-2-shaped models on the embedded corpus, differing only
+in seed, trained so that universal neurons emerge (ReLU MLPs, 1024 neurons per layer).
 
   python main.py tokenize --config=configs/tokenize_default.py --config.tokenizer=bpe \
-      --config.bpe_vocab_size=4096 --config.ctx=128 --config.num_tokens=0 --workdir=runs/tok_bpe
+      --config.bpe_vocab_size=512 --config.ctx=128 --config.num_tokens=0 --workdir=runs/tok_bpe
   python main.py train --config=configs/train_default.py --workdir=runs/family \
       --config.data.store=runs/tok_bpe
 
 Writes runs/family/seed{s}/checkpoint-{N}/ (ucore.load_model directories) and
 runs/family/seed{s}/final; see ucore/train/loop.py for the layout. Killed? Run the same command.
-Measured: 6 min wall on the 2-core build machine under load from other jobs (≈ 3-3.5 min
-unloaded), final held-out loss 5.48-5.69 nats/token; see BENCHMARKS.md "## Training".
+Departs from GPT-2 in one way: a ReLU MLP instead of gelu_new (in these small models GELU
+neurons stay dense and none is universal; variant `:gpt2` keeps GPT-2's activation and the
+earlier recipe). Why this recipe: BENCHMARKS.md "## Universality recipes" (each lever measured).
 """
 import ml_collections
 
@@ -26,13 +28,14 @@ def get_config(arg: str = ""):
   # Attention heads (d_head = n_embd / n_head).
   c.model.n_head = 4
   # MLP neurons per layer (the units whose universality is studied).
-  c.model.d_mlp = 512
+  c.model.d_mlp = 1024
   # Context length; 0 = the token rows' length.
   c.model.n_positions = 0
   # Vocabulary size; 0 = the token store's tokenizer vocabulary.
   c.model.vocab_size = 0
-  # MLP nonlinearity (GPT-2: gelu_new, the tanh approximation).
-  c.model.activation_function = "gelu_new"
+  # MLP nonlinearity (GPT-2: gelu_new, the tanh approximation). ReLU gives the sparse,
+  # privileged basis in which neurons of small models become universal.
+  c.model.activation_function = "relu"
   # LayerNorm epsilon (GPT-2: 1e-5).
   c.model.layer_norm_epsilon = 1e-5
   # Divide attention scores by layer_idx + 1, as the Mistral GPT-2 configs do.
@@ -52,9 +55,9 @@ def get_config(arg: str = ""):
   c.heldout_rows = 64
 
   # Rows per update per seed (tokens per update per seed = batch_rows * (ctx - 1)).
-  c.batch_rows = 16
+  c.batch_rows = 32
   # Number of updates.
-  c.num_steps = 300
+  c.num_steps = 400
 
   c.optim = ml_collections.ConfigDict()
   # Peak learning rate (after warmup).
@@ -74,7 +77,7 @@ def get_config(arg: str = ""):
 
   # Kept model checkpoints (step 0 = init and num_steps are always kept), like the Mistral
   # `checkpoint-N` branches: dense early, sparse late.
-  c.checkpoint_steps = (0, 10, 20, 50, 100, 150, 200, 300)
+  c.checkpoint_steps = (0, 10, 20, 50, 100, 200, 300, 400)
   # Held-out loss every this many steps (and at every kept checkpoint).
   c.eval_every = 50
   # Rows per held-out forward pass.
@@ -83,6 +86,14 @@ def get_config(arg: str = ""):
   c.state_every = 50
   # Log train loss and throughput every this many steps.
   c.log_every = 10
-  if arg:
-    raise ValueError(f"configs/train_default.py takes no variant; got {arg!r}")
+  if arg == "gpt2":
+    # The GPT-2-faithful family of earlier defaults: gelu_new, 512 neurons, 300 x 16 rows.
+    # Measured: 0 of 1024 neurons universal (BENCHMARKS.md "## Universality recipes").
+    c.model.activation_function = "gelu_new"
+    c.model.d_mlp = 512
+    c.batch_rows = 16
+    c.num_steps = 300
+    c.checkpoint_steps = (0, 10, 20, 50, 100, 150, 200, 300)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/train_default.py (known: gpt2)")
   return c

@@ -42,11 +42,6 @@ class ModelRef:
     return f"{self.alias or self.location}{rev}"
 
 
-def checkpoint_revision(step: int) -> str:
-  """The Mistral/CRFM branch name for a training step."""
-  return f"checkpoint-{int(step)}"
-
-
 def pythia_revision(step: int) -> str:
   """The EleutherAI Pythia branch name for a training step (step0 ... step143000)."""
   return f"step{int(step)}"

@@ -6,3 +6,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+  """The planted tiny GPT-2 of ucore.analyses.planted (one per test module: tests may not
+  share a mutated model across modules)."""
+  from ucore.analyses import planted
+  return planted.planted_model()

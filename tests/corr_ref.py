@@ -1,5 +1,27 @@
-"""float64 numpy references for the correlation engine tests (independent of ucore.corr)."""
+"""Shared helpers of the correlation engine tests: float64 numpy references (independent
+of ucore.corr) and `accumulate`, which streams activations through ucore.corr.moments."""
 import numpy as np
+
+BATCHES = (7, 100, 1, 0, 33, 64, 195)   # uneven, an empty and a 1-token batch; sums to 400
+
+
+def accumulate(acts, mask, layer_ids=None, mode="reference", layer_mode="all",
+               compensated=True, mesh=None, batches=BATCHES):
+  """(spec, mesh, Accumulator) after streaming `acts` [T, L, d] per model in `batches`."""
+  import jax
+  from ucore.corr import moments as M
+  mesh = mesh or M.make_mesh(1, 1, jax.devices()[:1])
+  K, L, d = len(acts), acts[0].shape[1], acts[0].shape[2]
+  layer_ids = layer_ids or [tuple(range(L))] * K
+  spec = M.make_spec([f"m{i}" for i in range(K)], layer_ids, d, mesh, mode=mode,
+                     layer_mode=layer_mode, compensated=compensated)
+  acc = M.Accumulator(spec, mesh)
+  s = 0
+  for b in batches:
+    acc.update([a[s:s + b][:, list(l)] for a, l in zip(acts, layer_ids)], mask[s:s + b])
+    s += b
+  assert s == len(mask)
+  return spec, mesh, acc
 
 
 def adversarial(K=3, L=2, d=6, T=400, offset=1e3, seed=0):

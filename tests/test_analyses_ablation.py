@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore.data import batches as batches_mod
 from ucore.analyses import ablation, common, planted
 from ucore.errors import UserError
 from ucore.interventions import zero_neurons
@@ -12,13 +13,8 @@ from ucore.model import HookedGPT2
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
-  return common.make_batches(planted.planted_tokens(6, 32, seed=7), 3)
+  return batches_mod.make_batches(planted.planted_tokens(6, 32, seed=7), 3)
 
 
 def _logp(x):

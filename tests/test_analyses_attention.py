@@ -5,18 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore.data import batches as batches_mod
 from ucore.analyses import attention, common, planted
 from ucore.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
-  return common.make_batches(planted.planted_tokens(8, 32, seed=2), 4)
+  return batches_mod.make_batches(planted.planted_tokens(8, 32, seed=2), 4)
 
 
 def test_planted_query_neuron_has_top_score(model):

@@ -72,13 +72,15 @@ def _cfg(inputs, **kw):
 
 def test_all_analyses_on_store_with_report(inputs):
   wd = str(inputs["tmp"] / "run")
-  sections = runner.run_all(_cfg(inputs), wd, "all")
+  r = runner.run(_cfg(inputs), wd, "all")
+  sections = r.sections
+  assert runner.report(_cfg(inputs), wd, r) == os.path.join(wd, "report", "index.html")
   meta = json.load(open(os.path.join(wd, "sections.json")))
   assert meta["analyses"] == list(runner.ANALYSES)
   assert len(sections) >= 10 and all(os.path.isfile(p) for _, p, _ in sections)
   for f in ("stats/neuron_stats.parquet", "stats/universal_comparison.parquet",
             "families/families.parquet", "families/alphabet_neurons.parquet",
-            "vocab/vocab_role_counts.parquet", "entropy/entropy_sweep.parquet",
+            "prediction/vocab_role_counts.parquet", "entropy/entropy_sweep.parquet",
             "attention/attention_scores.parquet", "attention/path_ablation.parquet",
             "ablation/ablation.parquet", "report/index.html"):
     assert os.path.isfile(os.path.join(wd, f)), f

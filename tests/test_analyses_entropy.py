@@ -4,18 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore.data import batches as batches_mod
 from ucore.analyses import common, entropy, planted
 from ucore.interventions import fix_neurons
 
 
 @pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
-@pytest.fixture(scope="module")
 def batches():
-  return common.make_batches(planted.planted_tokens(8, 32, seed=5), 4)
+  return batches_mod.make_batches(planted.planted_tokens(8, 32, seed=5), 4)
 
 
 def test_planted_entropy_neuron_is_top_candidate(model):

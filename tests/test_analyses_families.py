@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore.data import batches as batches_mod
 from ucore import tokenizer as tok
 from ucore.analyses import common, families, planted, vocab
 from ucore.errors import UserError
@@ -104,7 +105,7 @@ def test_grouped_sum_vr_equals_per_label_formula(texts):
 def test_planted_unigram_and_position_neurons(texts):
   model = planted.planted_model()
   toks = planted.planted_tokens(24, 32, seed=3)
-  batches = common.make_batches(toks, 8, row_labels=np.arange(24) % 3)
+  batches = batches_mod.make_batches(toks, 8, row_labels=np.arange(24) % 3)
   labels = vocab.vocab_labels(texts, families.token_counts(batches, 50257), n_unigrams=60)
   res = families.neuron_families(model, batches, labels, dataset_names=["p", "q", "r"])
   fam = res["families"]
@@ -158,7 +159,7 @@ def test_previous_token_dataset_and_alphabet_on_synthetic_activations(texts):
 def test_runner_and_bad_input(texts, tmp_path):
   model = planted.planted_model()
   toks = planted.planted_tokens(8, 32, seed=4)
-  factory = lambda: common.make_batches(toks, 4)
+  factory = lambda: batches_mod.make_batches(toks, 4)
   figs = families.run(model, factory, str(tmp_path), texts, n_unigrams=30, layers_per_pass=1)
   fam = pd.read_parquet(tmp_path / "families.parquet")
   assert len(fam) == 64 and fam.loc[planted.PLANTED["unigram"], "family"] == "unigram"

@@ -7,11 +7,6 @@ import pytest
 from ucore.analyses import common, planted, prediction, stats
 
 
-@pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
-
-
 def test_planted_prediction_and_suppression(model, tmp_path):
   idx = common.neuron_index(2, 32)
   corr = pd.DataFrame({"excess_corr": 0.0, "universal": False}, index=idx)

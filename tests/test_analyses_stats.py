@@ -5,16 +5,12 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
+from ucore.data import batches as batches_mod
 from ucore.analyses import common, planted, stats
 from ucore.analyses.moments import StreamingMoments
 from ucore.errors import UserError
 
 RTOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def model():
-  return planted.planted_model()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,7 @@ def test_constant_column_gives_nan_shape_stats():
 
 
 def test_activation_stats_match_scipy_on_same_activations(model, tokens):
-  batches = common.make_batches(tokens, 5)     # uneven: 5, 5, 2 rows
+  batches = batches_mod.make_batches(tokens, 5)     # uneven: 5, 5, 2 rows
   df = stats.activation_stats(model, batches)
   # the same activations, captured independently through run_with_cache batch by batch
   # (XLA may round differently for another batch shape, so use the same batches)
@@ -133,8 +129,9 @@ def _fake_corr(model, universal):
 
 def test_runner_writes_tables_and_universal_comparison(model, tokens, tmp_path):
   corr = _fake_corr(model, [3, 5, 7])
-  figs = stats.run(model, common.make_batches(tokens, 6), str(tmp_path), corr=corr)
+  figs, returned = stats.run(model, batches_mod.make_batches(tokens, 6), str(tmp_path), corr=corr)
   table = pd.read_parquet(tmp_path / "neuron_stats.parquet")
+  pd.testing.assert_frame_equal(returned, table)
   assert list(table.index.names) == ["layer", "neuron"]
   for c in stats.ALL_COLUMNS:
     assert c in table.columns and c + "_pct" in table.columns

@@ -7,8 +7,9 @@ import pytest
 
 from tests.corr_ref import corr64, rowmax
 from ucore.corr import driver
-from ucore.corr.config import default_config
-from ucore.corr.sources import SyntheticTokens, token_mask
+from ucore import config_files
+from ucore.corr.synthetic import SyntheticTokens
+from ucore.data.mask import token_mask
 from ucore.gpt2_config import GPT2Config
 from ucore.neox_config import NeoXConfig
 from ucore.model import init_params, load_model, save_model
@@ -23,7 +24,7 @@ def test_driver_with_converted_models(tmp_path, config_class):
     save_model(p, cfg, init_params(cfg, seed=seed), manifest={"source": "test", "seed": seed})
     paths.append(p)
   store = SyntheticTokens(num_rows=12, ctx=16, seed=1)
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.models = paths
   c.model_names = ["a", "b", "c"]
   c.max_tokens = 0

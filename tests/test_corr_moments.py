@@ -7,23 +7,7 @@ from tests.corr_ref import adversarial, corr64, rowmax
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 
-BATCHES = (7, 100, 1, 0, 33, 64, 195)   # uneven, an empty and a 1-token batch; sums to 400
-
-
-def _run(acts, mask, layer_ids=None, mode="reference", layer_mode="all", compensated=True,
-         mesh=None, batches=BATCHES):
-  mesh = mesh or M.make_mesh(1, 1, jax.devices()[:1])
-  K, L, d = len(acts), acts[0].shape[1], acts[0].shape[2]
-  layer_ids = layer_ids or [tuple(range(L))] * K
-  spec = M.make_spec([f"m{i}" for i in range(K)], layer_ids, d, mesh, mode=mode,
-                     layer_mode=layer_mode, compensated=compensated)
-  acc = M.Accumulator(spec, mesh)
-  s = 0
-  for b in batches:
-    acc.update([a[s:s + b][:, list(l)] for a, l in zip(acts, layer_ids)], mask[s:s + b])
-    s += b
-  assert s == len(mask)
-  return spec, mesh, acc
+from tests.corr_ref import accumulate as _run
 
 
 def _flat(a, mask, layers=None):

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 
 from ucore.corr import driver
-from ucore.corr.config import default_config
-from ucore.corr.sources import SyntheticFamily
+from ucore import config_files
+from ucore.corr.synthetic import SyntheticFamily
 
 
 def _config(**over):
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.synthetic.enabled = True
   c.max_tokens = 0
   c.batch_rows = 16

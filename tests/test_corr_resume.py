@@ -1,9 +1,10 @@
-"""Kill `main.py correlate` at random points (between steps, while writing shards, between
-manifest and commit marker, after the commit), resume with the same command, and compare with
-an uninterrupted run (≤ 1e-6). Also: a changed input is refused; uncommitted state is never
-used."""
+"""SIGKILL a correlate run at random points (between steps, while writing shards, between
+manifest and commit marker, after the commit), resume with `main.py correlate`, and compare
+with an uninterrupted run (≤ 1e-6). Also: a changed input is refused; uncommitted state is
+never used."""
 import os
 import random
+import signal
 import subprocess
 import sys
 
@@ -17,15 +18,39 @@ BASE = ["--config=configs/correlate_tiny.py", "--config.checkpoint.every_steps=1
         "--config.mesh.tok=1", "--config.mesh.neu=2"]
 
 
-def _run(workdir, *extra, fault=None):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=ROOT)
-  env.pop("UCORE_CORR_FAULT", None)
-  if fault:
-    env["UCORE_CORR_FAULT"] = fault
+# The same job as `main.py correlate` with BASE, in a process that SIGKILLs itself (no
+# cleanup runs) the n-th time the driver reaches `phase` (ucore.corr.driver.run's _hook).
+_KILLED = """
+import os, signal, sys
+from ucore import config_files
+from ucore.corr import driver
+phase, n, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = config_files.load("correlate_tiny")
+c.checkpoint.every_steps, c.mesh.tok, c.mesh.neu = 1, 1, 2
+seen = []
+def hook(p):
+  seen.append(p)
+  if seen.count(phase) == n:
+    os.kill(os.getpid(), signal.SIGKILL)
+driver.run(c, workdir, _hook=hook)
+"""
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+              PYTHONPATH=ROOT)
+
+
+def _run(workdir, *extra):
   return subprocess.run([sys.executable, "main.py", "correlate", f"--workdir={workdir}",
-                         *BASE, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                         *BASE, *extra], cwd=ROOT, env=_env(), capture_output=True, text=True,
                         timeout=300)
+
+
+def _run_killed(workdir, fault):
+  phase, _, n = fault.partition(":")
+  return subprocess.run([sys.executable, "-c", _KILLED, phase, n, str(workdir)], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=300)
 
 
 def _tables(workdir):
@@ -70,8 +95,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
   steps = []
   for fault in (f"step:{rng.randint(1, 4)}", f"arrays:{rng.randint(1, 2)}",
                 f"manifest:{rng.randint(1, 2)}", "commit:1"):
-    r = _run(work, fault=fault)
-    assert r.returncode == 137, (fault, r.returncode, r.stderr[-2000:])
+    r = _run_killed(work, fault)
+    assert r.returncode == -signal.SIGKILL, (fault, r.returncode, r.stderr[-2000:])
     assert not (work / "tables").exists()
     steps.append(_assert_committed_is_consistent(str(work / "state")))
     if fault.startswith("manifest"):

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.corr_ref import accumulate as _run
 from tests.corr_ref import adversarial
-from tests.test_corr_moments import _run
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 

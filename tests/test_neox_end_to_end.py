@@ -11,7 +11,6 @@ from tests import hf_fixtures
 from ucore import config_files, load_model
 from ucore.analyses import runner
 from ucore.corr import driver
-from ucore.corr.config import default_config
 from ucore.data import build
 
 WORDS = ("the dog river mountain quick brown fox jumps over lazy a b c 1984 She said (it) "
@@ -49,7 +48,7 @@ def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
   store = build.build_store(tc, str(tmp_path / "store"))
   assert store.bos_id == 0   # <|endoftext|> of the checkpoint's tokenizer.json
 
-  c = default_config()
+  c = config_files.load("correlate_default")
   c.models, c.model_names = dirs, ["a", "b", "c"]
   c.token_store = store.path
   c.max_tokens, c.batch_rows, c.top_k = 0, 4, 2
@@ -65,8 +64,8 @@ def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
   ac.entropy.n_random, ac.entropy.fixed_values = 2, (0.0, 6.0)
   ac.attention.top_pairs, ac.ablation.n_random, ac.attention.positions = 1, 1, (8, 32)
   wd = str(tmp_path / "analyze")
-  sections = runner.run_all(ac, wd, "all")
-  assert sections and os.path.isfile(os.path.join(wd, "report", "index.html"))
+  r = runner.run(ac, wd, "all")
+  assert r.sections and runner.report(ac, wd, r) == os.path.join(wd, "report", "index.html")
   stats = pd.read_parquet(os.path.join(wd, "stats", "neuron_stats.parquet"))
   assert len(stats) == 64
   assert load_model(dirs[0]).config.architecture == "gpt_neox"

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ucore.analyses.persistence import persistence_table
 from ucore.errors import UserError
-from ucore.report import (Section, partner_layer_shares, per_layer_stats, persistence_table,
-                          table_summary, write_report)
+from ucore.report import (Section, partner_layer_shares, per_layer_stats, table_summary,
+                          write_report)
 
 N_LAYER, D_MLP = 4, 50
 

@@ -1,7 +1,7 @@
 import numpy as np
 
 from ucore.analyses import planted
-from ucore.analyses.common import make_batches
+from ucore.data.batches import make_batches
 from ucore.analyses.top_examples import top_activating_examples
 
 

@@ -97,3 +97,10 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
   assert r.returncode == 2 and "does not exist" in r.stderr
   r = _main("train", f"--workdir={tmp_path / 'w'}")
   assert r.returncode == 2 and "--config is required" in r.stderr
+
+
+def test_flag_of_another_subcommand_is_refused(tmp_path):
+  r = _main("train", "--config=configs/train_tiny.py", f"--workdir={tmp_path / 'w'}",
+            "--plan_devices=3")
+  assert r.returncode == 2 and "--plan_devices is a flag of `plan`, not of `train`" in r.stderr
+  assert not (tmp_path / "w").exists()

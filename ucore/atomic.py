@@ -27,6 +27,21 @@ def write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def write_buffered(path: str, save) -> str:
+  """Atomically writes what `save(file_like)` writes into an in-memory buffer (np.save,
+  np.savez, DataFrame.to_parquet, ...); returns `path`."""
+  import io
+  buf = io.BytesIO()
+  save(buf)
+  write_bytes(path, buf.getvalue())
+  return path
+
+
+def write_parquet(df, path: str) -> str:
+  """A pandas DataFrame as parquet (index kept), atomically; returns `path`."""
+  return write_buffered(path, df.to_parquet)
+
+
 def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
@@ -74,8 +89,3 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         break
       h.update(b)
   return h.hexdigest()
-
-
-def read_json_roundtrip(obj):
-  """`obj` as it reads back after write_json (tuples become lists, keys strings)."""
-  return json.loads(json.dumps(obj, sort_keys=True))

@@ -15,10 +15,9 @@ import os
 import time
 
 import numpy as np
-import pandas as pd
 from absl import logging
 
-from ucore import atomic
+from ucore import atomic, jobs
 from ucore.errors import UserError
 
 SUMMARY = "pipeline.json"
@@ -41,21 +40,18 @@ def _stage(name, fn, timings):
 
 
 def _correlate(config, model_dirs, names, store_dir, start_row, max_tokens, workdir):
-  from ucore.corr import driver
+  from ucore.corr import driver, tables
   c = _copy(config.correlate)
   c.models, c.model_names = list(model_dirs), list(names)
   c.token_store, c.start_row, c.max_tokens = store_dir, int(start_row), int(max_tokens)
   c.mode = "reference"
   tables_dir = driver.run(c, workdir)
-  return tables_dir, atomic.read_json(os.path.join(tables_dir, "summary.json"))
+  return tables_dir, tables.read_summary(tables_dir)
 
 
 def _read_tables(tables_dir, name):
-  neurons = pd.read_parquet(os.path.join(tables_dir, f"neurons_{name}.parquet"))
-  long = pd.read_parquet(os.path.join(tables_dir, f"partner_layers_{name}.parquet"))
-  mean = long[long["partner"] == "__mean__"]     # averaged over the partner models
-  hist = mean.pivot(index="layer", columns="partner_layer", values="count").to_numpy()
-  return neurons, hist
+  from ucore.corr import tables
+  return tables.read_neurons(tables_dir, name), tables.partner_layer_counts(tables_dir, name)
 
 
 def run(config, workdir: str) -> dict:
@@ -104,7 +100,7 @@ def run(config, workdir: str) -> dict:
                            config.persistence_max_tokens,
                            os.path.join(workdir, "corr_steps", f"step{step}"))
       universal_at[step] = _read_tables(tdir, ref)[0]
-    from ucore.report.figures import excess_by_step, persistence_table
+    from ucore.analyses.persistence import excess_by_step, persistence_table
     universal_at[int(family["num_steps"])] = neurons
     return persistence_table(neurons, universal_at), excess_by_step(universal_at)
   persist, by_step = (_stage("persistence", persistence, timings) if config.persistence_steps
@@ -117,29 +113,17 @@ def run(config, workdir: str) -> dict:
                                                   neurons), timings)
 
   def report():
-    from ucore.report import figures as F
-    from ucore.report.html import Section, top_universal_html, write_report
+    from ucore.report import sections as RS
+    from ucore.report.html import write_report
     from ucore.train import read_losses
     n_univ = int(neurons["universal"].sum())
     fig_dir = os.path.join(workdir, "report_extra")
-    extra = [Section("Training", F.training_curves(read_losses(os.path.join(workdir, "family")),
-                                                   os.path.join(fig_dir, "training.png")),
-                     "Train (lines) and held-out (markers) loss of every seed.")]
+    extra = [RS.training(read_losses(os.path.join(workdir, "family")), fig_dir)]
     if by_step is not None:
-      extra.append(Section(
-          "Excess correlation over training",
-          F.excess_over_training(by_step, os.path.join(fig_dir, "excess_by_step.png")),
-          "Correlations of the reference seed with the others at each kept checkpoint.",
-          by_step.reset_index().to_html(index=False, float_format=lambda v: f"{v:.3f}",
-                                        classes="grid", border=0)))
+      extra.append(RS.excess_over_training(by_step, fig_dir))
     if n_univ == 0:
-      top = neurons.nlargest(int(config.report_top_k), "excess_corr")
-      extra.append(Section(
-          "Neurons of highest excess correlation",
-          caption=f"No neuron clears the universality threshold "
-                  f"({config.correlate.threshold}); these come closest.",
-          html=top_universal_html(top.assign(universal=True), int(config.report_top_k),
-                                  examples, name="top excess")))
+      extra.append(RS.closest_to_threshold(neurons, config.correlate.threshold,
+                                           config.report_top_k, examples))
     summary = {
         "models": ", ".join(f"{n} ({d})" for n, d in zip(names, finals)),
         "reference": ref,
@@ -187,16 +171,16 @@ def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir)
   c.model_dir = family["final"][seeds[0]]
   c.token_store, c.start_row = tokens_dir, int(train_rows)
   c.corr_table = tables_dir
-  c.vocab.family_model_dirs = ",".join(family["final"][s] for s in seeds[1:])
+  c.prediction.family_model_dirs = ",".join(family["final"][s] for s in seeds[1:])
   ctx = int(family["model_config"]["n_positions"])
   lo, hi = (int(p) for p in c.attention.positions)
   if hi > ctx:   # the paper's 64..255 of 256-token rows, scaled to shorter rows
     c.attention.positions = (min(lo, ctx // 4), ctx)
-  stamp = {"config": c.to_dict(), "corr_tables": atomic.read_json(
-      os.path.join(tables_dir, "summary.json"))["identity"]}
+  from ucore.corr import tables
+  stamp = {"config": c.to_dict(), "corr_tables": tables.read_summary(tables_dir)["identity"]}
   stamp_path = os.path.join(out_dir, "pipeline_stamp.json")
   if os.path.exists(done) and os.path.exists(stamp_path) and \
-      atomic.read_json(stamp_path) == atomic.read_json_roundtrip(stamp):
+      atomic.read_json(stamp_path) == jobs.normalize(stamp):
     logging.info("analyses in %s are complete; skipping", out_dir)
     return [tuple(s) for s in atomic.read_json(done)["sections"]]
   if os.path.exists(stamp_path):
@@ -210,7 +194,7 @@ def _examples(config, model_dir, tokens_dir, start_row, neurons):
   """Top-activating held-out contexts of the top universal neurons (for the report)."""
   from ucore import load_model
   from ucore import tokenizer as tokmod
-  from ucore.analyses.common import store_batches
+  from ucore.data.batches import store_batches
   from ucore.analyses.top_examples import top_activating_examples
   from ucore.data.store import open_store
   u = neurons[neurons["universal"].astype(bool).values]

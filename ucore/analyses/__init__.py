@@ -9,9 +9,13 @@ plus a thin runner that reads a model directory + token store and writes parquet
   entropy     entropy-neuron candidates; fixed-activation sweep (Fig. 7)
   attention   attention (de)activation scores and query-only path ablation (Fig. 8)
   ablation    zero / mean / fixed ablation of neuron sets, loss and KL vs the clean run
-  runner      run_all(config, workdir, analyses): model dir + token store + corr table ->
-              <workdir>/<analysis>/, sections.json, report/ (CLI: `python main.py analyze`)
+  runner      a registry of analyses (stats, families, prediction, entropy, attention,
+              ablation); run(config, workdir, analyses): model dir + token store + corr
+              table -> <workdir>/<analysis>/, sections.json; report(...) for the CLI
+              (`python main.py analyze`)
+  persistence universality over training: persistence_table, excess_by_step
   planted     a tiny GPT-2 with hand-set neurons of each kind (tests, offline smoke run)
 
-Every runner returns a list of (title, png_path, caption) for the report.
+Every module's run returns a list of (title, png_path, caption) for the report (stats.run
+also its table).
 """

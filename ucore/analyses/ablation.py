@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.errors import UserError
 
@@ -162,7 +163,7 @@ def run(model, batches: Sequence, out_dir: str, corr: pd.DataFrame, modes=("zero
     raise UserError("the ablation analysis needs correlation results (universal neurons)")
   uni = [tuple(int(v) for v in i) for i in corr.index[corr["universal"].astype(bool).values]]
   res = universal_vs_random(model, batches, uni, modes, n_random, seed, fixed_value)
-  common.write_parquet(res, os.path.join(out_dir, "ablation.parquet"))
+  atomic.write_parquet(res, os.path.join(out_dir, "ablation.parquet"))
   return [("Ablating universal vs random neurons", plot_ablation(
       res, os.path.join(out_dir, "ablation.png")),
       f"Increase in loss and KL(clean‖ablated) when the {len(uni)} universal neurons or "

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.errors import UserError
 
@@ -236,14 +237,14 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
   os.makedirs(out_dir, exist_ok=True)
   batches = list(batches)
   scores = attention_scores(model, bos_id, n_random, seed)
-  common.write_parquet(scores, os.path.join(out_dir, "attention_scores.parquet"))
+  atomic.write_parquet(scores, os.path.join(out_dir, "attention_scores.parquet"))
   baseline = random_baseline_scores(model, bos_id, n_random, seed)
   figs = [("Attention deactivation scores", plot_scores(
       scores, baseline, os.path.join(out_dir, "attention_scores.png")),
       "Weight score of every (earlier-layer neuron, head) pair against random unit vectors "
       "(paper Fig. 8a); positive = the neuron moves the head's query towards the BOS key.")]
   heads = bos_value_norms(model, batches, bos_id)
-  common.write_parquet(heads, os.path.join(out_dir, "head_bos_norms.parquet"))
+  atomic.write_parquet(heads, os.path.join(out_dir, "head_bos_norms.parquet"))
   figs[0] = (figs[0][0], figs[0][1], figs[0][2] + f" Median head: ‖W_O v‖ is "
              f"{np.median(heads['ratio']):.3g}× smaller at BOS than at other tokens.")
   if pairs is None:
@@ -266,8 +267,8 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
                    f"{s['corr_activation_delta_bos']:.2f}, ρ(ΔBOS, Δnorm) = "
                    f"{s['corr_delta_bos_delta_norm']:.2f} (paper Fig. 8b, c)."))
   if summ:
-    common.write_parquet(pd.DataFrame(summ).set_index(["layer", "neuron", "head_layer", "head"]),
+    atomic.write_parquet(pd.DataFrame(summ).set_index(["layer", "neuron", "head_layer", "head"]),
                          os.path.join(out_dir, "path_ablation.parquet"))
-    common.write_parquet(pd.concat(pts, ignore_index=True),
+    atomic.write_parquet(pd.concat(pts, ignore_index=True),
                          os.path.join(out_dir, "path_ablation_points.parquet"))
   return figs

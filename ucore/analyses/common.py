@@ -1,18 +1,19 @@
-"""Shared plumbing of the analyses: neuron indices, weights, token batches, input checks, I/O.
+"""Shared plumbing of the analyses: neuron indices, weights, input checks, the correlation
+table reader and figures (on ucore.report.canvas, like the report's).
 
-Neuron ids are (layer, neuron); flat index = layer * d_mlp + neuron (DESIGN.md).
+Neuron ids are (layer, neuron), shown as L{layer}.{neuron}; flat index = layer * d_mlp +
+neuron (the TransformerLens convention). Token batches are ucore.data.batches; parquet
+tables are written with ucore.atomic.write_parquet.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
 from ucore.errors import UserError
 
 
@@ -82,41 +83,7 @@ def processed_model(model):
                     path=getattr(model, "path", None))
 
 
-# ---- token batches --------------------------------------------------------------------------
-@dataclasses.dataclass
-class Batch:
-  tokens: np.ndarray                  # int32 [B, P]
-  row_labels: Optional[np.ndarray]    # int [B] (dataset label ids) or None
-  mask: np.ndarray                    # bool [B, P]: token counted
-
-
-def make_batches(tokens: np.ndarray, batch_rows: int, row_labels=None,
-                 exclude_ids=(50256, 198)) -> list[Batch]:
-  """In-memory rows -> Batches (tests and small runs)."""
-  from ucore.data.mask import token_mask
-  tokens = np.asarray(tokens, np.int32)
-  if tokens.ndim != 2:
-    raise UserError(f"tokens must be [rows, ctx]; got shape {tokens.shape}")
-  out = []
-  for a in range(0, tokens.shape[0], batch_rows):
-    t = tokens[a:a + batch_rows]
-    lab = None if row_labels is None else np.asarray(row_labels)[a:a + batch_rows]
-    out.append(Batch(t, lab, token_mask(t, exclude_ids)))
-  return out
-
-
-def store_batches(store, batch_rows: int, max_rows: Optional[int] = None,
-                  start_row: int = 0) -> Iterator[Batch]:
-  """Batches of a TokenStore, with its own mask ids, over rows [start_row, start_row+max_rows)."""
-  from ucore.data.mask import token_mask
-  stop = store.num_rows if max_rows is None else min(store.num_rows, start_row + int(max_rows))
-  for g, rows in store.iter_batches(batch_rows, start_row=start_row, stop_row=stop):
-    if rows.shape[0] == 0:
-      continue
-    yield Batch(rows, store.row_labels(g, g + rows.shape[0]),
-                token_mask(rows, store.mask_exclude_ids))
-
-
+# ---- inputs ---------------------------------------------------------------------------------
 def model_tokenizer_sha256(model) -> Optional[str]:
   from ucore import tokenizer as tok
   sha = (getattr(model, "manifest", None) or {}).get("tokenizer_sha256")
@@ -154,49 +121,39 @@ def vocab_file_of(model=None, store=None) -> str:
 CORR_REQUIRED = ("excess_corr", "universal")
 
 
-def _corr_summary(directory: str) -> Optional[dict]:
-  path = os.path.join(directory, "summary.json")
-  if not os.path.isfile(path):
-    return None
-  try:
-    return atomic.read_json(path)
-  except (OSError, ValueError) as e:
-    raise UserError(f"correlation summary {path} is unreadable ({e}); re-run the correlation "
-                    "finalization") from e
-
-
 def read_corr_table(path: str, config, fingerprint: Optional[str] = None) -> pd.DataFrame:
   """Reads the correlation engine's per-neuron parquet; UserError if missing or if it does not
   describe this model (neuron count / layers / d_mlp, and — when `fingerprint` is given and the
   results carry a summary.json — the weights' fingerprint). `path` may be the tables directory:
   then the table of the model with this fingerprint is chosen (or the only one)."""
+  from ucore.corr import tables
   if not path:
     raise UserError("no correlation results given: pass the neurons_<model>.parquet written by "
                     "`python main.py correlate` (config field corr_table)")
   if os.path.isdir(path):
-    cands = sorted(f for f in os.listdir(path) if f.startswith("neurons_") and
-                   f.endswith(".parquet"))
+    cands = tables.neuron_models(path)
     if not cands:
       raise UserError(f"correlation directory {path} holds no neurons_*.parquet; run "
                       "`python main.py correlate` first")
-    summary = _corr_summary(path)
+    summary = tables.read_summary(path)
     if fingerprint and summary:
       names = [m["name"] for m in summary.get("models", []) if m.get("fingerprint") == fingerprint]
-      cands = [c for c in cands if c[len("neurons_"):-len(".parquet")] in names]
+      cands = [c for c in cands if c in names]
       if not cands:
         raise UserError(f"the correlation results in {path} are for models "
                         f"{[m['name'] for m in summary.get('models', [])]}, none with this "
                         f"model's weights (fingerprint {fingerprint[:12]}); pass the results of "
                         "this model")
     elif len(cands) > 1:
-      raise UserError(f"correlation directory {path} holds tables for several models {cands}; "
+      raise UserError(f"correlation directory {path} holds tables for several models "
+                      f"{[os.path.basename(tables.neurons_path(path, c)) for c in cands]}; "
                       "pass the file of the analysed model")
-    path = os.path.join(path, cands[0])
+    path = tables.neurons_path(path, cands[0])
   if not os.path.isfile(path):
     raise UserError(f"correlation results {path} do not exist; run `python main.py correlate`")
-  summary = _corr_summary(os.path.dirname(os.path.abspath(path)))
+  summary = tables.read_summary(os.path.dirname(os.path.abspath(path)))
   if fingerprint and summary:
-    name = os.path.basename(path)[len("neurons_"):-len(".parquet")]
+    name = tables.model_of(path)
     fps = {m.get("name"): m.get("fingerprint") for m in summary.get("models", [])}
     if name in fps and fps[name] != fingerprint:
       raise UserError(f"correlation results {path} were computed on other weights (fingerprint "
@@ -228,28 +185,18 @@ def read_corr_table(path: str, config, fingerprint: Optional[str] = None) -> pd.
 
 
 # ---- output ---------------------------------------------------------------------------------
-def write_parquet(df: pd.DataFrame, path: str) -> str:
-  buf = io.BytesIO()
-  df.to_parquet(buf)
-  atomic.write_bytes(path, buf.getvalue())
-  return path
 
 
 def new_figure(*args, **kwargs):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt.subplots(*args, **kwargs)
+  """(fig, axes) like pyplot.subplots, on ucore.report.canvas (no pyplot state)."""
+  from ucore.report import canvas
+  return canvas.subplots(*args, **kwargs)
 
 
 def save_figure(fig, path: str) -> str:
-  import matplotlib.pyplot as plt
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  """The analyses' PNGs: ucore.report.canvas.save at 110 dpi."""
+  from ucore.report import canvas
+  return canvas.save(fig, path, dpi=110)
 
 
 def layer_percentiles(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.errors import UserError
 
@@ -168,8 +169,8 @@ def run(model, batches: Sequence, out_dir: str, n_targets: int = 1, n_random: in
   sweep = fixed_activation_sweep(model, batches, list(targets) + controls, values)
   sweep["role"] = ["target" if (l, n) in set(map(tuple, targets)) else "random"
                    for l, n, _ in sweep.index]
-  common.write_parquet(cands, os.path.join(out_dir, "entropy_candidates.parquet"))
-  common.write_parquet(sweep, os.path.join(out_dir, "entropy_sweep.parquet"))
+  atomic.write_parquet(cands, os.path.join(out_dir, "entropy_candidates.parquet"))
+  atomic.write_parquet(sweep, os.path.join(out_dir, "entropy_sweep.parquet"))
   names = ", ".join(common.neuron_name(*t) for t in targets)
   return [("Entropy-neuron candidates", plot_candidates(
               cands, os.path.join(out_dir, "entropy_candidates.png")),

@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.analyses.moments import StreamingMoments
 from ucore.analyses.vocab import LabelSet
@@ -345,10 +346,10 @@ def run(model, batches_factory, out_dir: str, labels_texts: list, dataset_names=
   alpha = alphabet_table(vr, parts[0]["names"], fam.index, kw.get("alphabet_threshold", 0.35))
   del vr
   cnt = family_counts(fam)
-  common.write_parquet(fam, os.path.join(out_dir, "families.parquet"))
-  common.write_parquet(cnt, os.path.join(out_dir, "family_counts.parquet"))
-  common.write_parquet(alpha, os.path.join(out_dir, "alphabet_neurons.parquet"))
-  common.write_parquet(top, os.path.join(out_dir, "top_labels.parquet"))
+  atomic.write_parquet(fam, os.path.join(out_dir, "families.parquet"))
+  atomic.write_parquet(cnt, os.path.join(out_dir, "family_counts.parquet"))
+  atomic.write_parquet(alpha, os.path.join(out_dir, "alphabet_neurons.parquet"))
+  atomic.write_parquet(top, os.path.join(out_dir, "top_labels.parquet"))
   return [
       ("Neuron families per layer", plot_counts(cnt, os.path.join(out_dir, "families.png")),
        f"Best of {len(parts[0]['names'])} labels (vocabulary predicates, previous-token "

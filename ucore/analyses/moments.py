@@ -82,17 +82,3 @@ class StreamingMoments:
     out = dict(mean=self.mean.copy(), var=var, skew=skew, kurt=kurt)
     out["sparsity"] = (self.positive / n if self.positive is not None else nan)
     return out
-
-
-def column_moments(x, axis: int = -1) -> dict:
-  """Two-pass float64 moments of x along `axis` (mean, var, skew, kurt; non-excess)."""
-  x = np.asarray(x, np.float64)
-  x = np.moveaxis(x, axis, -1)
-  mean = x.mean(-1)
-  d = x - mean[..., None]
-  d2 = d * d
-  m2 = d2.mean(-1)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    skew = (d2 * d).mean(-1) / m2 ** 1.5
-    kurt = (d2 * d2).mean(-1) / m2 ** 2
-  return dict(mean=mean, var=m2, skew=skew, kurt=kurt)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BOS = 50256
+from ucore.data.mask import GPT2_EOS_ID as BOS   # GPT-2's <|endoftext|>
 UNIGRAM_TOKEN = 3290          # " dog" in GPT-2's vocabulary
 UNIGRAM_GROUP = (3290, 9703, 32942, 8532)   # " dog", "dog", "Dog", " Dog": kept out of the data
 PREDICTED_TOKENS = tuple(range(30000, 30100))   # a cluster the prediction neuron predicts

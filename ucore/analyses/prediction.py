@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.errors import UserError
 
@@ -142,15 +143,15 @@ def run(model, out_dir: str, stats: Optional[pd.DataFrame] = None,
                         f"not {model.config.n_layer}×{model.config.d_mlp} like the analysed model")
       by_model[name] = stats_mod.weight_stats(common.processed_weights(m))
     fpct, fcounts = family_summary(by_model, kurt_threshold)
-    common.write_parquet(fpct, os.path.join(out_dir, "vocab_family_percentiles.parquet"))
-    common.write_parquet(fcounts, os.path.join(out_dir, "vocab_family_counts.parquet"))
+    atomic.write_parquet(fpct, os.path.join(out_dir, "vocab_family_percentiles.parquet"))
+    atomic.write_parquet(fcounts, os.path.join(out_dir, "vocab_family_counts.parquet"))
     figs.append((f"Vocabulary kurtosis and skew by layer ({len(by_model)} models)",
                  plot_percentiles(fpct, os.path.join(out_dir, "vocab_percentiles_family.png"),
                                   f"{len(by_model)} models pooled"),
                  "Per-layer percentiles pooled over the model family; mean count of "
                  f"vocab_kurt > {kurt_threshold:g} per layer (last layers): " + ", ".join(
                      f"L{l}: {v:.1f}" for l, v in fcounts.iloc[-4:, -1].items())))
-  common.write_parquet(table, os.path.join(out_dir, "vocab_roles.parquet"))
-  common.write_parquet(counts, os.path.join(out_dir, "vocab_role_counts.parquet"))
-  common.write_parquet(pct, os.path.join(out_dir, "vocab_percentiles.parquet"))
+  atomic.write_parquet(table, os.path.join(out_dir, "vocab_roles.parquet"))
+  atomic.write_parquet(counts, os.path.join(out_dir, "vocab_role_counts.parquet"))
+  atomic.write_parquet(pct, os.path.join(out_dir, "vocab_percentiles.parquet"))
   return figs

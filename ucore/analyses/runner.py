@@ -1,44 +1,156 @@
 """Runs the analyses from a config: reads a model directory, a token store and (optionally) the
 correlation results; writes `<workdir>/<analysis>/*.parquet|png` and `<workdir>/sections.json`
-(the report sections, (title, png_path, caption)); with correlation results also an HTML
-report in `<workdir>/report/`.
+(the report sections, (title, png_path, caption)). The report itself is written by its caller
+(`python main.py analyze` through `report`, the pipeline with its own sections), each with one
+call of ucore.report.write_report.
 
 config fields: see configs/analyze_default.py. `model_dir="planted"` / `token_store="planted"`
 use the hand-set tiny model of ucore.analyses.planted (offline smoke run).
+
+Extension point — adding an analysis:
+  @analysis("name", needs_corr=False)
+  def _name(inp: Inputs, out_dir: str) -> list:     # report sections [(title, png, caption)]
+      ...call ucore.analyses.<module>.run(...) with inp.model, inp.batches(max_rows), inp.corr,
+      inp.config.<name>.* (fields in configs/analyze_default.py) and inp.results of the
+      analyses registered before it; leave a result in inp.results["name"] for later ones.
+`--analysis=all` runs every registered analysis in registration order (those with
+needs_corr only when correlation results are given); the sections join the report in the
+same order.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import time
+from typing import Callable, Optional
 
 from absl import logging
 
+from ucore.data import batches as batches_mod
 from ucore import atomic
 from ucore.analyses import common
 from ucore.errors import UserError
 
-ANALYSES = ("stats", "families", "vocab", "entropy", "attention", "ablation")
-NEEDS_CORR = ("ablation",)
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  name: str
+  run: Callable            # (Inputs, out_dir) -> sections
+  needs_corr: bool = False
+
+
+REGISTRY: dict = {}         # name -> Analysis, in registration (= run) order
+
+
+def analysis(name: str, needs_corr: bool = False):
+  """Registers `fn(inputs, out_dir) -> sections` as the analysis `name`."""
+  def deco(fn):
+    REGISTRY[name] = Analysis(name, fn, needs_corr)
+    return fn
+  return deco
+
+
+@dataclasses.dataclass
+class Inputs:
+  """What every analysis may read. `batches(max_rows=None)` -> list of batches_mod.Batch."""
+  config: object
+  model: object
+  store: object             # TokenStore, or None for the planted rows
+  batches: Callable
+  label_names: list
+  bos_id: int
+  corr: Optional[object]    # the neuron table of ucore.corr, or None
+  results: dict = dataclasses.field(default_factory=dict)
 
 
 def parse_analyses(spec: str, have_corr: bool) -> list:
   names = [s.strip() for s in str(spec).split(",") if s.strip()]
   if not names:
     raise UserError("no analysis selected; use --analysis=all or a comma list of "
-                    f"{', '.join(ANALYSES)}")
+                    f"{', '.join(REGISTRY)}")
   if "all" in names:
-    return [a for a in ANALYSES if have_corr or a not in NEEDS_CORR]
-  unknown = [n for n in names if n not in ANALYSES]
+    return [a for a in REGISTRY if have_corr or not REGISTRY[a].needs_corr]
+  unknown = [n for n in names if n not in REGISTRY]
   if unknown:
-    raise UserError(f"unknown analyses {unknown}; choose from all, {', '.join(ANALYSES)}")
-  missing = [n for n in names if n in NEEDS_CORR and not have_corr]
+    raise UserError(f"unknown analyses {unknown}; choose from all, {', '.join(REGISTRY)}")
+  missing = [n for n in names if REGISTRY[n].needs_corr and not have_corr]
   if missing:
     raise UserError(f"analyses {missing} need correlation results: set corr_table to the "
                     "neurons_<model>.parquet written by `python main.py correlate`")
   return names
 
 
+# ---- the analyses --------------------------------------------------------------------------
+@analysis("stats")
+def _stats(inp: Inputs, out: str) -> list:
+  from ucore.analyses import stats
+  secs, inp.results["stats"] = stats.run(inp.model, inp.batches(inp.config.stats.max_rows), out,
+                                         corr=inp.corr)
+  return secs
+
+
+@analysis("families")
+def _families(inp: Inputs, out: str) -> list:
+  from ucore.analyses import families, vocab
+  c = inp.config
+  texts = vocab.decode_vocab(common.vocab_file_of(
+      inp.model if c.model_dir != "planted" else None, inp.store), inp.model.config.vocab_size)
+  ds = inp.label_names if len(inp.label_names) > 1 else None
+  return families.run(inp.model, lambda: inp.batches(c.families.max_rows), out, texts,
+                      dataset_names=ds, n_unigrams=c.families.n_unigrams,
+                      layers_per_pass=c.families.layers_per_pass or None,
+                      memory_gb=c.families.memory_gb,
+                      position_mi_threshold=c.families.position_mi_threshold,
+                      vr_threshold=c.families.vr_threshold,
+                      alphabet_threshold=c.families.alphabet_threshold)
+
+
+@analysis("prediction")
+def _prediction(inp: Inputs, out: str) -> list:
+  from ucore.analyses import prediction
+  c = inp.config.prediction
+  fam_models = None
+  if c.family_model_dirs:
+    from ucore.model import load_model
+    fam_models = {os.path.basename(os.path.normpath(d)): load_model(d)
+                  for d in str(c.family_model_dirs).split(",") if d.strip()}
+  return prediction.run(inp.model, out, stats=inp.results.get("stats"), corr=inp.corr,
+                        kurt_threshold=c.kurt_threshold, partition_factor=c.partition_factor,
+                        family=fam_models)
+
+
+@analysis("entropy")
+def _entropy(inp: Inputs, out: str) -> list:
+  from ucore.analyses import entropy
+  c = inp.config
+  return entropy.run(inp.model, inp.batches(c.entropy.max_rows), out,
+                     n_targets=c.entropy.n_targets, n_random=c.entropy.n_random,
+                     last_layers=c.entropy.last_layers, values=tuple(c.entropy.fixed_values),
+                     seed=c.seed)
+
+
+@analysis("attention")
+def _attention(inp: Inputs, out: str) -> list:
+  from ucore.analyses import attention
+  c = inp.config
+  return attention.run(inp.model, inp.batches(c.attention.max_rows), out, inp.bos_id,
+                       top_pairs=c.attention.top_pairs, positions=tuple(c.attention.positions),
+                       n_random=c.attention.n_random, seed=c.seed)
+
+
+@analysis("ablation", needs_corr=True)
+def _ablation(inp: Inputs, out: str) -> list:
+  from ucore.analyses import ablation
+  c = inp.config
+  return ablation.run(inp.model, inp.batches(c.ablation.max_rows), out, inp.corr,
+                      modes=tuple(c.ablation.modes), n_random=c.ablation.n_random,
+                      seed=c.seed, fixed_value=c.ablation.fixed_value)
+
+
+ANALYSES = tuple(REGISTRY)
+
+
+# ---- inputs and the loop -------------------------------------------------------------------
 def _load(config):
   from ucore.analyses import planted
   if config.model_dir == "planted":
@@ -53,10 +165,9 @@ def _load(config):
     ctx = model.config.n_positions
     toks = planted.planted_tokens(int(config.get("planted_rows", 32)), ctx, seed=config.seed)
     rows = toks.shape[0]
-    label_names = ["planted"]
-    factory = lambda max_rows=None: common.make_batches(
+    factory = lambda max_rows=None: batches_mod.make_batches(
         toks[:max_rows or rows], config.batch_rows, row_labels=[0] * min(rows, max_rows or rows))
-    return model, None, factory, label_names, planted.BOS
+    return Inputs(config, model, None, factory, ["planted"], planted.BOS, None)
   if not config.token_store:
     raise UserError("token_store is required: set --config.token_store=<store dir>")
   from ucore.data.store import open_store
@@ -70,82 +181,67 @@ def _load(config):
     mr = config.max_rows or None
     if max_rows:
       mr = min(mr, max_rows) if mr else max_rows
-    return list(common.store_batches(store, config.batch_rows, mr,
+    return list(batches_mod.store_batches(store, config.batch_rows, mr,
                                      start_row=int(config.get("start_row", 0))))
-  return model, store, factory, list(store.label_names), store.bos_id
+  return Inputs(config, model, store, factory, list(store.label_names), store.bos_id, None)
 
 
-def run_all(config, workdir: str, analyses: str = "all") -> list:
-  """Returns the report sections [(title, png_path, caption)] of the analyses run."""
-  from ucore.analyses import ablation, attention, entropy, families, prediction, stats, vocab
-  os.makedirs(workdir, exist_ok=True)
-  model, store, factory, label_names, bos_id = _load(config)
+def _corr(config, model):
   fp = model.fingerprint if config.get("corr_check_fingerprint", True) else None
-  corr = (common.read_corr_table(config.corr_table, model.config, fp) if config.corr_table
+  return (common.read_corr_table(config.corr_table, model.config, fp) if config.corr_table
           else None)
-  todo = parse_analyses(analyses, corr is not None)
-  if "ablation" in todo and analyses == "all" and not corr["universal"].astype(bool).any():
+
+
+@dataclasses.dataclass
+class Run:
+  """What an analyze run produced: report sections, the analyses run, the correlation table."""
+  sections: list
+  analyses: list
+  corr: Optional[object]
+
+
+def run(config, workdir: str, analyses: str = "all") -> Run:
+  """Runs the selected analyses (see parse_analyses) into `workdir`; writes sections.json."""
+  os.makedirs(workdir, exist_ok=True)
+  inp = _load(config)
+  inp.corr = _corr(config, inp.model)
+  todo = parse_analyses(analyses, inp.corr is not None)
+  if "ablation" in todo and analyses == "all" and not inp.corr["universal"].astype(bool).any():
     # Nothing to compare against random sets; an explicit --analysis=ablation still errors.
     logging.warning("no universal neurons in %s: skipping the ablation analysis",
                     config.corr_table)
     todo.remove("ablation")
   sections, timings = [], {}
-  stats_table = None
   for name in todo:
     t0 = time.time()
     out = os.path.join(workdir, name)
     logging.info("analysis %s -> %s", name, out)
-    if name == "stats":
-      secs = stats.run(model, factory(config.stats.max_rows), out, corr=corr)
-      import pandas as pd
-      stats_table = pd.read_parquet(os.path.join(out, "neuron_stats.parquet"))
-    elif name == "families":
-      texts = vocab.decode_vocab(common.vocab_file_of(
-          model if config.model_dir != "planted" else None, store), model.config.vocab_size)
-      ds = label_names if len(label_names) > 1 else None
-      secs = families.run(model, lambda: factory(config.families.max_rows), out, texts,
-                          dataset_names=ds, n_unigrams=config.families.n_unigrams,
-                          layers_per_pass=config.families.layers_per_pass or None,
-                          memory_gb=config.families.memory_gb,
-                          position_mi_threshold=config.families.position_mi_threshold,
-                          vr_threshold=config.families.vr_threshold,
-                          alphabet_threshold=config.families.alphabet_threshold)
-    elif name == "vocab":
-      fam_models = None
-      if config.vocab.family_model_dirs:
-        from ucore.model import load_model
-        fam_models = {os.path.basename(os.path.normpath(d)): load_model(d)
-                      for d in str(config.vocab.family_model_dirs).split(",") if d.strip()}
-      secs = prediction.run(model, out, stats=stats_table, corr=corr,
-                            kurt_threshold=config.vocab.kurt_threshold,
-                            partition_factor=config.vocab.partition_factor, family=fam_models)
-    elif name == "entropy":
-      secs = entropy.run(model, factory(config.entropy.max_rows), out,
-                         n_targets=config.entropy.n_targets, n_random=config.entropy.n_random,
-                         last_layers=config.entropy.last_layers,
-                         values=tuple(config.entropy.fixed_values), seed=config.seed)
-    elif name == "attention":
-      secs = attention.run(model, factory(config.attention.max_rows), out, bos_id,
-                           top_pairs=config.attention.top_pairs,
-                           positions=tuple(config.attention.positions),
-                           n_random=config.attention.n_random, seed=config.seed)
-    elif name == "ablation":
-      secs = ablation.run(model, factory(config.ablation.max_rows), out, corr,
-                          modes=tuple(config.ablation.modes), n_random=config.ablation.n_random,
-                          seed=config.seed, fixed_value=config.ablation.fixed_value)
-    sections += [tuple(s) for s in secs]
+    sections += [tuple(s) for s in REGISTRY[name].run(inp, out)]
     timings[name] = round(time.time() - t0, 2)
   atomic.write_json(os.path.join(workdir, "sections.json"),
                     {"analyses": todo, "seconds": timings,
                      "sections": [list(s) for s in sections]})
-  if corr is not None and config.get("report", True):
-    from ucore.report.figures import REQUIRED_COLUMNS
-    from ucore.report.html import write_report
-    missing = [c for c in REQUIRED_COLUMNS if c not in corr.columns]
-    if missing:
-      logging.warning("no HTML report: the correlation table lacks %s", missing)
-      return sections
-    write_report(os.path.join(workdir, "report"), {"model": corr}, figures_extra=sections,
-                 summary={"model": config.model_dir, "token_store": config.token_store,
-                          "analyses": ", ".join(todo)})
-  return sections
+  return Run(sections, todo, inp.corr)
+
+
+def run_all(config, workdir: str, analyses: str = "all") -> list:
+  """run(...)'s report sections [(title, png_path, caption)]."""
+  return run(config, workdir, analyses).sections
+
+
+def report(config, workdir: str, r: Run) -> Optional[str]:
+  """`<workdir>/report/index.html` of an analyze run: the correlation table's figures, then
+  the analyses' sections. None without correlation results (or, with a warning, when the
+  table lacks the report's columns)."""
+  if r.corr is None:
+    return None
+  from ucore.report.figures import REQUIRED_COLUMNS
+  from ucore.report.html import write_report
+  missing = [c for c in REQUIRED_COLUMNS if c not in r.corr.columns]
+  if missing:
+    logging.warning("no HTML report: the correlation table lacks %s", missing)
+    return None
+  return write_report(os.path.join(workdir, "report"), {"model": r.corr},
+                      figures_extra=r.sections,
+                      summary={"model": config.model_dir, "token_store": config.token_store,
+                               "analyses": ", ".join(r.analyses)})

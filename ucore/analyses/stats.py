@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from ucore import atomic
 from ucore.analyses import common
 from ucore.analyses.moments import StreamingMoments
 
@@ -29,7 +30,7 @@ ALL_COLUMNS = WEIGHT_COLUMNS + ACTIVATION_COLUMNS + VOCAB_COLUMNS
 def activation_stats(model, batches: Iterable, hook: str = "mlp.hook_pre",
                      layers: Optional[list] = None) -> pd.DataFrame:
   """Exact moments of every neuron's activation at `hook` over the kept tokens of `batches`
-  (Batch objects: tokens, mask). Returns a (layer, neuron)-indexed frame with
+  (ucore.data.batches.Batch objects: tokens, mask). Returns a (layer, neuron)-indexed frame with
   mean, var, skew, kurt, sparsity and the column `tokens` (count)."""
   cfg = model.config
   layers = list(range(cfg.n_layer)) if layers is None else [int(l) for l in layers]
@@ -157,15 +158,16 @@ def plot_stat_by_layer(stats: pd.DataFrame, path: str,
 
 
 # ---- runner -----------------------------------------------------------------------------------
-def run(model, batches, out_dir: str, corr: Optional[pd.DataFrame] = None) -> list:
-  """Writes neuron_stats.parquet (+ universal_comparison.parquet with `corr`) and figures."""
+def run(model, batches, out_dir: str, corr: Optional[pd.DataFrame] = None) -> tuple:
+  """Writes neuron_stats.parquet (+ universal_comparison.parquet with `corr`) and figures;
+  returns (report sections, the neuron_stats table as written)."""
   os.makedirs(out_dir, exist_ok=True)
   stats = neuron_stats(model, batches)
   pct = common.layer_percentiles(stats, ALL_COLUMNS).add_suffix("_pct")
   table = stats.join(pct)
   if corr is not None:
     table = table.join(corr[["excess_corr", "universal"]])
-  common.write_parquet(table, os.path.join(out_dir, "neuron_stats.parquet"))
+  atomic.write_parquet(table, os.path.join(out_dir, "neuron_stats.parquet"))
   figs = [("Neuron statistics by layer", plot_stat_by_layer(
       stats, os.path.join(out_dir, "stats_by_layer.png")),
       "Per-layer distribution of activation frequency, pre-activation skew and kurtosis, "
@@ -184,12 +186,11 @@ def run(model, batches, out_dir: str, corr: Optional[pd.DataFrame] = None) -> li
     if "sparsity" in stats:
       summary["median_sparsity_universal"] = float(stats["sparsity"][uni.values].median())
     comp = universal_comparison(stats, corr["universal"])
-    common.write_parquet(comp, os.path.join(out_dir, "universal_comparison.parquet"))
+    atomic.write_parquet(comp, os.path.join(out_dir, "universal_comparison.parquet"))
     figs.append(("Universal vs other neurons", plot_universal(
         stats, corr["universal"], os.path.join(out_dir, "universal_vs_other.png")),
         "Within-layer percentiles of each statistic for universal (excess_corr > threshold) "
         "and other neurons (paper Fig. 3). " + ", ".join(
             f"{k} = {v:.3g}" for k, v in summary.items() if isinstance(v, float))))
-  from ucore import atomic
   atomic.write_json(os.path.join(out_dir, "summary.json"), summary)
-  return figs
+  return figs, table

@@ -10,7 +10,7 @@ def top_activating_examples(model, batches, neurons, decode, per_neuron: int = 3
   """For each (layer, neuron): the `per_neuron` counted tokens of largest activation, at most
   one per row, with `context` tokens of text before and after.
 
-  batches: iterable of ucore.analyses.common.Batch (tokens, mask); decode: ids -> str.
+  batches: iterable of ucore.data.batches.Batch (tokens, mask); decode: ids -> str.
   Returns DataFrame(layer, neuron, activation, token, context_before, context_after).
   """
   neurons = [(int(l), int(n)) for l, n in neurons]

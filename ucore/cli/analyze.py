@@ -9,8 +9,8 @@ from absl import flags
 from ucore.cli import common
 
 ANALYSIS = flags.DEFINE_string(
-    "analysis", "all", "analyze: comma list of stats, families, vocab, entropy, attention, "
-    "ablation, or all.")
+    "analysis", "all", "analyze: comma list of stats, families, prediction, entropy, "
+    "attention, ablation, or all.")
 
 
 def run(argv):
@@ -20,5 +20,7 @@ def run(argv):
   config = common.require_config()
   workdir = common.require_workdir()
   from ucore.analyses import runner
-  sections = runner.run_all(config, workdir, ANALYSIS.value)
-  print(f"analyses written to {workdir}: {len(sections)} figures (sections.json)")
+  r = runner.run(config, workdir, ANALYSIS.value)
+  html = runner.report(config, workdir, r) if config.get("report", True) else None
+  print(f"analyses written to {workdir}: {len(r.sections)} figures (sections.json)"
+        + (f"; report {html}" if html else ""))

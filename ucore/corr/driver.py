@@ -6,9 +6,9 @@ checkpointed (ucore.corr.state) every `checkpoint.every_steps` steps or
 
 Outputs in <workdir>/:
   state/                      resumable accumulator checkpoints
-  tables/                     written once at the end (staged, renamed into place):
-    neurons_<model>.parquet, pairs/<own>__<partner>.parquet, layer_counts_<model>.parquet,
-    partner_layers_<model>.parquet, summary.json, [full/<x>__<y>/ zarr3 correlation blocks]
+  tables/                     written once at the end (staged, renamed into place); layout
+                              and readers in ucore.corr.tables
+  full/<x>__<y>/              [zarr3 correlation blocks, with save_full_matrix]
 """
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from ucore import atomic
+from ucore import atomic, jobs
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
-from ucore.corr import sources as S
+from ucore.corr import activations as S
 from ucore.corr import state as ST
 from ucore.corr import tables as TB
+from ucore.data.mask import token_mask
+from ucore.data.store import process_rows
 from ucore.errors import UserError
 
 NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
@@ -44,11 +46,8 @@ def build_sources(config, need_store=True):
   """(activation sources, token store, synthetic family or None)."""
   syn = _cfg_get(config, "synthetic")
   if syn is not None and syn.enabled:
-    fam = S.SyntheticFamily(n_models=syn.n_models, n_layers=syn.n_layers, d_mlp=syn.d_mlp,
-                            n_planted=syn.n_planted, seed=syn.seed, offset=syn.offset,
-                            ctx=syn.ctx)
-    store = S.SyntheticTokens(num_rows=syn.rows, ctx=syn.ctx, seed=syn.seed)
-    return [fam.source(m) for m in range(syn.n_models)], store, fam
+    from ucore.corr import synthetic
+    return synthetic.build(syn)
   models = list(config.models)
   if len(models) < 2:
     raise UserError("config.models must list at least two converted model directories "
@@ -83,10 +82,10 @@ def parse_layers(spec: str, n_layer: int):
 
 
 def exclude_ids(config, store) -> tuple:
-  """config.exclude_ids, or the token store's own mask ids (its tokenizer's BOS/EOS and "\\n";
-  GPT-2: 50256, 198) when the config leaves it empty."""
+  """config.exclude_ids, or the token store's own mask ids (its tokenizer's BOS/EOS and "\\n")
+  when the config leaves it empty. Every token source has `mask_exclude_ids`."""
   ids = tuple(int(i) for i in config.exclude_ids)
-  return ids or tuple(int(i) for i in getattr(store, "mask_exclude_ids", (50256, 198)))
+  return ids or tuple(int(i) for i in store.mask_exclude_ids)
 
 
 def identity(config, spec, srcs, store, mesh, stop_row):
@@ -107,9 +106,11 @@ def identity(config, spec, srcs, store, mesh, stop_row):
   }
 
 
-def run(config, workdir: str, *, store=None):
+def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   """`store` (optional) replaces config.token_store: any object with the TokenStore
-  interface (num_rows, ctx, store_id, iter_batches)."""
+  interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
+  `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
+  checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
   t_start = time.time()
   if store is not None and not (config.synthetic.enabled):
     srcs, _, fam = build_sources(config, need_store=False)
@@ -135,10 +136,10 @@ def run(config, workdir: str, *, store=None):
   ident = identity(config, spec, srcs, store, mesh, stop_row)
   state_dir = os.path.join(workdir, "state")
   tables_dir = os.path.join(workdir, "tables")
-  summary_path = os.path.join(tables_dir, "summary.json")
+  summary_path = os.path.join(tables_dir, TB.SUMMARY)
   if os.path.exists(summary_path):
     done = atomic.read_json(summary_path).get("identity")
-    ST.check_identity(done, _jsonable(ident), tables_dir)
+    ST.check_identity(done, jobs.normalize(ident), tables_dir)
     logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
                  "the tables from the last committed state).", tables_dir)
     return tables_dir
@@ -146,7 +147,7 @@ def run(config, workdir: str, *, store=None):
 
   manifest, path = ST.latest(state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], _jsonable(ident), path)
+    ST.check_identity(manifest["identity"], jobs.normalize(ident), path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
@@ -164,7 +165,8 @@ def run(config, workdir: str, *, store=None):
            "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
                                        else ""),
            "config": config.to_dict() if hasattr(config, "to_dict") else {}}
-    ST.save(state_dir, step, acc.state, _jsonable(man), keep=int(config.checkpoint.keep))
+    ST.save(state_dir, step, acc.state, jobs.normalize(man), keep=int(config.checkpoint.keep),
+            hook=_hook)
 
   pidx, pcount = jax.process_index(), jax.process_count()
   per = config.batch_rows // pcount
@@ -182,23 +184,14 @@ def run(config, workdir: str, *, store=None):
   for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
                                     process_index=pidx, process_count=pcount):
     n_valid = rows.shape[0]
-    a = min(g + pidx * per, stop_row)
+    a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
     tokens = np.zeros((per_pad, ctx), np.int32)
     tokens[:n_valid] = rows
-    mask = S.token_mask(tokens, exclude_ids=excl, pad_id=pad_id)
+    mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
     mask[n_valid:] = False
-    acts = []
-    dev_tokens = None
-    for src in srcs:
-      if getattr(src, "synthetic", False):
-        x = src.acts(tokens, layer_ids[len(acts)], rows=range(a, a + n_valid))
-        x = np.concatenate([x, np.zeros((per_pad - n_valid,) + x.shape[1:], np.float32)])
-        acts.append(x.reshape(per_pad * ctx, -1))
-        continue
-      if dev_tokens is None:
-        dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
-      x = src.acts(dev_tokens, layer_ids[len(acts)])
-      acts.append(x.reshape(per_pad * ctx, -1))
+    dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
+    acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
+            for src, lids in zip(srcs, layer_ids)]
     ta = time.time()
     acc.update(acts, mask.reshape(-1))
     jax.block_until_ready(acc.state["n"])
@@ -207,7 +200,7 @@ def run(config, workdir: str, *, store=None):
     steps_run += 1
     cursor = min(g + config.batch_rows, stop_row)
     rows_done += min(config.batch_rows, stop_row - g)
-    ST.fault("step")
+    _hook("step")
     if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
       el = time.time() - t0
       tps = rows_done * ctx / max(el, 1e-9)
@@ -222,19 +215,7 @@ def run(config, workdir: str, *, store=None):
       last_save = time.time()
   save()
   return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                         _jsonable(ident))
-
-
-def _jsonable(o):
-  if isinstance(o, dict):
-    return {str(k): _jsonable(v) for k, v in o.items()}
-  if isinstance(o, (list, tuple)):
-    return [_jsonable(v) for v in o]
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  return o
+                         jobs.normalize(ident))
 
 
 def compute_tables(config, spec, mesh, state):
@@ -278,14 +259,8 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident)
                       float(config.dead_rel_std))   # before tables/: tables mark completion
   if jax.process_index() == 0:
     with atomic.staged_dir(tables_dir) as tmp:
-      os.makedirs(os.path.join(tmp, "pairs"))
-      for name, df in res["neurons"].items():
-        TB.write_parquet(df, os.path.join(tmp, f"neurons_{name}.parquet"))
-        TB.write_parquet(res["layer_counts"][name], os.path.join(tmp, f"layer_counts_{name}.parquet"))
-        TB.write_parquet(res["partner_layers"][name],
-                         os.path.join(tmp, f"partner_layers_{name}.parquet"))
-      for (own, part), df in res["pairs"].items():
-        TB.write_parquet(df, os.path.join(tmp, "pairs", f"{own}__{part}.parquet"))
+      TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
+                      res["pairs"])
       summary = {
           "tokens_counted": int(res["count"]),
           "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
@@ -299,7 +274,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident)
           "identity": ident,
           "seconds": time.time() - t_start,
       }
-      atomic.write_json(os.path.join(tmp, "summary.json"), summary)
+      atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
   return tables_dir
 

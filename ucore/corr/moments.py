@@ -349,10 +349,6 @@ class Accumulator:
   def count(self) -> int:
     return int(self.state["n"])
 
-  def _pad_tokens(self, T):
-    q = self.mesh.size
-    return -(-max(T, 1) // q) * q
-
   def prepare(self, acts, mask):
     """Pads this process's tokens and builds the global token-sharded arrays. In a
     multi-process run every process passes its own (equally sized) slice of the batch."""

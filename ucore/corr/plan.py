@@ -11,6 +11,8 @@ import json
 import math
 import os
 
+from ucore.errors import UserError
+
 # name: (fp32-at-HIGHEST TFLOP/s, memory GiB, description)
 DEVICES = {
     "cpu": (0.15, 128, "this 2-core build machine (measured numpy fp32 GEMM)"),
@@ -59,7 +61,6 @@ def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
          layer_mode="all", efficiency=0.7, ctx=512) -> Plan:
   if device not in DEVICES:
-    from ucore.errors import UserError
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
   N = n_layer * d_mlp
@@ -101,18 +102,21 @@ def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=
 
 
 def arch_of(config):
-  """(n_layer, d_mlp, d_model) from the first model's converted config, or by name."""
+  """(n_layer, d_mlp, d_model) from the first model's converted config, or by name (a
+  warning says when neither tells and GPT-2 small is assumed). UserError if the first
+  model's config file exists but does not describe a GPT-2."""
   for path in list(config.models)[:1]:
     for fname in ("config.json", "model_config.json"):
       p = os.path.join(path, fname)
       if os.path.exists(p):
-        with open(p) as f:
-          c = json.load(f)
         try:
+          with open(p) as f:
+            c = json.load(f)
           return (int(c.get("n_layer")), int(c.get("d_mlp") or 4 * c["n_embd"]),
                   int(c.get("n_embd") or c.get("d_model")))
-        except (TypeError, KeyError, ValueError):
-          pass
+        except (OSError, TypeError, KeyError, ValueError) as e:
+          raise UserError(f"cannot read n_layer/d_mlp/n_embd from {p} ({e!r}); is "
+                          f"{path} a converted model?") from e
   names = " ".join(list(config.models) + list(config.model_names)).lower()
   if config.synthetic.enabled:
     s = config.synthetic
@@ -120,6 +124,9 @@ def arch_of(config):
   for key, (L, d, dm, _) in ARCHS.items():
     if key.split("-")[1] in names:
       return L, d, dm
+  from absl import logging
+  logging.warning("plan: no model config or size in the model names %r; assuming gpt2-small",
+                  names)
   return ARCHS["gpt2-small"][:3]
 
 

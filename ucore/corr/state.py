@@ -25,27 +25,14 @@ import numpy as np
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
-from ucore import atomic
+from ucore import atomic, jobs
 from ucore.errors import UserError
 
 _CKPT = re.compile(r"^ckpt-(\d{10})$")
 
 
-def fault(phase: str) -> None:
-  """Test hook: UCORE_CORR_FAULT='phase:n' kills the process (exit 137, no cleanup) the
-  n-th time `phase` is reached (phases: step, arrays, manifest, commit)."""
-  spec = os.environ.get("UCORE_CORR_FAULT")
-  if not spec:
-    return
-  want, _, n = spec.partition(":")
-  if want != phase:
-    return
-  fault.counts[phase] = fault.counts.get(phase, 0) + 1
-  if fault.counts[phase] == int(n or 1):
-    os._exit(137)
-
-
-fault.counts = {}
+def _no_hook(phase: str) -> None:
+  del phase
 
 
 def _barrier(name):
@@ -100,8 +87,11 @@ def latest(state_dir: str):
   return atomic.read_json(os.path.join(path, "manifest.json")), path
 
 
-def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1) -> str:
-  """Writes a checkpoint; returns its path. Collective: every process must call it."""
+def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1,
+         hook=_no_hook) -> str:
+  """Writes a checkpoint; returns its path. Collective: every process must call it.
+  `hook(phase)` is called after each crash-sensitive point ("arrays" written, "manifest"
+  written, "commit" written): tests kill the process there."""
   path = os.path.join(state_dir, f"ckpt-{step:010d}")
   arrays = os.path.join(path, "arrays")
   if jax.process_index() == 0:
@@ -123,13 +113,13 @@ def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1) 
             for shard in arr.addressable_shards if shard.replica_id == 0]
     for fu in futs:
       fu.result()
-  fault("arrays")
+  hook("arrays")
   _barrier(f"corr-save-written-{step}")
   if jax.process_index() == 0:
     atomic.write_json(os.path.join(path, "manifest.json"), manifest)
-    fault("manifest")
+    hook("manifest")
     atomic.write_text(os.path.join(path, "COMMIT"), manifest_digest(manifest) + "\n")
-    fault("commit")
+    hook("commit")
     for old_step, old in committed(state_dir)[:-keep]:
       shutil.rmtree(old, ignore_errors=True)
     for name in os.listdir(state_dir):   # uncommitted leftovers
@@ -158,18 +148,7 @@ def restore(path: str, shapes: dict, shardings: dict, count: int):
 
 
 def check_identity(saved: dict, current: dict, path: str) -> None:
-  """Refuses to resume when anything that defines the result changed."""
-  diffs = []
-  for k in sorted(set(saved) | set(current)):
-    if saved.get(k) != current.get(k):
-      diffs.append(k)
-  if diffs:
-    detail = "; ".join(f"{k}: checkpoint={_short(saved.get(k))} now={_short(current.get(k))}"
-                       for k in diffs[:4])
-    raise UserError(f"cannot resume from {path}: the inputs changed ({detail}). Use a new "
-                    "--workdir, or restore the original inputs.")
-
-
-def _short(v):
-  s = json.dumps(v, sort_keys=True)
-  return s if len(s) <= 80 else s[:77] + "..."
+  """Refuses to resume when anything that defines the result changed (`current` normalized:
+  ucore.jobs.normalize)."""
+  jobs.check_same(saved, current, f"cannot resume from {path}: the inputs changed",
+                  ". Use a new --workdir, or restore the original inputs.")

@@ -17,15 +17,31 @@ Plus `layer_counts_<own>.parquet` (per layer: neurons, dead, universal, share) a
 `partner_layers_<own>.parquet` (paper Fig. 2c: share of each layer's neurons whose best
 partner lies in each partner layer, per partner model and averaged).
 Dead or partner-less neurons are NaN unless `dead_value` is set.
+
+This module is the one home of the tables directory's layout: the writer (`write_tables`)
+and the readers (`read_neurons`, `read_neuron_table`, `read_partner_layers`,
+`partner_layer_counts`, `read_summary`, `neuron_models`) sit side by side, and nobody else
+spells a file name. It imports no engine code (numpy, pandas and ucore.atomic only), so the
+analyses and the report can read tables without loading JAX.
 """
 from __future__ import annotations
 
-import io
+import os
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from ucore import atomic
+from ucore.errors import UserError
+
+NEURONS = "neurons_{}.parquet"                 # per row model: aggregated neuron table
+LAYER_COUNTS = "layer_counts_{}.parquet"       # per row model: per-layer counts
+PARTNER_LAYERS = "partner_layers_{}.parquet"   # per row model: long partner-layer table
+PAIRS_DIR = "pairs"                            # pairs/<own>__<partner>.parquet
+PAIR = "{}__{}.parquet"
+SUMMARY = "summary.json"                       # written last by the driver: marks completion
+MEAN_PARTNER = "__mean__"                      # partner name of the average over partners
 
 
 def _index(layer_ids, d):
@@ -112,11 +128,82 @@ def partner_layer_hist(pair_tables: dict, partner_layers: dict) -> pd.DataFrame:
         rows.append((name, int(layer), int(p), cnt, cnt / max(int(live.sum()), 1)))
   df = pd.DataFrame(rows, columns=["partner", "layer", "partner_layer", "count", "share"])
   mean = (df.groupby(["layer", "partner_layer"], as_index=False)[["count", "share"]].mean())
-  mean.insert(0, "partner", "__mean__")
+  mean.insert(0, "partner", MEAN_PARTNER)
   return pd.concat([df, mean], ignore_index=True)
 
 
-def write_parquet(df: pd.DataFrame, path: str) -> None:
-  buf = io.BytesIO()
-  df.to_parquet(buf)
-  atomic.write_bytes(path, buf.getvalue())
+# ----------------------------------------------------------------------------- writer
+def write_tables(directory: str, neurons: dict, layer_counts_: dict, partner_layers: dict,
+                 pairs: dict) -> None:
+  """Writes every table into `directory` (a staging directory: the caller writes SUMMARY
+  last and renames it into place). neurons / layer_counts_ / partner_layers: {model: df};
+  pairs: {(own, partner): df}."""
+  os.makedirs(os.path.join(directory, PAIRS_DIR))
+  for name, df in neurons.items():
+    atomic.write_parquet(df, os.path.join(directory, NEURONS.format(name)))
+    atomic.write_parquet(layer_counts_[name], os.path.join(directory, LAYER_COUNTS.format(name)))
+    atomic.write_parquet(partner_layers[name],
+                         os.path.join(directory, PARTNER_LAYERS.format(name)))
+  for (own, part), df in pairs.items():
+    atomic.write_parquet(df, os.path.join(directory, PAIRS_DIR, PAIR.format(own, part)))
+
+
+# ----------------------------------------------------------------------------- readers
+def neurons_path(directory: str, name: str) -> str:
+  return os.path.join(directory, NEURONS.format(name))
+
+
+def neuron_models(directory: str) -> list:
+  """Sorted names of the models with a neurons table in `directory`."""
+  pre, post = NEURONS.split("{}")
+  return sorted(f[len(pre):-len(post)] for f in os.listdir(directory)
+                if f.startswith(pre) and f.endswith(post))
+
+
+def model_of(neurons_file: str) -> Optional[str]:
+  """The model name of a neurons_<model>.parquet path (None for another file name)."""
+  pre, post = NEURONS.split("{}")
+  base = os.path.basename(neurons_file)
+  if base.startswith(pre) and base.endswith(post):
+    return base[len(pre):-len(post)]
+  return None
+
+
+def read_neuron_table(path: str, name: Optional[str] = None) -> pd.DataFrame:
+  """A neuron table saved as parquet, indexed by (layer, neuron) (set from columns of those
+  names when the file has them as columns). UserError if the file does not exist."""
+  if not os.path.isfile(path):
+    raise UserError(f"neuron table {name or path!r}: {path} does not exist")
+  t = pd.read_parquet(path)
+  if "layer" in t.columns and "neuron" in t.columns:
+    t = t.set_index(["layer", "neuron"])
+  return t
+
+
+def read_neurons(directory: str, name: str) -> pd.DataFrame:
+  """The aggregated neuron table of model `name`."""
+  return pd.read_parquet(neurons_path(directory, name))
+
+
+def read_partner_layers(directory: str, name: str) -> pd.DataFrame:
+  """The long partner-layer table of model `name` (see partner_layer_hist)."""
+  return pd.read_parquet(os.path.join(directory, PARTNER_LAYERS.format(name)))
+
+
+def partner_layer_counts(directory: str, name: str) -> np.ndarray:
+  """[n_layer, n_partner_layer] counts of best partners, averaged over the partner models."""
+  long = read_partner_layers(directory, name)
+  mean = long[long["partner"] == MEAN_PARTNER]
+  return mean.pivot(index="layer", columns="partner_layer", values="count").to_numpy()
+
+
+def read_summary(directory: str) -> Optional[dict]:
+  """summary.json of a tables directory; None if absent, UserError if unreadable."""
+  path = os.path.join(directory, SUMMARY)
+  if not os.path.isfile(path):
+    return None
+  try:
+    return atomic.read_json(path)
+  except (OSError, ValueError) as e:
+    raise UserError(f"correlation summary {path} is unreadable ({e}); re-run the correlation "
+                    "finalization") from e

@@ -17,7 +17,6 @@ atomically: it alone means "complete". Progress is never inferred from array con
 Neither shard boundaries nor encode batch sizes change the result (step 3 orders rows by
 group and creation order), so a killed and resumed job writes the identical store.
 """
-import json
 import os
 import shutil
 import time
@@ -25,9 +24,10 @@ import time
 import numpy as np
 from absl import logging
 
+from ucore import atomic, jobs
 from ucore import tokenizer as tokmod
-from ucore.atomic import read_json, write_bytes, write_json
-from ucore.data import sources, store as storemod
+from ucore.atomic import read_json, write_json
+from ucore.data import mask, sources, store as storemod
 from ucore.errors import UserError
 
 BUILD_DIR = ".build"
@@ -89,45 +89,25 @@ class _Workdir:
     return self.b(f"shard-{i:06d}.{kind}")
 
 
-def _diff(old: dict, new: dict, prefix=""):
-  out = []
-  for k in sorted(set(old) | set(new)):
-    a, b = old.get(k), new.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, f"{prefix}{k}.")
-    elif a != b:
-      out.append(f"{prefix}{k}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}")
-  return out
-
-
 def _claim_workdir(wd: _Workdir, job: dict) -> str:
   """Returns 'complete', 'resume' or 'fresh'; refuses foreign or mismatching workdirs."""
   manifest_path = os.path.join(wd.path, storemod.MANIFEST)
   if os.path.exists(manifest_path):
     manifest = storemod.read_manifest(wd.path)
-    old = manifest.get("job")
-    if old != job:
-      raise UserError(f"{wd.path} holds a finished token store built from a different config "
-                      f"({'; '.join(_diff(old or {}, job)[:3])}); use a new --workdir")
+    jobs.check_same(manifest.get("job") or {}, job, f"{wd.path} holds a finished token store "
+                    "built from a different config", "; use a new --workdir", limit=3)
     return "complete"
-  if os.path.exists(wd.b(JOB)):
-    try:
-      old = read_json(wd.b(JOB))
-    except (OSError, ValueError) as e:
-      raise UserError(f"{wd.b(JOB)} is unreadable ({e}); delete {wd.path} and start again") from e
-    if old != job:
-      raise UserError(f"{wd.path} holds an unfinished token job with a different config or "
-                      f"source ({'; '.join(_diff(old, job)[:3])}); rerun with the original "
-                      "config, or use a new --workdir")
-    return "resume"
-  if os.path.isdir(wd.path) and os.listdir(wd.path) == [BUILD_DIR]:
-    shutil.rmtree(wd.build)   # no job.json: killed between creating .build and writing it
-  if os.path.isdir(wd.path) and os.listdir(wd.path):
-    raise UserError(f"--workdir {wd.path} is not empty and holds no token job; "
-                    "use a new or empty directory")
-  os.makedirs(wd.build, exist_ok=True)
-  write_json(wd.b(JOB), job)
-  return "fresh"
+  if not os.path.exists(wd.b(JOB)):
+    if os.path.isdir(wd.path) and os.listdir(wd.path) == [BUILD_DIR]:
+      shutil.rmtree(wd.build)   # no job.json: killed between creating .build and writing it
+    if os.path.isdir(wd.path) and os.listdir(wd.path):
+      raise UserError(f"--workdir {wd.path} is not empty and holds no token job; "
+                      "use a new or empty directory")
+    os.makedirs(wd.build, exist_ok=True)
+  resumed = jobs.claim(wd.b(JOB), job, f"{wd.path} holds an unfinished token job with a "
+                       "different config or source",
+                       "; rerun with the original config, or use a new --workdir")
+  return "resume" if resumed else "fresh"
 
 
 # ---------------------------------------------------------------- tokenizer setup
@@ -172,7 +152,7 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
   if tuple(config.get("mask_exclude_ids", ())):
     exclude = sorted({int(i) for i in config.mask_exclude_ids})
   else:
-    exclude = sorted({bos, eos} | ({newline} if newline is not None else set()))
+    exclude = mask.recommended_exclude_ids(bos, eos, newline)
   desc = {"kind": tok_spec["kind"], "sha256": files.sha256(), "vocab_size": vsize,
           "bos_id": bos, "eos_id": eos, "newline_id": newline}
   if tok_spec["kind"] == "bpe":
@@ -238,17 +218,11 @@ def _load_carry(wd, p):
 
 
 def _save_npy(path, arr):
-  import io
-  buf = io.BytesIO()
-  np.save(buf, arr)
-  write_bytes(path, buf.getvalue())
+  atomic.write_buffered(path, lambda f: np.save(f, arr))
 
 
 def _save_npz(path, **arrays):
-  import io
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  write_bytes(path, buf.getvalue())
+  atomic.write_buffered(path, lambda f: np.savez(f, **arrays))
 
 
 def _tokenize_stage(config, wd, src, recipe, tok, tdesc, hook):
@@ -450,7 +424,7 @@ def build_store(config, workdir: str, _hook=None):
   for key in ("bos_id", "eos_id", "model_vocab_size"):
     tok_spec[key] = int(config.get(key, -1))
   tok_spec["mask_exclude_ids"] = [int(i) for i in config.get("mask_exclude_ids", ())]
-  job = {"source": src.identity(), "recipe": recipe, "tokenizer": tok_spec}
+  job = jobs.normalize({"source": src.identity(), "recipe": recipe, "tokenizer": tok_spec})
   wd = _Workdir(workdir)
   state = _claim_workdir(wd, job)
   if state == "complete":
@@ -495,7 +469,8 @@ def build_store(config, workdir: str, _hook=None):
       "job": job,
   }
   # the store_id must not depend on where resolved_revision could be looked up
-  manifest["source"].pop("resolved_revision") if manifest["source"]["resolved_revision"] is None else None
+  if manifest["source"]["resolved_revision"] is None:
+    manifest["source"].pop("resolved_revision")
   manifest["store_id"] = storemod.store_id_of(manifest)
   hook("before_manifest")
   write_json(os.path.join(wd.path, storemod.MANIFEST), manifest)

@@ -1,13 +1,16 @@
 """The token mask of the paper (§3): padding, BOS/EOS and the newline token are not counted.
 
 One function, shared by the correlation engine and the analyses, so "which tokens count" is
-decided in exactly one place. The ids are configurable: a store's manifest records the ids for
-its own tokenizer (`exclude_ids_for(manifest)`); the defaults are GPT-2's.
+decided in exactly one place. The ids are configurable: a token store records the ids of its
+own tokenizer (`recommended_exclude_ids` when it is built, `exclude_ids_for(manifest)` when it
+is read, `TokenStore.mask_exclude_ids`); readers take them from the store, never from a
+fallback. GPT-2's ids live here and nowhere else: `DEFAULT_EXCLUDE_IDS` is the default of
+`token_mask` for in-memory GPT-2 token arrays (tests, the planted model, synthetic tokens).
 """
 import numpy as np
 
-from ucore.tokenizer import GPT2_EOS_ID, GPT2_NEWLINE_ID
-
+GPT2_EOS_ID = 50256          # <|endoftext|>: BOS = EOS in GPT-2
+GPT2_NEWLINE_ID = 198        # "\n"
 # GPT-2: <|endoftext|> (= BOS = EOS) and "\n". Padding has no id in GPT-2; pass pad_id.
 DEFAULT_EXCLUDE_IDS = (GPT2_EOS_ID, GPT2_NEWLINE_ID)
 
@@ -30,6 +33,13 @@ def token_mask(tokens, exclude_ids=DEFAULT_EXCLUDE_IDS, pad_id=None):
   for i in ids:
     mask = mask & (tokens != i)
   return mask
+
+
+def recommended_exclude_ids(bos_id: int, eos_id: int, newline_id=None) -> list:
+  """The ids a new token store records for its tokenizer: BOS, EOS and the newline token
+  (when the tokenizer encodes "\n" as one token), sorted, without repeats."""
+  ids = {int(bos_id), int(eos_id)} | ({int(newline_id)} if newline_id is not None else set())
+  return sorted(ids)
 
 
 def exclude_ids_for(manifest: dict) -> tuple:

@@ -70,6 +70,16 @@ def store_id_of(manifest: dict) -> str:
   return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+def process_rows(g: int, batch_rows: int, stop_row: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple:
+  """Rows [a, b) that process `process_index` of `process_count` reads of the global batch
+  starting at row g: k = batch_rows // process_count rows from g + process_index * k, cut at
+  stop_row (possibly empty). The one row-to-process layout of every token source."""
+  k = batch_rows // process_count
+  a = min(g + process_index * k, stop_row)
+  return a, min(a + k, stop_row)
+
+
 class TokenStore:
   """A complete store. Attributes: path, num_rows, ctx, store_id, manifest, tokenizer_sha256,
   label_names, bos_id, eos_id, mask_exclude_ids."""
@@ -139,26 +149,12 @@ class TokenStore:
     start_row, stop_row = self._check_range(start_row, stop_row)
     k = batch_rows // process_count
     for g in range(start_row, stop_row, batch_rows):
-      a = min(g + process_index * k, stop_row)
-      b = min(a + k, stop_row)
+      a, b = process_rows(g, batch_rows, stop_row, process_index, process_count)
       rows = self.read_rows(a, b)
       if pad_id is not None and rows.shape[0] < k:
         pad = np.full((k - rows.shape[0], self.ctx), int(pad_id), np.int32)
         rows = np.concatenate([rows, pad], axis=0)
       yield g, rows
-
-  def iter_device_batches(self, batch_rows: int, num_local_devices: int, **kwargs):
-    """Like iter_batches, with each process's slice split over its local devices:
-    yields (global_row_start, int32 [num_local_devices, rows_per_device, ctx]). Needs equal
-    shapes, so the final batch is padded: pass pad_id (required)."""
-    if kwargs.get("pad_id") is None:
-      raise ValueError("iter_device_batches needs pad_id (the final batch is padded)")
-    per_process = batch_rows // kwargs.get("process_count", 1)
-    if per_process % num_local_devices:
-      raise UserError(f"{per_process} rows per process do not split over "
-                      f"{num_local_devices} local devices; choose batch_rows accordingly")
-    for g, rows in self.iter_batches(batch_rows, **kwargs):
-      yield g, rows.reshape(num_local_devices, per_process // num_local_devices, self.ctx)
 
   def check_tokenizer(self, tokenizer_sha256: str) -> None:
     """UserError unless the rows were made with the tokenizer whose files hash to this."""

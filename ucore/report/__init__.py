@@ -1,16 +1,16 @@
 """Figures and the HTML report of the universality analysis.
 
-  from ucore.report import write_report, persistence_table
+  from ucore.report import write_report
   html_path = write_report(out_dir, {"small-a": neuron_table}, partner_layers={"small-a": hist})
 """
 from ucore.report.figures import (REQUIRED_COLUMNS, check_table, corr_distributions,
                                   max_vs_min, partner_layer_heatmap,
                                   partner_layer_hist_from_table, partner_layer_shares,
-                                  per_layer_stats, persistence, persistence_table,
+                                  per_layer_stats, persistence,
                                   training_curves, universal_by_layer)
 from ucore.report.html import Section, table_summary, top_universal_html, write_report
 
 __all__ = ["REQUIRED_COLUMNS", "Section", "check_table", "corr_distributions", "max_vs_min",
            "partner_layer_heatmap", "partner_layer_hist_from_table", "partner_layer_shares",
-           "per_layer_stats", "persistence", "persistence_table", "table_summary",
+           "per_layer_stats", "persistence", "table_summary",
            "top_universal_html", "training_curves", "universal_by_layer", "write_report"]

@@ -1,15 +1,15 @@
 """Figures of the universality analysis (paper Fig. 2 and friends) as PNG files.
 
 Every function takes plain data (a neuron table, an array) and an output path, writes one PNG
-with matplotlib's Agg canvas (no pyplot, no global backend state) and returns the path.
+with ucore.report.canvas (Agg, no pyplot, no global backend state) and returns the path.
 
 Neuron table contract: a pandas DataFrame indexed by (layer, neuron) with at least the columns
 mean_corr, max_corr, min_corr, mean_baseline, excess_corr and universal (bool).
 """
-import os
-
 import numpy as np
 import pandas as pd
+
+from ucore.report.canvas import figure as _figure, save as _save
 
 REQUIRED_COLUMNS = ("mean_corr", "max_corr", "min_corr", "mean_baseline", "excess_corr",
                     "universal")
@@ -31,23 +31,6 @@ def check_table(table: pd.DataFrame, name: str = "table") -> pd.DataFrame:
   if len(table) == 0:
     raise UserError(f"{name} is empty")
   return table
-
-
-def _figure(width=6.0, height=4.0):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height), dpi=110)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.tight_layout()
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
-  return path
 
 
 def _finite(x) -> np.ndarray:
@@ -163,32 +146,6 @@ def per_layer_stats(table: pd.DataFrame) -> pd.DataFrame:
                        "share_universal": g.mean()})
 
 
-def persistence_table(final_universal, universal_at_step: dict) -> pd.DataFrame:
-  """Persistence of universality over training.
-
-  final_universal: the (layer, neuron) ids universal at the end (an Index/iterable of tuples,
-    or a neuron table, whose universal column is used).
-  universal_at_step: {step: same kind of object} for intermediate checkpoints.
-  Returns a DataFrame indexed by step with n_universal, share_of_final (|U_s ∩ U_final| /
-  |U_final|: how much of the final set is already universal at s) and share_still_universal
-  (|U_s ∩ U_final| / |U_s|: how much of step s's set survives to the end).
-  """
-  def ids(x):
-    if isinstance(x, pd.DataFrame):
-      x = x.index[x["universal"].astype(bool).values]
-    return {(int(a), int(b)) for a, b in x}
-
-  final = ids(final_universal)
-  rows = []
-  for step in sorted(universal_at_step):
-    u = ids(universal_at_step[step])
-    both = len(u & final)
-    rows.append({"step": int(step), "n_universal": len(u),
-                 "share_of_final": both / len(final) if final else np.nan,
-                 "share_still_universal": both / len(u) if u else np.nan})
-  return pd.DataFrame(rows).set_index("step")
-
-
 def persistence(persist: pd.DataFrame, path: str) -> str:
   """Share of the final universal set already universal at step s, and the reverse."""
   fig = _figure(5.5, 3.6)
@@ -229,23 +186,6 @@ def training_curves(losses: pd.DataFrame, path: str) -> str:
   ax.set_ylabel("loss (nats / token)")
   ax.legend(frameon=False, fontsize=8)
   return _save(fig, path)
-
-
-def excess_by_step(tables_by_step: dict, thresholds=(0.1, 0.2, 0.3, 0.5)) -> pd.DataFrame:
-  """Per training step: medians of mean_corr / mean_baseline / excess_corr, the 99th
-  percentile of excess, and the share of neurons whose excess clears each threshold."""
-  rows = []
-  for step in sorted(tables_by_step):
-    t = tables_by_step[step]
-    ex = _finite(t["excess_corr"])
-    row = {"step": int(step), "median_mean_corr": float(np.nanmedian(t["mean_corr"])),
-           "median_mean_baseline": float(np.nanmedian(t["mean_baseline"])),
-           "median_excess": float(np.median(ex)) if ex.size else np.nan,
-           "p99_excess": float(np.percentile(ex, 99)) if ex.size else np.nan}
-    for th in thresholds:
-      row[f"share_excess_gt_{th:g}"] = float(np.mean(ex > th)) if ex.size else np.nan
-    rows.append(row)
-  return pd.DataFrame(rows).set_index("step")
 
 
 def excess_over_training(by_step: pd.DataFrame, path: str) -> str:

@@ -177,11 +177,8 @@ figcaption{font-size:.85em;color:#555} mark{background:#ffd54f}
 
 def _read_table(t, name):
   if isinstance(t, (str, os.PathLike)):
-    if not os.path.isfile(t):
-      raise UserError(f"neuron table {name!r}: {t} does not exist")
-    t = pd.read_parquet(t)
-    if "layer" in t.columns and "neuron" in t.columns:
-      t = t.set_index(["layer", "neuron"])
+    from ucore.corr.tables import read_neuron_table
+    return read_neuron_table(os.fspath(t), name)
   return t
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ucore import atomic
+from ucore import atomic, jobs
 from ucore.errors import UserError
 from ucore.gpt2_config import GPT2Config
 from ucore.train import core
@@ -44,13 +44,9 @@ FAMILY_FORMAT = "ucore-train-family/1"
 
 
 # ---------------------------------------------------------------- config
-def _json_norm(obj):
-  return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
 def config_dict(config) -> dict:
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return _json_norm(d)
+  return jobs.normalize(d)
 
 
 def model_config(config, vocab_size: int, ctx: int) -> GPT2Config:
@@ -132,28 +128,12 @@ def array_identity(rows: np.ndarray) -> dict:
 def _claim(workdir: str, job: dict):
   """Creates job.json, or checks that a resumed run has the same config and data."""
   path = os.path.join(workdir, JOB)
-  if os.path.exists(path):
-    old = atomic.read_json(path)
-    if old != job:
-      diffs = _diff(old, job)
-      raise UserError(f"workdir {workdir} holds a training run with a different config/data "
-                      f"({'; '.join(diffs[:6])}); use a new --workdir or the original config")
-    return True
-  if os.path.isdir(workdir) and os.listdir(workdir):
+  if not os.path.exists(path) and os.path.isdir(workdir) and os.listdir(workdir):
     raise UserError(f"workdir {workdir} is not empty and holds no {JOB}; it is not a training "
                     "run — choose an empty or new --workdir")
   os.makedirs(workdir, exist_ok=True)
-  atomic.write_json(path, job)
-  return False
-
-
-def _diff(old, new, prefix=""):
-  if isinstance(old, dict) and isinstance(new, dict):
-    out = []
-    for k in sorted(set(old) | set(new)):
-      out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
-    return out
-  return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+  return jobs.claim(path, job, f"workdir {workdir} holds a training run with a different "
+                    "config/data", "; use a new --workdir or the original config")
 
 
 def read_losses(workdir: str):
@@ -185,7 +165,7 @@ class _LossLog:
     self.pending = []
 
   def add(self, **row):
-    self.pending.append(_json_norm(row))
+    self.pending.append(jobs.normalize(row))
 
   def flush(self):
     if self.pending:
@@ -249,7 +229,7 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     if arr.size and (arr.min() < 0 or arr.max() >= mcfg.vocab_size):
       raise UserError(f"{name} token ids span [{arr.min()}, {arr.max()}], outside the model's "
                       f"vocabulary [0, {mcfg.vocab_size})")
-  job = _json_norm({"config": config_dict(config), "data": data_identity,
+  job = jobs.normalize({"config": config_dict(config), "data": data_identity,
                     "model_config": mcfg.to_dict()})
   workdir = os.path.abspath(workdir)
   resumed = _claim(workdir, job)

@@ -1,8 +1,16 @@
-"""Default correlate config; configs/correlate_*.py start from it and override fields."""
+"""Default correlate config: every field of `python main.py correlate`, one comment each.
+
+  python main.py plan --config=configs/correlate_default.py --plan_devices=8
+
+A run needs `models` (a list: set it in a config file, not with a flag), so
+configs/correlate_*.py and the pipeline start from this one (ucore.config_files.load
+("correlate_default")) and override fields, e.g.
+  python main.py correlate --config=configs/correlate_tiny.py --workdir=runs/corr_tiny
+"""
 import ml_collections
 
 
-def default_config() -> ml_collections.ConfigDict:
+def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.models = []                  # converted model directories; the first is the reference
   c.model_names = []             # display names (default: directory basenames)

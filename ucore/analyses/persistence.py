@@ -1,0 +1,53 @@
+"""Universality over training (the pipeline's persistence stage): results, not figures
+(ucore.report.figures draws them).
+
+  persistence_table(final, {step: universal ids or neuron table})  how much of the final
+      universal set is universal at each kept checkpoint, and the reverse
+  excess_by_step({step: neuron table})  medians / percentiles / threshold shares per step
+"""
+import numpy as np
+import pandas as pd
+
+
+def persistence_table(final_universal, universal_at_step: dict) -> pd.DataFrame:
+  """Persistence of universality over training.
+
+  final_universal: the (layer, neuron) ids universal at the end (an Index/iterable of tuples,
+    or a neuron table, whose universal column is used).
+  universal_at_step: {step: same kind of object} for intermediate checkpoints.
+  Returns a DataFrame indexed by step with n_universal, share_of_final (|U_s ∩ U_final| /
+  |U_final|: how much of the final set is already universal at s) and share_still_universal
+  (|U_s ∩ U_final| / |U_s|: how much of step s's set survives to the end).
+  """
+  def ids(x):
+    if isinstance(x, pd.DataFrame):
+      x = x.index[x["universal"].astype(bool).values]
+    return {(int(a), int(b)) for a, b in x}
+
+  final = ids(final_universal)
+  rows = []
+  for step in sorted(universal_at_step):
+    u = ids(universal_at_step[step])
+    both = len(u & final)
+    rows.append({"step": int(step), "n_universal": len(u),
+                 "share_of_final": both / len(final) if final else np.nan,
+                 "share_still_universal": both / len(u) if u else np.nan})
+  return pd.DataFrame(rows).set_index("step")
+
+
+def excess_by_step(tables_by_step: dict, thresholds=(0.1, 0.2, 0.3, 0.5)) -> pd.DataFrame:
+  """Per training step: medians of mean_corr / mean_baseline / excess_corr, the 99th
+  percentile of excess, and the share of neurons whose excess clears each threshold."""
+  rows = []
+  for step in sorted(tables_by_step):
+    t = tables_by_step[step]
+    ex = np.asarray(t["excess_corr"], np.float64)
+    ex = ex[np.isfinite(ex)]
+    row = {"step": int(step), "median_mean_corr": float(np.nanmedian(t["mean_corr"])),
+           "median_mean_baseline": float(np.nanmedian(t["mean_baseline"])),
+           "median_excess": float(np.median(ex)) if ex.size else np.nan,
+           "p99_excess": float(np.percentile(ex, 99)) if ex.size else np.nan}
+    for th in thresholds:
+      row[f"share_excess_gt_{th:g}"] = float(np.mean(ex > th)) if ex.size else np.nan
+    rows.append(row)
+  return pd.DataFrame(rows).set_index("step")

@@ -1,0 +1,46 @@
+"""Activation sources of the correlation driver (activations, not documents: documents are
+ucore.data.sources).
+
+An activation source has: name, fingerprint (identifies the weights), n_layer, d_mlp and
+`acts(tokens, layer_ids, rows) -> float32 [b, ctx, len(layer_ids)*d_mlp]`, where `tokens` is
+int32 [b, ctx] (numpy, or a device-sharded jax array) and `rows` the store row ids of
+`tokens[:len(rows)]`; rows b > len(rows) are padding, masked out by the driver, whose values
+do not matter. The driver treats every source alike.
+
+`ModelSource` wraps ucore.model.load_model; the planted synthetic family (tests, dry runs)
+is ucore.corr.synthetic.
+"""
+from __future__ import annotations
+
+import os
+
+from ucore.errors import UserError
+
+
+def hook_suffix(hook: str) -> str:
+  """'blocks.*.mlp.hook_post' -> 'mlp.hook_post'."""
+  parts = hook.split(".")
+  if len(parts) < 3 or parts[0] != "blocks" or parts[1] != "*":
+    raise UserError(f"hook must look like 'blocks.*.mlp.hook_post', got {hook!r}.")
+  return ".".join(parts[2:])
+
+
+class ModelSource:
+  def __init__(self, path: str, name: str, hook: str):
+    try:
+      from ucore.model import load_model
+    except ImportError as e:
+      raise UserError(f"cannot load models: ucore.model is unavailable ({e}).")
+    if not os.path.exists(path):
+      raise UserError(f"model {name}: path {path!r} does not exist; convert it first "
+                      "(python main.py convert ...).")
+    self.model = load_model(path)
+    self.name, self.path, self.hook = name, path, hook_suffix(hook)
+    self.fingerprint = str(self.model.fingerprint)
+    self.n_layer = int(self.model.config.n_layer)
+    self.d_mlp = int(self.model.config.d_mlp)
+
+  def acts(self, tokens, layer_ids, rows=None):
+    """The model's forward on `tokens`; `rows` is not needed (the tokens say it all)."""
+    del rows
+    return self.model.neuron_activations(tokens, layers=list(layer_ids), hook=self.hook)
