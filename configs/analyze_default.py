@@ -5,8 +5,8 @@
       --config.corr_table=runs/corr_small/tables/neurons_stanford-gpt2-small-a.parquet
   python main.py analyze --config=configs/analyze_default.py:planted --workdir=/tmp/an  # offline
 
-Pick analyses with --analysis=stats,families,prediction,entropy,attention,ablation (default all;
-"all" skips ablation when no corr_table is given). Variant `planted`: the hand-set tiny model of
+Pick analyses with --analysis=stats,properties,views,families,prediction,entropy,attention,roles,
+ablation,cards (default all; "all" skips those needing corr_table when none is given). Variant `planted`: the hand-set tiny model of
 ucore.analyses.planted with synthetic rows (seconds, no files needed).
 """
 import ml_collections
@@ -37,6 +37,15 @@ def get_config(arg: str = ""):
   c.planted_rows = 32
   c.planted_ctx = 32
 
+  # The universality sections (properties, views, roles, ablation, cards) are about the
+  # universal neurons; when none clears the threshold, about the fallback_k neurons of highest
+  # excess correlation instead (every caption says which).
+  c.universal = ml_collections.ConfigDict()
+  c.universal.fallback_k = 20
+  c.universal.threshold = 0.5           # the cut drawn in the threshold-free views
+  c.universal.cards_k = 12              # neuron cards (top by excess correlation)
+  c.universal.cards_rows = 64           # held-out rows for the cards' contexts and histograms
+
   c.stats = ml_collections.ConfigDict()
   c.stats.max_rows = 0                  # rows for the activation moments (0 = max_rows)
 
@@ -62,12 +71,18 @@ def get_config(arg: str = ""):
   c.entropy.n_random = 20               # random control neurons (paper: 20)
   c.entropy.last_layers = 2             # controls drawn from the last layers (paper: 2)
   c.entropy.fixed_values = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+  # Controls exclude the top decile of l2_penalty and bottom decile of vocab_var ("original",
+  # as the authors' code) or of ‖w_out‖ and logit variance ("w_out").
+  c.entropy.control_filter = "original"
 
   c.attention = ml_collections.ConfigDict()
   c.attention.max_rows = 64
   c.attention.top_pairs = 3             # path-ablate the top-scoring (neuron, head) pairs
   c.attention.positions = (64, 256)     # destination positions (paper: 64–255 of 256)
   c.attention.n_random = 1000           # random unit vectors for the baseline
+  # Rank (neuron, head) pairs by the paper's score ŵ_outᵀW_Q k_BOS/√d_head ("paper") or by the
+  # model's own score divisor, which adds 1/(layer+1) in inverse-layer-scaled models ("model").
+  c.attention.rank_by = "paper"
 
   c.ablation = ml_collections.ConfigDict()
   c.ablation.max_rows = 64

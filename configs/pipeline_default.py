@@ -33,15 +33,15 @@ def get_config(arg: str = ""):
   c.train = _config_of("train_default")
   # Correlations of the first seed against every other (configs/correlate_default.py fields).
   c.correlate = _config_of("correlate_default")
-  c.correlate.max_tokens = 300_000       # held-out tokens correlated
+  c.correlate.max_tokens = 150_000       # held-out tokens correlated
   c.correlate.batch_rows = 64
   c.correlate.baseline.draws = 1
   c.correlate.checkpoint.every_steps = 20
   c.correlate.log_every = 20
   # Universality over training: correlate the family at these earlier checkpoints too
   # (must be among train.checkpoint_steps), on this many held-out tokens each.
-  c.persistence_steps = (50, 100, 200)
-  c.persistence_max_tokens = 100_000
+  c.persistence_steps = (100, 200)
+  c.persistence_max_tokens = 50_000
   # The paper's analyses on the first seed (configs/analyze_default.py fields).
   c.analyze = _config_of("analyze_default")
   c.analyze.max_rows = 512               # held-out rows used by the analyses
@@ -60,9 +60,12 @@ def get_config(arg: str = ""):
   if "gpt2" in variants:
     c.tokenize.bpe_vocab_size = 4096
     c.train = _config_of("train_default", "gpt2")
+    c.correlate.max_tokens = 300_000
+    c.persistence_steps = (50, 100, 200)
   if "gpu" in variants:
     # ~6x the default's FLOPs per token and 2.5x its tokens: minutes on one H100.
     c.train_rows = 40_000                # of the BPE-512 store's 53,030 rows
+    c.train.seeds = (0, 1, 2, 3, 4)         # five seeds, as the paper
     c.train.model.n_layer = 6
     c.train.model.n_embd = 256
     c.train.model.n_head = 8

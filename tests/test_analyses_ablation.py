@@ -83,8 +83,15 @@ def test_runner_universal_vs_random(model, batches, tmp_path):
   z = res[res["mode"] == "zero"]
   assert z[z["set"] == "universal"]["kl"].iloc[0] > z[z["set"] == "random"]["kl"].max()
   assert len(figs) == 1
+  # no universal neuron: the top-k by excess stand in, and the caption says so
   corr["universal"] = False
+  corr.loc[planted.PLANTED["query"], "excess_corr"] = 0.3
+  corr.loc[planted.PLANTED["entropy"], "excess_corr"] = 0.2
+  figs = ablation.run(model, batches, str(tmp_path / "fb"), corr, n_random=1, fallback_k=2)
+  res = pd.read_parquet(tmp_path / "fb" / "ablation.parquet")
+  assert set(res["set"]) == {"focus", "random"} and (res["n_neurons"] == 2).all()
+  assert "No neuron is universal" in figs[0][2] and "top-2" in figs[0][0]
   with pytest.raises(UserError, match="empty"):
-    ablation.run(model, batches, str(tmp_path), corr)
+    ablation.universal_vs_random(model, batches, [])
   with pytest.raises(UserError, match="mode"):
     ablation.interventions_for([(0, 1)], "shuffle")

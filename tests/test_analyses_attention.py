@@ -90,3 +90,45 @@ def test_runner_and_bad_input(model, batches, tmp_path):
     attention.path_ablation(model, batches, (1, 0), (1, 0))
   with pytest.raises(UserError, match="empty"):
     attention.path_ablation(model, batches, (0, 5), (1, 0), positions=(64, 256))
+
+
+def test_scores_rank_by_paper_score_and_keep_the_model_score(model):
+  """The paper's score has no 1/(layer+1); an inverse-layer-scaled model keeps it beside."""
+  import dataclasses
+  from ucore.model import HookedGPT2
+  scaled = HookedGPT2(dataclasses.replace(model.config, scale_attn_by_inverse_layer_idx=True),
+                      model.params)
+  plain = attention.attention_scores(model, planted.BOS, n_random=50)
+  s = attention.attention_scores(scaled, planted.BOS, n_random=50)
+  np.testing.assert_allclose(plain["score"], plain["score_model"])
+  L = s.index.get_level_values("head_layer").values
+  np.testing.assert_allclose(s["score_model"].values, s["score"].values / (L + 1), rtol=1e-10)
+
+
+def test_relative_delta_norm_and_bos_value_norms_by_hand(model, batches):
+  """Δnorm = (‖o‖ − ‖o_abl‖)/‖o‖; BOS = position 0 only; ratio uses the mean over others."""
+  np.testing.assert_allclose(attention.relative_norm_change([2.0, 4.0, 0.0], [1.0, 5.0, 1.0]),
+                             [0.5, -0.25, np.nan])
+  pts = attention.path_ablation(model, batches, planted.PLANTED["query"], planted.HEAD, (8, 32))
+  on = pts["norm_clean"].values > 0      # the planted head is fully off at some positions
+  assert on.sum() > 10 and np.isnan(pts["delta_norm"].values[~on]).all()
+  np.testing.assert_allclose(pts["delta_norm"][on], (pts["norm_clean"][on] -
+                             pts["norm_ablated"][on]) / pts["norm_clean"][on], rtol=1e-12)
+  np.testing.assert_allclose(pts["delta_norm_abs"], pts["norm_clean"] - pts["norm_ablated"])
+  # rows with a mid-row EOS (= BOS id): those positions are ordinary tokens, not BOS
+  toks = planted.planted_tokens(4, 32, seed=9)
+  toks[:, 10] = planted.BOS
+  b = batches_mod.make_batches(toks, 4, exclude_ids=())   # count the mid-row EOS as a token
+  heads = attention.bos_value_norms(model, b, planted.BOS)
+  names = [f"blocks.{l}.attn.hook_v" for l in range(2)]
+  _, c = model.run_with_cache(toks, names)
+  dh, D = model.config.d_head, model.config.n_embd
+  for (l, h), row in heads.iterrows():
+    w_o = np.asarray(model.params[f"h_{l}"]["attn"]["c_proj"]["kernel"], np.float64)
+    o = np.asarray(c[names[l]], np.float64)[:, :, h] @ w_o[h * dh:(h + 1) * dh]
+    n = np.linalg.norm(o, axis=-1)                   # [B, P]
+    assert row["norm_bos"] == pytest.approx(n[:, 0].mean(), rel=1e-5)
+    assert row["norm_other_mean"] == pytest.approx(n[:, 1:].mean(), rel=1e-5)
+    assert row["norm_other_median"] == pytest.approx(np.median(n[:, 1:]), rel=1e-5)
+    if n[:, 0].mean() > 1e-6:                        # v_BOS = 0 in the planted model's layer 0
+      assert row["ratio"] == pytest.approx(n[:, 1:].mean() / n[:, 0].mean(), rel=1e-4)

@@ -54,6 +54,12 @@ def inputs(tmp_path_factory):
                        "excess_corr": 0.1, "universal": False}, index=idx)
   corr.loc[[planted.PLANTED["query"], planted.PLANTED["entropy"], (0, 0)],
            ["excess_corr", "universal"]] = [0.9, True]
+  corr["max_baseline"] = 0.25
+  corr["strict_excess"] = corr["min_corr"] - corr["max_baseline"]
+  for m, shift in (("seed1", 0), ("seed2", 1)):        # best partners in two other seeds
+    corr[f"corr__{m}"] = 0.4 - 0.1 * shift
+    corr[f"max_sim_layer__{m}"] = idx.get_level_values("layer")
+    corr[f"max_sim_neuron__{m}"] = (idx.get_level_values("neuron") + shift) % 32
   corr_path = str(tmp / "neurons_planted.parquet")
   corr.to_parquet(corr_path)
   return dict(tmp=tmp, model_dir=model_dir, store=_store(tmp), corr=corr_path)
@@ -77,7 +83,7 @@ def test_all_analyses_on_store_with_report(inputs):
   assert runner.report(_cfg(inputs), wd, r) == os.path.join(wd, "report", "index.html")
   meta = json.load(open(os.path.join(wd, "sections.json")))
   assert meta["analyses"] == list(runner.ANALYSES)
-  assert len(sections) >= 10 and all(os.path.isfile(p) for _, p, _ in sections)
+  assert len(sections) >= 10 and all(os.path.isfile(s[1]) for s in sections)
   for f in ("stats/neuron_stats.parquet", "stats/universal_comparison.parquet",
             "families/families.parquet", "families/alphabet_neurons.parquet",
             "prediction/vocab_role_counts.parquet", "entropy/entropy_sweep.parquet",
@@ -85,12 +91,62 @@ def test_all_analyses_on_store_with_report(inputs):
             "ablation/ablation.parquet", "report/index.html"):
     assert os.path.isfile(os.path.join(wd, f)), f
   html = open(os.path.join(wd, "report", "index.html")).read()
-  for title, _, _ in sections:
-    assert title.split(" ")[0] in html
+  for s in sections:
+    assert s[0].split(" ")[0] in html
+  # the universality sections: present, about the universal set, with their tables
+  titles = [s[0] for s in sections]
+  for t in ("Universal vs other neurons: the paper's properties",
+            "Excess correlation without a threshold", "Excess correlation of sparse neurons",
+            "Families and roles of the universal neurons", "Ablating universal vs random neurons",
+            "Neuron cards (universal)"):
+    assert t in titles, (t, titles)
+    assert t.replace("'", "&#x27;") in html
+  for f in ("properties/universal_properties.parquet", "views/excess_counts.parquet",
+            "views/sparse_excess.parquet", "roles/universal_roles.parquet",
+            "cards/cards.parquet"):
+    assert os.path.isfile(os.path.join(wd, f)), f
+  cards = pd.read_parquet(os.path.join(wd, "cards", "cards.parquet"))
+  assert len(cards) == 3 and (cards["examples"] > 0).all() and (cards["tokens"] > 0).all()
+  q = planted.PLANTED["query"]
+  assert cards.loc[q, "partner_seed2"] == f"L{q[0]}.{(q[1] + 1) % 32}"
+  assert cards.loc[q, "partner_corr_seed1"] == pytest.approx(0.4)
+  assert html.count('class="card"') == 3
+  roles = pd.read_parquet(os.path.join(wd, "roles", "universal_roles.parquet"))
+  assert set(roles.index) == {q, planted.PLANTED["entropy"], (0, 0)}
+  assert roles.loc[planted.PLANTED["entropy"], "entropy_rank"] == 1
+  assert roles.loc[q, "max_attn_head"] == "L1.H0"
+  assert "project&#x27;s own thresholds" in html and "spaCy" in html
   fam = pd.read_parquet(os.path.join(wd, "families", "families.parquet"))
   assert fam.loc[planted.PLANTED["position"], "family"] == "position"
   ent = pd.read_parquet(os.path.join(wd, "entropy", "entropy_candidates.parquet"))
   assert ent["rank"].idxmin() == planted.PLANTED["entropy"]
+
+
+def test_universality_sections_without_universal_neurons(inputs):
+  """No universal neuron: every universality section still runs, on the top-k by excess."""
+  tmp = inputs["tmp"]
+  corr = pd.read_parquet(inputs["corr"])
+  corr["universal"] = False
+  path = str(tmp / "neurons_none.parquet")
+  corr.to_parquet(path)
+  c = _cfg(inputs, corr_table=path)
+  c.universal.fallback_k, c.universal.cards_k = 3, 2
+  r = runner.run(c, str(tmp / "none"), "stats,properties,views,roles,ablation,cards")
+  assert r.analyses == ["stats", "properties", "views", "roles", "ablation", "cards"]
+  by_title = {s[0]: s for s in r.sections}
+  for t in ("Universal vs other neurons: the paper's properties",
+            "Excess correlation without a threshold", "Excess correlation of sparse neurons",
+            "Families and roles of the top-3 by excess neurons",
+            "Ablating top-3 by excess vs random neurons", "Neuron cards (top-3 by excess)"):
+    assert t in by_title, (t, list(by_title))
+    s = by_title[t]
+    assert os.path.getsize(s[1]) > 2000
+    if t != "Excess correlation without a threshold":
+      assert "No neuron is universal in this run" in s[2], t
+  comp = pd.read_parquet(os.path.join(tmp, "none", "properties",
+                                      "universal_properties.parquet"))
+  assert (comp.xs("all", level="scope")["n_focus"] == 3).all()
+  assert len(pd.read_parquet(os.path.join(tmp, "none", "cards", "cards.parquet"))) == 2
 
 
 def test_bad_inputs(inputs):

@@ -64,3 +64,20 @@ def test_sweep_raises_entropy_for_planted_not_random(model, batches, tmp_path):
   assert len(d_rand) == 4
   assert d_rand.max() < (t.loc[6.0, "entropy"] - t.loc[0.0, "entropy"]) / 3
   assert len(figs) == 2
+
+
+def test_controls_filtered_on_l2_penalty_and_vocab_var_as_the_original(model):
+  from ucore.analyses import stats
+  w = common.processed_weights(model)
+  c = entropy.entropy_candidates(w)
+  ws = stats.weight_stats(w)
+  np.testing.assert_allclose(c["l2_penalty"], ws["l2_penalty"])
+  np.testing.assert_allclose(c["vocab_var"], ws["vocab_var"])
+  last = c.xs(1, level="layer", drop_level=False)
+  for flt, (norm, var) in entropy.CONTROL_FILTERS.items():
+    picked = entropy.random_control_neurons(c, 40, last_layers=1, control_filter=flt)
+    hi, lo = last[norm].quantile(0.9), last[var].quantile(0.1)
+    allowed = {i for i in last.index if last.loc[i, norm] < hi and last.loc[i, var] > lo}
+    assert picked and set(picked) == allowed        # n > pool: every allowed neuron, no other
+  with pytest.raises(Exception, match="control_filter"):
+    entropy.random_control_neurons(c, 4, control_filter="bogus")

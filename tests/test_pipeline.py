@@ -53,6 +53,42 @@ def test_pipeline_writes_every_stage(pipeline_run):
   assert ident["exclude_ids"] == list(store.mask_exclude_ids) != [50256, 198]
 
 
+UNIVERSALITY_SECTIONS = (   # (title start, section must hold a table / cards)
+    ("Universal vs other neurons: the paper's properties", "<table"),
+    ("Excess correlation without a threshold", "<table"),
+    ("Excess correlation of sparse neurons", "<table"),
+    ("Families and roles of the ", "<table"),
+    ("Ablating ", None),
+    ("Neuron cards (", 'class="card"'),
+    ("The final ", "<table"),
+    ("Attention deactivation scores", None),
+    ("Fixed-activation sweep", None),
+    ("Neuron families per layer", None))
+
+
+def test_report_has_every_universality_section_populated(pipeline_run):
+  """Every section of issue 11 is in the report with a figure (and its table / cards); in a
+  run without universal neurons the captions say that the top-k stand in."""
+  workdir, _ = pipeline_run
+  summary = json.load(open(os.path.join(workdir, "pipeline.json")))
+  html = open(os.path.join(workdir, "report", "index.html"), encoding="utf-8").read()
+  parts = re.split(r"<h2>", html)
+  for title, needs in UNIVERSALITY_SECTIONS:
+    t = title.replace("'", "&#x27;")
+    body = [p for p in parts if p.startswith(t)]
+    assert len(body) == 1, (title, [p[:60] for p in parts])
+    assert '<img src="figures/' in body[0], title
+    if needs:
+      assert needs in body[0], title
+    if summary["n_universal"] == 0 and title != "Excess correlation without a threshold" \
+        and title.startswith(("Universal vs", "Families", "Ablating", "Neuron cards", "The final")):
+      assert "No neuron is universal in this run" in body[0], title
+  assert summary["focus"]["n"] > 0 and summary["focus"]["by_step"]
+  assert summary["focus"]["fallback"] == (summary["n_universal"] == 0)
+  meta = json.load(open(os.path.join(workdir, "analyses", "sections.json")))
+  assert "ablation" in meta["analyses"] and "cards" in meta["analyses"]
+
+
 def test_pipeline_rerun_skips_finished_stages(pipeline_run):
   workdir, _ = pipeline_run
   before = os.path.getmtime(os.path.join(workdir, "family", "family.json"))

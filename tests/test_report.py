@@ -141,3 +141,28 @@ def test_parquet_table_and_training_curves_section(tmp_path):
   assert f"{int(table.universal.sum()):,}" in html
   with pytest.raises(UserError, match="lacks columns"):
     training_curves(pd.DataFrame({"step": [1]}), str(tmp_path / "x.png"))
+
+
+def test_focus_set_over_training_and_html_sections(tmp_path):
+  """The final set followed back (numpy by hand), its section, and 4-tuple sections' HTML."""
+  from ucore.analyses.focus import focus_set
+  from ucore.analyses.persistence import focus_over_training
+  from ucore.report import sections as RS
+  final = _table(0).assign(universal=False)           # nothing universal: top-k stand-in
+  f = focus_set(final, k=5)
+  steps = {10: _table(3), 20: _table(4), 30: final}
+  by = focus_over_training(f.ids, steps, 0.5)
+  ids = pd.MultiIndex.from_tuples(f.ids)
+  for s, t in steps.items():
+    e = t["excess_corr"].reindex(ids).values
+    assert by.loc[s, "median_excess"] == pytest.approx(np.nanmedian(e))
+    assert by.loc[s, "share_above_threshold"] == pytest.approx(np.mean(np.nan_to_num(e, nan=-1) > 0.5))
+    top = set(t["excess_corr"].dropna().sort_values(ascending=False).index[:5])
+    assert by.loc[s, "share_in_top"] == pytest.approx(len(top & set(f.ids)) / 5)
+  assert by.loc[30, "share_in_top"] == 1.0
+  sec = RS.focus_over_training(by, str(tmp_path / "figs"), f)
+  assert "top-5 by excess" in sec.title and "No neuron is universal" in sec.caption
+  html = open(write_report(str(tmp_path / "r"), {"t": final}, figures_extra=[
+      sec, ("Cards", sec.png_path, "caption here", "<div class='card' id='c1'>x</div>")])).read()
+  assert "id='c1'" in html and "caption here" in html and "<table" in html
+  assert html.count("<img") == 4 + 2                      # table figures + the two sections

@@ -100,11 +100,15 @@ def run(config, workdir: str) -> dict:
                            config.persistence_max_tokens,
                            os.path.join(workdir, "corr_steps", f"step{step}"))
       universal_at[step] = _read_tables(tdir, ref)[0]
-    from ucore.analyses.persistence import excess_by_step, persistence_table
+    from ucore.analyses.persistence import (excess_by_step, focus_over_training,
+                                            persistence_table)
     universal_at[int(family["num_steps"])] = neurons
-    return persistence_table(neurons, universal_at), excess_by_step(universal_at)
-  persist, by_step = (_stage("persistence", persistence, timings) if config.persistence_steps
-                      else (None, None))
+    return (persistence_table(neurons, universal_at), excess_by_step(universal_at),
+            focus_over_training(focus.ids, universal_at, float(config.correlate.threshold)))
+  from ucore.analyses.focus import focus_set
+  focus = focus_set(neurons, int(config.analyze.universal.fallback_k))
+  persist, by_step, focus_by_step = (_stage("persistence", persistence, timings)
+                                     if config.persistence_steps else (None, None, None))
 
   analyses_dir = os.path.join(workdir, "analyses")
   sections = _stage("analyze", lambda: _analyze(config, family, seeds, tokens_dir, train_rows,
@@ -121,6 +125,7 @@ def run(config, workdir: str) -> dict:
     extra = [RS.training(read_losses(os.path.join(workdir, "family")), fig_dir)]
     if by_step is not None:
       extra.append(RS.excess_over_training(by_step, fig_dir))
+      extra.append(RS.focus_over_training(focus_by_step, fig_dir, focus))
     if n_univ == 0:
       extra.append(RS.closest_to_threshold(neurons, config.correlate.threshold,
                                            config.report_top_k, examples))
@@ -137,8 +142,10 @@ def run(config, workdir: str) -> dict:
                         figures_extra=extra + list(sections), summary=summary,
                         partner_layers={f"{ref} vs other seeds": np.asarray(hist, np.float64)},
                         examples={f"{ref} vs other seeds": examples},
+                        # without a universal neuron the persistence chart would be
+                        # empty: the focus-set section above follows the top-k instead
                         persistence=({f"{ref} vs other seeds": persist}
-                                     if persist is not None else None),
+                                     if persist is not None and n_univ else None),
                         threshold=float(config.correlate.threshold),
                         top_k=int(config.report_top_k))
   html = _stage("report", report, timings)
@@ -157,6 +164,9 @@ def run(config, workdir: str) -> dict:
                       if persist is not None else None),
       "excess_by_step": (by_step.reset_index().to_dict(orient="records")
                          if by_step is not None else None),
+      "focus": {"label": focus.label, "fallback": focus.fallback, "n": len(focus.ids),
+                "by_step": (focus_by_step.reset_index().to_dict(orient="records")
+                            if focus_by_step is not None else None)},
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
   }
   atomic.write_json(os.path.join(workdir, SUMMARY), result)

@@ -138,16 +138,17 @@ def universal_vs_random(model, batches: Sequence, universal: Sequence, modes=("z
   return res
 
 
-def plot_ablation(res: pd.DataFrame, path: str) -> str:
+def plot_ablation(res: pd.DataFrame, path: str, label: str = "universal") -> str:
   fig, axes = common.new_figure(1, 2, figsize=(9, 3.5))
   modes = list(dict.fromkeys(res["mode"]))
   x = np.arange(len(modes))
   for ax, col in zip(axes, ("delta_loss", "kl")):
     for j, (setname, color) in enumerate((("universal", "tab:red"), ("random", "tab:gray"))):
-      sub = res[res["set"] == setname]
+      sub = res[res["set"] != "random"] if setname == "universal" else res[res["set"] == "random"]
       mu = [sub[sub["mode"] == m][col].mean() for m in modes]
       sd = [sub[sub["mode"] == m][col].std(ddof=0) for m in modes]
-      ax.bar(x + (j - 0.5) * 0.35, mu, 0.35, yerr=sd, color=color, label=setname)
+      ax.bar(x + (j - 0.5) * 0.35, mu, 0.35, yerr=sd, color=color,
+             label=label if setname == "universal" else setname)
     ax.set_xticks(x)
     ax.set_xticklabels(modes)
     ax.set_title(col)
@@ -155,16 +156,22 @@ def plot_ablation(res: pd.DataFrame, path: str) -> str:
   return common.save_figure(fig, path)
 
 
-def run(model, batches: Sequence, out_dir: str, corr: pd.DataFrame, modes=("zero", "mean"),
-        n_random: int = 5, seed: int = 0, fixed_value: float = 0.0) -> list:
-  """Writes ablation.parquet and ablation.png."""
+def run(model, batches: Sequence, out_dir: str, corr, modes=("zero", "mean"),
+        n_random: int = 5, seed: int = 0, fixed_value: float = 0.0, fallback_k: int = 20) -> list:
+  """Writes ablation.parquet and ablation.png. `corr`: a ucore.analyses.focus.Focus, or the
+  correlation table (then its universal neurons, or — when none is universal — the
+  fallback_k neurons of highest excess correlation, as the caption says)."""
+  from ucore.analyses.focus import Focus, focus_set
   os.makedirs(out_dir, exist_ok=True)
   if corr is None:
     raise UserError("the ablation analysis needs correlation results (universal neurons)")
-  uni = [tuple(int(v) for v in i) for i in corr.index[corr["universal"].astype(bool).values]]
+  focus = corr if isinstance(corr, Focus) else focus_set(corr, fallback_k)
+  uni = list(focus.ids)
   res = universal_vs_random(model, batches, uni, modes, n_random, seed, fixed_value)
+  res["set"] = res["set"].replace({"universal": "universal" if not focus.fallback else "focus"})
   atomic.write_parquet(res, os.path.join(out_dir, "ablation.parquet"))
-  return [("Ablating universal vs random neurons", plot_ablation(
-      res, os.path.join(out_dir, "ablation.png")),
-      f"Increase in loss and KL(clean‖ablated) when the {len(uni)} universal neurons or "
-      f"{n_random} random sets with the same per-layer counts are ablated.")]
+  return [(f"Ablating {focus.label} vs random neurons", plot_ablation(
+      res, os.path.join(out_dir, "ablation.png"), focus.label),
+      f"{focus.note} Increase in loss and KL(clean‖ablated) when the {len(uni)} "
+      f"{focus.label} neurons or {n_random} random sets with the same per-layer counts are "
+      "ablated (zero: activation 0; mean: its mean over held-out tokens).")]

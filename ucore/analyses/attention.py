@@ -1,17 +1,25 @@
 """Attention (de)activation neurons (paper §7, Fig. 8).
 
 Weight score of a neuron (layer l) for a head (layer L > l, head h), processed weights:
-  score = ŵ_outᵀ W_Q^h k_BOS^h / sqrt(d_head)     (also / (L+1) where the model scales
-                                                  attention by the inverse layer index)
+  score       = ŵ_outᵀ W_Q^h k_BOS^h / sqrt(d_head)    the paper's score (pairs are ranked by it)
+  score_model = score / (L+1) where the model scales attention by the inverse layer index
+                (the Stanford CRFM GPT-2s), else = score: the logit change the model really sees
 with k_BOS the head's key for the BOS-only input. Positive: the neuron's output pushes the
 head's query towards the BOS key (more attention to BOS, the head switches off). The baseline
-replaces ŵ_out by random unit vectors (seeded); `z` = (score − baseline mean) / baseline sd.
+replaces ŵ_out by random unit vectors (seeded); `z` = (score − baseline mean) / baseline sd
+(the same for both scores: they differ by a per-head-layer constant). `rank_by="model"` ranks
+pairs by score_model instead (the model-faithful variant).
 
 Path ablation: remove the neuron's output (activation × w_out) from the head's *query input
 only* — the residual stream entering layer L minus the neuron's direct contribution, through
 the head's LayerNorm and W_Q, patched into `blocks.{L}.attn.hook_q` at destination positions
 [start, stop) of that head; keys and values keep their clean values. Measured per position:
-ΔBOS = BOS attention clean − ablated, Δnorm = ‖head output‖ clean − ablated.
+ΔBOS = BOS attention clean − ablated; Δnorm = (‖o‖ − ‖o_abl‖) / ‖o‖, the paper's relative
+change of the head output o = W_O z (delta_norm_abs keeps ‖o‖ − ‖o_abl‖).
+
+BOS value norms: BOS is the token at position 0 when it is the BOS id (a mid-row EOS with the
+same id is an ordinary token and is neither BOS nor "other"); ratio = mean over other kept
+tokens of ‖W_O v‖ / mean at BOS (paper); ratio_median uses the median over other tokens.
 """
 from __future__ import annotations
 
@@ -35,9 +43,12 @@ def _wq(params, config, layer):
   return k[:, :D].reshape(D, H, dh), b[:D].reshape(H, dh)
 
 
-def _score_scale(cfg, layer: int) -> float:
-  """The attention-score divisor of the model: sqrt(d_head) (scale_attn_weights) times
-  layer+1 (scale_attn_by_inverse_layer_idx, set in the Stanford CRFM GPT-2s)."""
+def _score_scale(cfg, layer: int, model_faithful: bool = False) -> float:
+  """The score divisor: sqrt(d_head) (the paper's score); with model_faithful, the model's own
+  attention-score divisor: sqrt(d_head) if scale_attn_weights, times layer+1 where
+  scale_attn_by_inverse_layer_idx (set in the Stanford CRFM GPT-2s)."""
+  if not model_faithful:
+    return float(np.sqrt(cfg.d_head))
   s = float(np.sqrt(cfg.d_head)) if cfg.scale_attn_weights else 1.0
   return s * (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else s
 
@@ -50,8 +61,9 @@ def bos_keys(model, bos_id: int) -> np.ndarray:
 
 
 def attention_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0) -> pd.DataFrame:
-  """Long table indexed by (layer, neuron, head_layer, head) with score and z for every neuron
-  of an earlier layer than the head (processed weights)."""
+  """Long table indexed by (layer, neuron, head_layer, head) with score (paper), score_model
+  (the model's divisor) and z for every neuron of an earlier layer than the head (processed
+  weights)."""
   pm = common.processed_model(model)
   cfg = pm.config
   if not 0 <= bos_id < cfg.vocab_size:
@@ -68,10 +80,11 @@ def attention_scores(model, bos_id: int, n_random: int = 1000, seed: int = 0) ->
       w_out = w.w_out[l]
       w_hat = w_out / np.maximum(np.linalg.norm(w_out, axis=1, keepdims=True), 1e-30)
       s = w_hat @ qk                                                 # [F, H]
+      s_model = s * (_score_scale(cfg, L) / _score_scale(cfg, L, model_faithful=True))
       idx = pd.MultiIndex.from_product([[l], range(cfg.d_mlp), [L], range(cfg.n_head)],
                                        names=["layer", "neuron", "head_layer", "head"])
       frames.append(pd.DataFrame({
-          "score": s.reshape(-1),
+          "score": s.reshape(-1), "score_model": s_model.reshape(-1),
           "z": ((s - mu) / np.where(sd > 0, sd, np.nan)).reshape(-1),
           "baseline_mean": np.tile(mu, cfg.d_mlp), "baseline_sd": np.tile(sd, cfg.d_mlp)},
           index=idx))
@@ -103,17 +116,21 @@ def _bos_score_directions(pm, layer: int, k_bos) -> np.ndarray:
 
 
 def bos_value_norms(model, batches, bos_id: int) -> pd.DataFrame:
-  """Per head (head_layer, head): ‖W_O v‖ at BOS positions (mean) and the median over other
-  kept tokens; ratio = other / BOS (paper: 19.4 for the median head of medium-a). Large ratio:
-  attending to BOS switches the head off."""
+  """Per head (head_layer, head): mean ‖W_O v‖ at BOS (position 0 holding the BOS id; a mid-row
+  EOS of the same id is not BOS) and the mean and median over the other kept tokens (position
+  > 0); ratio = mean other / mean BOS (the paper's: 19.4 for the median head of medium-a),
+  ratio_median = median other / mean BOS. Large ratio: attending to BOS switches the head off."""
   cfg = model.config
   D, H, dh = cfg.n_embd, cfg.n_head, cfg.d_head
   names = [f"blocks.{l}.attn.hook_v" for l in range(cfg.n_layer)]
   bos_n, other = [[] for _ in range(cfg.n_layer)], [[] for _ in range(cfg.n_layer)]
   for b in batches:
     _, c = model.run_with_cache(b.tokens, names)
-    is_bos = np.asarray(b.tokens) == bos_id
-    keep = np.asarray(b.mask)
+    toks = np.asarray(b.tokens)
+    is_bos = np.zeros(toks.shape, bool)
+    is_bos[:, 0] = toks[:, 0] == bos_id
+    keep = np.asarray(b.mask).copy()
+    keep[:, 0] = False
     for l in range(cfg.n_layer):
       w_o = np.asarray(model.params[f"h_{l}"]["attn"]["c_proj"]["kernel"], np.float64)
       v = np.asarray(c[names[l]], np.float64)                          # [B, P, H, dh]
@@ -128,9 +145,10 @@ def bos_value_norms(model, batches, bos_id: int) -> pd.DataFrame:
     if not len(nb) or not len(no):
       raise UserError("BOS value norms need rows containing the BOS token and other tokens")
     for h in range(H):
-      mb, mo = float(nb[:, h].mean()), float(np.median(no[:, h]))
-      rows.append(dict(head_layer=l, head=h, norm_bos=mb, norm_other_median=mo,
-                       ratio=mo / mb if mb > 0 else np.inf))
+      mb, mo, md = float(nb[:, h].mean()), float(no[:, h].mean()), float(np.median(no[:, h]))
+      rows.append(dict(head_layer=l, head=h, norm_bos=mb, norm_other_mean=mo,
+                       norm_other_median=md, ratio=mo / mb if mb > 0 else np.inf,
+                       ratio_median=md / mb if mb > 0 else np.inf))
   return pd.DataFrame(rows).set_index(["head_layer", "head"])
 
 
@@ -188,19 +206,29 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
     rows.append(pd.DataFrame({
         "activation": a[keep], "bos_clean": bos_c[keep], "bos_ablated": bos_a[keep],
         "delta_bos": (bos_c - bos_a)[keep], "norm_clean": nc[keep], "norm_ablated": na[keep],
-        "delta_norm": (nc - na)[keep]}))
+        "delta_norm": relative_norm_change(nc, na)[keep], "delta_norm_abs": (nc - na)[keep]}))
   return pd.concat(rows, ignore_index=True)
+
+
+def relative_norm_change(norm_clean, norm_ablated) -> np.ndarray:
+  """The paper's Δnorm: (‖o‖ − ‖o_abl‖) / ‖o‖ (NaN where ‖o‖ = 0)."""
+  nc, na = np.asarray(norm_clean, np.float64), np.asarray(norm_ablated, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(nc > 0, (nc - na) / nc, np.nan)
 
 
 def path_summary(points: pd.DataFrame) -> dict:
   def corr(a, b):
     a, b = points[a].values, points[b].values
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 \
         else float("nan")
   return {"corr_activation_delta_bos": corr("activation", "delta_bos"),
           "corr_delta_bos_delta_norm": corr("delta_bos", "delta_norm"),
+          "corr_delta_bos_delta_norm_abs": corr("delta_bos", "delta_norm_abs"),
           "mean_delta_bos": float(points["delta_bos"].mean()),
-          "mean_delta_norm": float(points["delta_norm"].mean()), "points": len(points)}
+          "mean_delta_norm": float(np.nanmean(points["delta_norm"])), "points": len(points)}
 
 
 def plot_scores(scores: pd.DataFrame, baseline: np.ndarray, path: str) -> str:
@@ -223,17 +251,24 @@ def plot_path(points: pd.DataFrame, title: str, path: str) -> str:
   axes[0].set_ylabel("Δ BOS attention (clean − ablated)")
   axes[1].scatter(points["delta_bos"], points["delta_norm"], s=3)
   axes[1].set_xlabel("Δ BOS attention")
-  axes[1].set_ylabel("Δ head output norm")
+  axes[1].set_ylabel("Δ head output norm (relative)")
   fig.suptitle(title)
   return common.save_figure(fig, path)
 
 
+RANK_BY = {"paper": "score", "model": "score_model"}
+
+
 def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Sequence] = None,
-        top_pairs: int = 3, positions=(64, 256), n_random: int = 1000, seed: int = 0) -> list:
+        top_pairs: int = 3, positions=(64, 256), n_random: int = 1000, seed: int = 0,
+        rank_by: str = "paper") -> list:
   """Writes attention_scores.parquet (every pair), head_bos_norms.parquet (per head),
   path_ablation.parquet (per pair),
   path_ablation_points.parquet and figures. `pairs`: [((layer, neuron), (head_layer, head))];
-  default: the top_pairs highest-scoring pairs."""
+  default: the top_pairs highest-scoring pairs by `rank_by` ("paper": score, "model":
+  score_model)."""
+  if rank_by not in RANK_BY:
+    raise UserError(f"attention rank_by={rank_by!r}; choose one of {', '.join(RANK_BY)}")
   os.makedirs(out_dir, exist_ok=True)
   batches = list(batches)
   scores = attention_scores(model, bos_id, n_random, seed)
@@ -242,20 +277,27 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
   figs = [("Attention deactivation scores", plot_scores(
       scores, baseline, os.path.join(out_dir, "attention_scores.png")),
       "Weight score of every (earlier-layer neuron, head) pair against random unit vectors "
-      "(paper Fig. 8a); positive = the neuron moves the head's query towards the BOS key.")]
+      "(paper Fig. 8a); positive = the neuron moves the head's query towards the BOS key. "
+      "Shown: the paper's score ŵ_outᵀW_Q k_BOS/√d_head" + (
+          "; this model also divides attention scores by layer+1, so score_model = score/(L+1) "
+          "is stored beside it" if model.config.scale_attn_by_inverse_layer_idx else "") +
+      f"; pairs ranked by {RANK_BY[rank_by]} ({rank_by}).")]
   heads = bos_value_norms(model, batches, bos_id)
   atomic.write_parquet(heads, os.path.join(out_dir, "head_bos_norms.parquet"))
   figs[0] = (figs[0][0], figs[0][1], figs[0][2] + f" Median head: ‖W_O v‖ is "
-             f"{np.median(heads['ratio']):.3g}× smaller at BOS than at other tokens.")
+             f"{np.median(heads['ratio']):.3g}× smaller at BOS than its mean over other tokens "
+             f"(paper's ratio; with the median over other tokens: "
+             f"{np.median(heads['ratio_median']):.3g}×).")
   if pairs is None:
-    top = scores.nlargest(top_pairs, "score").index
+    top = scores.nlargest(top_pairs, RANK_BY[rank_by]).index
     pairs = [((int(l), int(n)), (int(L), int(h))) for l, n, L, h in top]
   summ, pts = [], []
   for i, (neu, hd) in enumerate(pairs):
     points = path_ablation(model, batches, neu, hd, positions)
     s = path_summary(points)
     s.update(layer=neu[0], neuron=neu[1], head_layer=hd[0], head=hd[1],
-             score=float(scores.loc[(neu[0], neu[1], hd[0], hd[1]), "score"]))
+             score=float(scores.loc[(neu[0], neu[1], hd[0], hd[1]), "score"]),
+             score_model=float(scores.loc[(neu[0], neu[1], hd[0], hd[1]), "score_model"]))
     summ.append(s)
     points.insert(0, "pair", i)
     pts.append(points)
@@ -265,7 +307,8 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
                              os.path.join(out_dir, "path_ablation.png")),
                    f"Removing the neuron from the head's query only: ρ(activation, ΔBOS) = "
                    f"{s['corr_activation_delta_bos']:.2f}, ρ(ΔBOS, Δnorm) = "
-                   f"{s['corr_delta_bos_delta_norm']:.2f} (paper Fig. 8b, c)."))
+                   f"{s['corr_delta_bos_delta_norm']:.2f} (paper Fig. 8b, c; Δnorm is the "
+                   "relative change (‖o‖ − ‖o_abl‖)/‖o‖ of the head output)."))
   if summ:
     atomic.write_parquet(pd.DataFrame(summ).set_index(["layer", "neuron", "head_layer", "head"]),
                          os.path.join(out_dir, "path_ablation.parquet"))

@@ -9,7 +9,12 @@ Candidates (processed weights, W_U centered): for every neuron
 Sweep: fix the post-GELU activation to each c at every position; mean over kept tokens (not
 BOS, not the last position) of the final LayerNorm scale, the entropy of the prediction
 (nats), the reciprocal rank of the true next token and the loss; compared with random neurons
-of the last layers (not top-decile norm, not bottom-decile logit variance).
+of the last layers. Control filter (`control_filter`):
+  "original" (default, as the authors' code): not in the top decile of l2_penalty
+             (‖w_in‖² + ‖w_out‖²) and not in the bottom decile of vocab_var (variance over the
+             vocabulary of cos(w_out, W_U[:, t]))
+  "w_out"    not in the top decile of ‖w_out‖ and not in the bottom decile of logit_var
+Deciles are taken within the last `last_layers` layers.
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ METRICS = ("ln_scale", "entropy", "reciprocal_rank", "loss")
 
 
 def entropy_candidates(weights: common.Weights, eps: float = 1e-3) -> pd.DataFrame:
+  """Per neuron: w_out_norm, logit_var, rel_logit_var, entropy_score, rank (1 = best), and the
+  control-filter columns l2_penalty and vocab_var (ucore.analyses.stats.weight_stats)."""
+  from ucore.analyses.stats import weight_stats
   L, F, D = weights.w_out.shape
   w_u = weights.w_u - weights.w_u.mean(axis=1, keepdims=True)       # [D, V], centered
   V = w_u.shape[1]
@@ -45,17 +53,27 @@ def entropy_candidates(weights: common.Weights, eps: float = 1e-3) -> pd.DataFra
   df = pd.DataFrame({"w_out_norm": norm, "logit_var": logit_var, "rel_logit_var": rel,
                      "entropy_score": score}, index=common.neuron_index(L, F))
   df["rank"] = df["entropy_score"].rank(ascending=False, method="first").astype(int)
+  ws = weight_stats(weights)
+  df["l2_penalty"], df["vocab_var"] = ws["l2_penalty"].values, ws["vocab_var"].values
   return df
 
 
+CONTROL_FILTERS = {"original": ("l2_penalty", "vocab_var"), "w_out": ("w_out_norm", "logit_var")}
+
+
 def random_control_neurons(cands: pd.DataFrame, n: int = 20, last_layers: int = 2,
-                           seed: int = 0, exclude=()) -> list:
-  """n random neurons of the last `last_layers` layers, excluding the top decile of w_out_norm
-  and the bottom decile of logit_var (within those layers) and `exclude`."""
+                           seed: int = 0, exclude=(), control_filter: str = "original") -> list:
+  """n random neurons of the last `last_layers` layers, excluding (within those layers) the
+  top decile of the filter's norm column and the bottom decile of its variance column
+  (CONTROL_FILTERS) and `exclude`."""
+  if control_filter not in CONTROL_FILTERS:
+    raise UserError(f"entropy control_filter={control_filter!r}; choose one of "
+                    f"{', '.join(CONTROL_FILTERS)}")
+  norm_col, var_col = CONTROL_FILTERS[control_filter]
   layers = sorted(set(cands.index.get_level_values("layer")))[-last_layers:]
   sub = cands[cands.index.get_level_values("layer").isin(layers)]
-  ok = ((sub["w_out_norm"] < sub["w_out_norm"].quantile(0.9)) &
-        (sub["logit_var"] > sub["logit_var"].quantile(0.1)))
+  ok = ((sub[norm_col] < sub[norm_col].quantile(0.9)) &
+        (sub[var_col] > sub[var_col].quantile(0.1)))
   pool = [i for i in sub.index[ok.values] if tuple(i) not in {tuple(e) for e in exclude}]
   rng = np.random.default_rng(seed)
   pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
@@ -159,13 +177,14 @@ def plot_candidates(cands: pd.DataFrame, path: str, top: int = 5) -> str:
 
 def run(model, batches: Sequence, out_dir: str, n_targets: int = 1, n_random: int = 20,
         last_layers: int = 2, values=DEFAULT_VALUES, seed: int = 0,
-        targets: Optional[Sequence] = None) -> list:
+        targets: Optional[Sequence] = None, control_filter: str = "original") -> list:
   """Writes entropy_candidates.parquet, entropy_sweep.parquet and two PNGs."""
   os.makedirs(out_dir, exist_ok=True)
   cands = entropy_candidates(common.processed_weights(model))
   if targets is None:
     targets = [tuple(int(v) for v in i) for i in cands.nsmallest(n_targets, "rank").index]
-  controls = random_control_neurons(cands, n_random, last_layers, seed, exclude=targets)
+  controls = random_control_neurons(cands, n_random, last_layers, seed, exclude=targets,
+                                    control_filter=control_filter)
   sweep = fixed_activation_sweep(model, batches, list(targets) + controls, values)
   sweep["role"] = ["target" if (l, n) in set(map(tuple, targets)) else "random"
                    for l, n, _ in sweep.index]
@@ -179,4 +198,7 @@ def run(model, batches: Sequence, out_dir: str, n_targets: int = 1, n_random: in
           ("Fixed-activation sweep", plot_sweep(sweep, targets,
                                                 os.path.join(out_dir, "entropy_sweep.png")),
            f"Final LayerNorm scale, entropy (nats), reciprocal rank and loss when {names} "
-           f"(colour) or {len(controls)} random last-layer neurons (gray) are fixed to c.")]
+           f"(colour) or {len(controls)} random neurons of the last {last_layers} layers (gray) "
+           "are fixed to c; controls exclude the top decile of "
+           f"{CONTROL_FILTERS[control_filter][0]} and the bottom decile of "
+           f"{CONTROL_FILTERS[control_filter][1]} ({control_filter} filter).")]

@@ -353,6 +353,10 @@ def run(model, batches_factory, out_dir: str, labels_texts: list, dataset_names=
   return [
       ("Neuron families per layer", plot_counts(cnt, os.path.join(out_dir, "families.png")),
        f"Best of {len(parts[0]['names'])} labels (vocabulary predicates, previous-token "
-       "versions, dataset labels) by variance reduction; position neurons by position η²/MI."),
+       "versions, dataset labels) by variance reduction; family member: VR > "
+       f"{kw.get('vr_threshold', 0.5):g} (authors' notebooks); position neurons: MI/H(activation)"
+       f" > {kw.get('position_mi_threshold', 0.2):g}, this project's own threshold (the paper "
+       "states none). No part-of-speech or dependency labels: spaCy is not installed, so the "
+       "paper's syntax family is not searched."),
       ("Best-label variance reduction", plot_best_vr(fam, os.path.join(out_dir, "best_vr.png")),
        "Distribution of each neuron's best-label VR per layer.")]

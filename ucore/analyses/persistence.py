@@ -4,6 +4,8 @@
   persistence_table(final, {step: universal ids or neuron table})  how much of the final
       universal set is universal at each kept checkpoint, and the reverse
   excess_by_step({step: neuron table})  medians / percentiles / threshold shares per step
+  focus_over_training(final ids, {step: neuron table})  the final focus set (universal, or the
+      top-k stand-in of ucore.analyses.focus) followed back: its excess at each step
 """
 import numpy as np
 import pandas as pd
@@ -50,4 +52,25 @@ def excess_by_step(tables_by_step: dict, thresholds=(0.1, 0.2, 0.3, 0.5)) -> pd.
     for th in thresholds:
       row[f"share_excess_gt_{th:g}"] = float(np.mean(ex > th)) if ex.size else np.nan
     rows.append(row)
+  return pd.DataFrame(rows).set_index("step")
+
+
+def focus_over_training(final_ids, tables_by_step: dict, threshold: float = 0.5) -> pd.DataFrame:
+  """Per step, for the final set `final_ids` [(layer, neuron)] (populated even when nothing is
+  universal): n_set, median_excess and mean_excess of the set, share_above_threshold (share of
+  the set with excess_corr > threshold at that step) and share_in_top (share of the set among
+  that step's |set| neurons of highest excess_corr)."""
+  ids = [(int(a), int(b)) for a, b in final_ids]
+  rows = []
+  for step in sorted(tables_by_step):
+    t = tables_by_step[step]
+    ex = pd.Series(np.asarray(t["excess_corr"], np.float64), index=t.index)
+    e = ex.reindex(pd.MultiIndex.from_tuples(ids, names=["layer", "neuron"])).values
+    top = set(ex.dropna().nlargest(len(ids)).index) if ids else set()
+    rows.append({"step": int(step), "n_set": len(ids),
+                 "median_excess": float(np.nanmedian(e)) if np.isfinite(e).any() else np.nan,
+                 "mean_excess": float(np.nanmean(e)) if np.isfinite(e).any() else np.nan,
+                 "share_above_threshold": float(np.mean(np.nan_to_num(e, nan=-np.inf) >
+                                                        threshold)) if ids else np.nan,
+                 "share_in_top": len(top & set(ids)) / len(ids) if ids else np.nan})
   return pd.DataFrame(rows).set_index("step")

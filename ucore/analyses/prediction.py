@@ -122,7 +122,10 @@ def run(model, out_dir: str, stats: Optional[pd.DataFrame] = None,
   figs = [("Vocabulary kurtosis and skew by layer (all neurons)",
            plot_percentiles(pct, os.path.join(out_dir, "vocab_percentiles_all.png"), "all neurons"),
            f"Per-layer percentiles of the moments of cos(w_out, W_U) (paper Fig. 6). Neurons with "
-           f"vocab_kurt > {kurt_threshold:g}: {int(counts.iloc[:, 1].sum())}.")]
+           f"vocab_kurt > {kurt_threshold:g}: {int(counts.iloc[:, 1].sum())} (prediction: skew > 0,"
+           f" suppression: skew < 0; threshold from the authors' notebooks); partition neurons: "
+           f"vocab_var > {partition_factor:g} × median, this project's own threshold (the paper "
+           "states none).")]
   if corr is not None:
     uni = corr["universal"]
     table["universal"] = uni.reindex(table.index).fillna(False).astype(bool)

@@ -15,7 +15,10 @@ Extension point — adding an analysis:
       analyses registered before it; leave a result in inp.results["name"] for later ones.
 `--analysis=all` runs every registered analysis in registration order (those with
 needs_corr only when correlation results are given); the sections join the report in the
-same order.
+same order. A section is (title, png_path[, caption[, html]]). `inp.out_dirs[name]` is the
+directory of every analysis run before (its parquet tables are readable there);
+`inp.focus()` is the neuron set the universality sections are about (ucore.analyses.focus:
+the universal neurons, or the top-k by excess correlation when there is none).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import os
 import time
 from typing import Callable, Optional
 
+import pandas as pd
 from absl import logging
 
 from ucore.data import batches as batches_mod
@@ -61,6 +65,22 @@ class Inputs:
   bos_id: int
   corr: Optional[object]    # the neuron table of ucore.corr, or None
   results: dict = dataclasses.field(default_factory=dict)
+  out_dirs: dict = dataclasses.field(default_factory=dict)   # analysis name -> its directory
+
+  def focus(self):
+    from ucore.analyses.focus import focus_set
+    return focus_set(self.corr, int(self.config.universal.fallback_k))
+
+  def table_path(self, analysis: str, file: str) -> Optional[str]:
+    """`<dir of analysis>/<file>` when that analysis ran in this run, else None."""
+    d = self.out_dirs.get(analysis)
+    return os.path.join(d, file) if d else None
+
+  def vocab_texts(self) -> list:
+    from ucore.analyses import vocab
+    return vocab.decode_vocab(common.vocab_file_of(
+        self.model if self.config.model_dir != "planted" else None, self.store),
+        self.model.config.vocab_size)
 
 
 def parse_analyses(spec: str, have_corr: bool) -> list:
@@ -89,12 +109,24 @@ def _stats(inp: Inputs, out: str) -> list:
   return secs
 
 
+@analysis("properties", needs_corr=True)
+def _properties(inp: Inputs, out: str) -> list:
+  from ucore.analyses import properties
+  return properties.run(inp.results["stats"], inp.focus(), out)
+
+
+@analysis("views", needs_corr=True)
+def _views(inp: Inputs, out: str) -> list:
+  from ucore.analyses import views
+  return views.run(inp.corr, inp.results.get("stats"), inp.focus(), out,
+                   threshold=float(inp.config.universal.threshold))
+
+
 @analysis("families")
 def _families(inp: Inputs, out: str) -> list:
-  from ucore.analyses import families, vocab
+  from ucore.analyses import families
   c = inp.config
-  texts = vocab.decode_vocab(common.vocab_file_of(
-      inp.model if c.model_dir != "planted" else None, inp.store), inp.model.config.vocab_size)
+  texts = inp.vocab_texts()
   ds = inp.label_names if len(inp.label_names) > 1 else None
   return families.run(inp.model, lambda: inp.batches(c.families.max_rows), out, texts,
                       dataset_names=ds, n_unigrams=c.families.n_unigrams,
@@ -126,7 +158,7 @@ def _entropy(inp: Inputs, out: str) -> list:
   return entropy.run(inp.model, inp.batches(c.entropy.max_rows), out,
                      n_targets=c.entropy.n_targets, n_random=c.entropy.n_random,
                      last_layers=c.entropy.last_layers, values=tuple(c.entropy.fixed_values),
-                     seed=c.seed)
+                     seed=c.seed, control_filter=c.entropy.get("control_filter", "original"))
 
 
 @analysis("attention")
@@ -135,16 +167,40 @@ def _attention(inp: Inputs, out: str) -> list:
   c = inp.config
   return attention.run(inp.model, inp.batches(c.attention.max_rows), out, inp.bos_id,
                        top_pairs=c.attention.top_pairs, positions=tuple(c.attention.positions),
-                       n_random=c.attention.n_random, seed=c.seed)
+                       n_random=c.attention.n_random, seed=c.seed,
+                       rank_by=c.attention.get("rank_by", "paper"))
+
+
+@analysis("roles", needs_corr=True)
+def _roles(inp: Inputs, out: str) -> list:
+  from ucore.analyses import roles
+  c = inp.config
+  paths = {"families": inp.table_path("families", "families.parquet"),
+           "vocab_roles": inp.table_path("prediction", "vocab_roles.parquet"),
+           "entropy": inp.table_path("entropy", "entropy_candidates.parquet"),
+           "attention": inp.table_path("attention", "attention_scores.parquet")}
+  return roles.run(inp.focus(), out, paths, dict(
+      vr=c.families.vr_threshold, kurt=c.prediction.kurt_threshold,
+      mi=c.families.position_mi_threshold, part=c.prediction.partition_factor))
 
 
 @analysis("ablation", needs_corr=True)
 def _ablation(inp: Inputs, out: str) -> list:
   from ucore.analyses import ablation
   c = inp.config
-  return ablation.run(inp.model, inp.batches(c.ablation.max_rows), out, inp.corr,
+  return ablation.run(inp.model, inp.batches(c.ablation.max_rows), out, inp.focus(),
                       modes=tuple(c.ablation.modes), n_random=c.ablation.n_random,
                       seed=c.seed, fixed_value=c.ablation.fixed_value)
+
+
+@analysis("cards", needs_corr=True)
+def _cards(inp: Inputs, out: str) -> list:
+  from ucore.analyses import cards
+  c = inp.config
+  fam_path = inp.table_path("families", "families.parquet")
+  fam = pd.read_parquet(fam_path) if fam_path and os.path.isfile(fam_path) else None
+  return cards.run(inp.model, inp.batches(c.universal.cards_rows), out, inp.corr, inp.focus(),
+                   inp.vocab_texts(), k=int(c.universal.cards_k), families=fam)
 
 
 ANALYSES = tuple(REGISTRY)
@@ -206,17 +262,17 @@ def run(config, workdir: str, analyses: str = "all") -> Run:
   inp = _load(config)
   inp.corr = _corr(config, inp.model)
   todo = parse_analyses(analyses, inp.corr is not None)
-  if "ablation" in todo and analyses == "all" and not inp.corr["universal"].astype(bool).any():
-    # Nothing to compare against random sets; an explicit --analysis=ablation still errors.
-    logging.warning("no universal neurons in %s: skipping the ablation analysis",
-                    config.corr_table)
-    todo.remove("ablation")
+  if inp.corr is not None and not inp.corr["universal"].astype(bool).any():
+    logging.warning("no universal neurons in %s: the universality sections use the top %d "
+                    "neurons by excess correlation", config.corr_table,
+                    int(config.universal.fallback_k))
   sections, timings = [], {}
   for name in todo:
     t0 = time.time()
     out = os.path.join(workdir, name)
     logging.info("analysis %s -> %s", name, out)
     sections += [tuple(s) for s in REGISTRY[name].run(inp, out)]
+    inp.out_dirs[name] = out
     timings[name] = round(time.time() - t0, 2)
   atomic.write_json(os.path.join(workdir, "sections.json"),
                     {"analyses": todo, "seconds": timings,

@@ -187,6 +187,7 @@ def run(model, batches, out_dir: str, corr: Optional[pd.DataFrame] = None) -> tu
       summary["median_sparsity_universal"] = float(stats["sparsity"][uni.values].median())
     comp = universal_comparison(stats, corr["universal"])
     atomic.write_parquet(comp, os.path.join(out_dir, "universal_comparison.parquet"))
+  if corr is not None and uni.any():   # else: the properties analysis shows the top-k stand-in
     figs.append(("Universal vs other neurons", plot_universal(
         stats, corr["universal"], os.path.join(out_dir, "universal_vs_other.png")),
         "Within-layer percentiles of each statistic for universal (excess_corr > threshold) "

@@ -205,3 +205,29 @@ def excess_over_training(by_step: pd.DataFrame, path: str) -> str:
   ax.set_ylabel("correlation")
   ax.legend(frameon=False, fontsize=8)
   return _save(fig, path)
+
+
+def focus_over_training(by_step: pd.DataFrame, path: str, label: str) -> str:
+  """The final focus set followed back over training (ucore.analyses.persistence.
+  focus_over_training): its median excess (left axis) and the shares above the threshold and
+  among each step's top neurons (right axis)."""
+  fig = _figure(5.8, 3.6)
+  ax = fig.add_subplot(1, 1, 1)
+  steps = np.asarray(by_step.index, np.float64)
+  ax.plot(steps, by_step["median_excess"], "o-", color=UNIVERSAL_COLOR,
+          label=f"median excess of the {label} set")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("excess correlation")
+  ax2 = ax.twinx()
+  ax2.plot(steps, by_step["share_above_threshold"], "s--", color="#1f77b4",
+           label="share above the threshold")
+  ax2.plot(steps, by_step["share_in_top"], "^:", color="#2ca02c",
+           label="share among the step's top neurons")
+  ax2.set_ylim(-0.02, 1.02)
+  ax2.set_ylabel("share of the set")
+  if np.all(steps > 0):
+    ax.set_xscale("log")
+  h1, l1 = ax.get_legend_handles_labels()
+  h2, l2 = ax2.get_legend_handles_labels()
+  ax.legend(h1 + h2, l1 + l2, frameon=False, fontsize=7, loc="lower right")
+  return _save(fig, path)

@@ -6,8 +6,8 @@
                       examples={"small-a": examples_df}, persistence={"small-a": persist},
                       figures_extra=[("Weight norms", "runs/w.png", "w_out norm by class")])
 
-Later analyses add sections through `figures_extra`: (title, png_path, caption) tuples or
-`Section` objects (which may also carry an HTML fragment instead of / besides a figure).
+Later analyses add sections through `figures_extra`: (title, png_path[, caption[, html]])
+tuples or `Section` objects (which may also carry an HTML fragment instead of / besides a figure).
 PNGs outside `<out_dir>/figures/` are copied there, so the folder can be moved as a whole.
 """
 import dataclasses
@@ -44,9 +44,11 @@ SectionLike = Union[Section, tuple]
 def _as_section(x: SectionLike) -> Section:
   if isinstance(x, Section):
     return x
-  if isinstance(x, (tuple, list)) and 2 <= len(x) <= 3:
-    return Section(str(x[0]), x[1], str(x[2]) if len(x) > 2 else "")
-  raise UserError(f"extra report section {x!r} must be a Section or (title, png_path[, caption])")
+  if isinstance(x, (tuple, list)) and 2 <= len(x) <= 4:
+    return Section(str(x[0]), x[1], str(x[2]) if len(x) > 2 else "",
+                   str(x[3]) if len(x) > 3 else "")
+  raise UserError(f"extra report section {x!r} must be a Section or (title, png_path[, caption"
+                  "[, html]])")
 
 
 def _slug(name: str) -> str:
@@ -109,7 +111,8 @@ def _summary_grid(summaries: Mapping[str, dict]) -> str:
   return f'<table class="grid"><tr><th></th>{head}</tr>{body}</table>'
 
 
-def _context_html(row) -> str:
+def context_html(row) -> str:
+  """One example (token, activation, optional context_before / context_after) as HTML."""
   before = _esc(row.get("context_before", "") if hasattr(row, "get") else "")
   after = _esc(row.get("context_after", "") if hasattr(row, "get") else "")
   return (f'<span class="ctx">{before}<mark>{_esc(row["token"])}</mark>{after}</span>'
@@ -153,7 +156,7 @@ def top_universal_html(table: pd.DataFrame, k: int = 20, examples: Optional[pd.D
     ctx = ""
     if examples is not None:
       g = groups.get((int(layer), int(neuron)))
-      ctx = "<td>" + ("<br>".join(_context_html(e) for _, e in g.head(per_neuron).iterrows())
+      ctx = "<td>" + ("<br>".join(context_html(e) for _, e in g.head(per_neuron).iterrows())
                       if g is not None else "—") + "</td>"
     rows.append(f"<tr><td>L{int(layer)}.{int(neuron)}</td>{cells}{ctx}</tr>")
   return f'<table class="grid">{head}{"".join(rows)}</table>'
@@ -172,6 +175,7 @@ th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:to
 table.grid td{text-align:right} figure{margin:1em 0} img{max-width:100%}
 figcaption{font-size:.85em;color:#555} mark{background:#ffd54f}
 .ctx{font-family:monospace;white-space:pre-wrap} .act{color:#777;font-size:.8em}
+.card{border:1px solid #ddd;border-radius:4px;padding:.3em .8em;margin:.8em 0}
 """
 
 

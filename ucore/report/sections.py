@@ -29,6 +29,18 @@ def excess_over_training(by_step: pd.DataFrame, fig_dir: str) -> Section:
                                     classes="grid", border=0))
 
 
+def focus_over_training(by_step: pd.DataFrame, fig_dir: str, focus) -> Section:
+  """ucore.analyses.persistence.focus_over_training of the final focus set
+  (ucore.analyses.focus.Focus) as a figure and a table."""
+  return Section(
+      f"The final {focus.label} set over training",
+      F.focus_over_training(by_step, os.path.join(fig_dir, "focus_by_step.png"), focus.label),
+      f"{focus.note} Their excess correlation at each kept checkpoint (the last row is the "
+      "final model).",
+      by_step.reset_index().to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                    classes="grid", border=0))
+
+
 def closest_to_threshold(neurons: pd.DataFrame, threshold: float, k: int,
                          examples=None) -> Section:
   """The k neurons of highest excess correlation, for a run where none is universal."""
