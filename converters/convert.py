@@ -12,6 +12,7 @@ from ucore import tokenizer as tok
 from ucore.errors import UserError
 from ucore.model_config import LMConfig, config_from_hf_dict
 from ucore.model import save_model
+from ucore.processing import TRANSFORMER_LENS_STEPS
 
 PROCESSING = ("none", "transformer_lens")
 
@@ -144,8 +145,8 @@ def convert(model: str, workdir: str, process: str = "none") -> dict:
       "processing": process,
       # The TransformerLens defaults applied (checkpoints converted before value-bias folding
       # say "transformer_lens" without this list).
-      "processing_steps": (["fold_ln", "center_writing_weights", "center_unembed",
-                            "fold_value_biases"] if process == "transformer_lens" else []),
+      "processing_steps": (list(TRANSFORMER_LENS_STEPS) if process == "transformer_lens"
+                           else []),
       "hf_config": hf_config,
       "tokenizer_sha256": tokenizer_files.sha256() if tokenizer_files else None,
   }

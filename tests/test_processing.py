@@ -92,3 +92,20 @@ def test_value_bias_folding_can_be_turned_off():
   _, kept = process_transformer_lens(raw.config, raw.params, fold_value_biases=False)
   assert np.abs(np.asarray(kept["h_0"]["attn"]["c_attn"]["bias"])[2 * d:]).max() > 0.1
   np.testing.assert_array_equal(np.asarray(folded["h_0"]["attn"]["c_attn"]["bias"])[2 * d:], 0)
+
+
+def test_is_processed_requires_every_transformer_lens_step():
+  """A checkpoint converted before value-bias folding existed ("transformer_lens" without the
+  step list) is processed again in memory; one holding every step is used as it is."""
+  import types
+  from ucore.analyses.common import is_processed
+  from ucore.processing import TRANSFORMER_LENS_STEPS
+  def model(manifest):
+    return types.SimpleNamespace(manifest=manifest)
+  assert not is_processed(model({"processing": "transformer_lens"}))
+  assert not is_processed(model({"processing": "transformer_lens",
+                                 "processing_steps": list(TRANSFORMER_LENS_STEPS[:-1])}))
+  assert not is_processed(model({"processing": None,
+                                 "processing_steps": list(TRANSFORMER_LENS_STEPS)}))
+  assert is_processed(model({"processing": "transformer_lens",
+                             "processing_steps": list(TRANSFORMER_LENS_STEPS)}))

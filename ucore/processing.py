@@ -48,6 +48,12 @@ def _fold_value_biases(attn: dict, d_model: int):
                                            np.zeros_like(b_v)])
 
 
+# What `process_transformer_lens` applies by default, as recorded in a converted checkpoint's
+# manifest ("processing_steps"); a checkpoint lacking a step is processed again in memory.
+TRANSFORMER_LENS_STEPS = ("fold_ln", "center_writing_weights", "center_unembed",
+                          "fold_value_biases")
+
+
 def process_transformer_lens(config: LMConfig, params, fold_value_biases: bool = True
                              ) -> tuple[LMConfig, dict]:
   """Returns (config with an untied, biased unembedding [and attention biases], processed
