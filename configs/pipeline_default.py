@@ -40,7 +40,7 @@ def get_config(arg: str = ""):
   c.correlate.log_every = 20
   # Universality over training: correlate the family at these earlier checkpoints too
   # (must be among train.checkpoint_steps), on this many held-out tokens each.
-  c.persistence_steps = (100, 200)
+  c.persistence_steps = (50, 100)
   c.persistence_max_tokens = 50_000
   # The paper's analyses on the first seed (configs/analyze_default.py fields).
   c.analyze = _config_of("analyze_default")

@@ -57,7 +57,7 @@ def get_config(arg: str = ""):
   # Rows per update per seed (tokens per update per seed = batch_rows * (ctx - 1)).
   c.batch_rows = 32
   # Number of updates.
-  c.num_steps = 300
+  c.num_steps = 150
 
   c.optim = ml_collections.ConfigDict()
   # Peak learning rate (after warmup).
@@ -77,7 +77,7 @@ def get_config(arg: str = ""):
 
   # Kept model checkpoints (step 0 = init and num_steps are always kept), like the Mistral
   # `checkpoint-N` branches: dense early, sparse late.
-  c.checkpoint_steps = (0, 10, 20, 50, 100, 200, 300)
+  c.checkpoint_steps = (0, 10, 20, 50, 100, 150)
   # Held-out loss every this many steps (and at every kept checkpoint).
   c.eval_every = 50
   # Rows per held-out forward pass.
