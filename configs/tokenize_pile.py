@@ -5,6 +5,8 @@
 Needs the HF hub (streams `monology/pile-uncopyrighted`, the copyright-cleaned Pile that later
 work uses; it lacks a few subsets such as Books3). Smaller sets as in the paper:
 `--config.num_tokens=10_000_000` (every analysis after correlations), 100_000 ... 50_000_000.
+Variants: `:1e7` (token count), `:pythia` (Pythia's tokenizer.json from ckpt/pythia-160m;
+combine as `:pythia,1e7`).
 Every row keeps its subset name (`meta.pile_set_name`) as its label.
 """
 from ucore import config_files
@@ -31,6 +33,10 @@ def get_config(arg: str = ""):
   # Bigger shards and progress lines every minute for the long run.
   c.shard_rows = 32768
   c.log_every_s = 60.0
-  if arg:
-    c.num_tokens = int(float(arg))   # e.g. `configs/tokenize_pile.py:1e7`
+  for part in filter(None, arg.split(",")):
+    if part == "pythia":   # Pythia's tokenizer, from a converted checkpoint (convert first)
+      c.tokenizer = "ckpt/pythia-160m/tokenizer"
+      c.model_vocab_size = 50304   # Pythia-160m's embedding rows (tokenizer: 50277 ids)
+    else:
+      c.num_tokens = int(float(part))   # e.g. `configs/tokenize_pile.py:1e7`
   return c

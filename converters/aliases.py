@@ -20,6 +20,12 @@ ALIASES.update({
     "gpt2-medium": "openai-community/gpt2-medium", "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl", "distilgpt2": "distilbert/distilgpt2",
 })
+# Pythia (GPT-NeoX; TransformerLens names): EleutherAI/pythia-<size>[-deduped], and the paper's
+# extra seeds of 160m. Training checkpoints are hub revisions step<N> (pythia_revision).
+PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+ALIASES.update({f"pythia-{size}{d}": f"EleutherAI/pythia-{size}{d}"
+                for size in PYTHIA_SIZES for d in ("", "-deduped")})
+ALIASES.update({f"pythia-160m-seed{i}": f"EleutherAI/pythia-160m-seed{i}" for i in (1, 2, 3)})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]+$")
 
@@ -28,7 +34,7 @@ _REVISION = re.compile(r"^[A-Za-z0-9._/-]+$")
 class ModelRef:
   kind: str                   # "local" or "hub"
   location: str               # directory, or hub repo id
-  revision: str | None        # hub branch/tag/commit (e.g. checkpoint-400000), None = main
+  revision: str | None        # hub branch/tag/commit (checkpoint-400000, step1000), None = main
   alias: str | None = None
 
   def describe(self) -> str:
@@ -36,8 +42,14 @@ class ModelRef:
     return f"{self.alias or self.location}{rev}"
 
 
+def pythia_revision(step: int) -> str:
+  """The EleutherAI Pythia branch name for a training step (step0 ... step143000)."""
+  return f"step{int(step)}"
+
+
 def parse(ref: str) -> ModelRef:
-  """'stanford-gpt2-small-a@checkpoint-1000' | 'org/name@rev' | '/path/to/dir'."""
+  """'stanford-gpt2-small-a@checkpoint-1000' | 'pythia-160m@step1000' | 'org/name@rev' |
+  '/path/to/dir'."""
   if not ref or not ref.strip():
     raise UserError("--model is empty: pass an alias (e.g. stanford-gpt2-small-a), a hub id "
                     "(org/name[@revision]) or a local directory")

@@ -1,4 +1,5 @@
-"""HF GPT-2 checkpoint -> ucore checkpoint directory (orbax params + config + tokenizer +
+"""HF GPT-2 or GPT-NeoX checkpoint (architecture from config.json's model_type) -> ucore
+checkpoint directory (orbax params + config + tokenizer +
 manifest). Every source tensor is consumed by the key map or explicitly ignored."""
 import logging
 import os
@@ -6,11 +7,12 @@ import time
 
 import numpy as np
 
-from converters import aliases, gpt2_keymap, hf_files
+from converters import aliases, gpt2_keymap, hf_files, neox_keymap
 from ucore import tokenizer as tok
 from ucore.errors import UserError
-from ucore.gpt2_config import GPT2Config
+from ucore.model_config import LMConfig, config_from_hf_dict
 from ucore.model import save_model
+from ucore.processing import TRANSFORMER_LENS_STEPS
 
 PROCESSING = ("none", "transformer_lens")
 
@@ -22,69 +24,92 @@ def _set(tree: dict, path: str, value):
   tree[leaf] = value
 
 
-def expected_shapes(config: GPT2Config) -> dict:
-  d, f, v, n = config.n_embd, config.d_mlp, config.vocab_size, config.n_positions
-  per_layer = {
-      "ln_1.weight": (d,), "ln_1.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
-      "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
-      "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
-      "mlp.c_fc.weight": (d, f), "mlp.c_fc.bias": (f,),
-      "mlp.c_proj.weight": (f, d), "mlp.c_proj.bias": (d,),
-  }
-  shapes = {"wte.weight": (v, d), "wpe.weight": (n, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
-  for l in range(config.n_layer):
-    shapes.update({f"h.{l}.{k}": s for k, s in per_layer.items()})
-  return shapes
+def _get(tree: dict, path: str):
+  for p in path.split("/"):
+    tree = tree[p]
+  return tree
 
 
-def params_from_hf(config: GPT2Config, tensors: dict) -> dict:
+KEYMAPS = {"gpt2": gpt2_keymap, "gpt_neox": neox_keymap}
+
+
+def _qkv_order(config, value):
+  """NeoX packs [head, (q, k, v), d_head] on the output axis; GPT-2 [(q, k, v), head, d_head]."""
+  h, dh = config.n_head, config.d_head
+  return value.reshape(h, 3, dh, *value.shape[1:]).swapaxes(0, 1).reshape(value.shape)
+
+
+# The value transforms the key maps name: HF tensor -> Flax leaf.
+TRANSFORMS = {
+    "copy": lambda config, v: v,
+    "transpose": lambda config, v: np.ascontiguousarray(v.T),
+    "qkv_kernel": lambda config, v: np.ascontiguousarray(_qkv_order(config, v).T),
+    "qkv_bias": _qkv_order,
+}
+
+
+def shape_of(spec: str, config) -> tuple:
+  """'3D,F' -> (3 * n_embd, d_mlp)."""
+  dims = {"D": config.n_embd, "F": config.d_mlp, "V": config.vocab_size,
+          "P": config.n_positions}
+  return tuple(int(d[:-1] or 1) * dims[d[-1]] for d in spec.split(","))
+
+
+def params_from_hf(config, tensors: dict) -> dict:
   """Declarative mapping with full accounting: unknown, missing and misshapen keys refused."""
+  keymap = KEYMAPS[config.architecture]
   by_name = {}
   for key, value in tensors.items():
-    if gpt2_keymap.is_ignored(key):
+    if any(p.match(key) for p in keymap.IGNORED_PATTERNS):
       continue
-    name = gpt2_keymap.strip_prefix(key)
+    name = key[len(keymap.PREFIX):] if key.startswith(keymap.PREFIX) else key
     if name in by_name:
-      raise UserError(f"weights hold both {name} and transformer.{name}")
+      raise UserError(f"weights hold both {name} and {keymap.PREFIX}{name}")
     by_name[name] = value
-  shapes = expected_shapes(config)
   params = {}
-  for hf_key, path in gpt2_keymap.table(config.n_layer):
+  for hf_key, path, spec, transform in keymap.table(config):
     if hf_key not in by_name:
       raise UserError(f"weights are missing tensor {hf_key!r} required by the config "
                       f"(n_layer={config.n_layer}); the checkpoint is incomplete")
     value = by_name.pop(hf_key)
-    if tuple(value.shape) != shapes[hf_key]:
+    if tuple(value.shape) != shape_of(spec, config):
       raise UserError(f"tensor {hf_key} has shape {tuple(value.shape)}, config implies "
-                      f"{shapes[hf_key]}; config.json and weights disagree")
-    _set(params, path, value)
-  lm_head = by_name.pop(gpt2_keymap.LM_HEAD_KEY, None)
+                      f"{shape_of(spec, config)}; config.json and weights disagree")
+    _set(params, path, TRANSFORMS[transform](config, value))
+  heads = [k for k in keymap.LM_HEAD_KEYS if k in by_name]
+  if len(heads) > 1:
+    raise UserError(f"weights hold two output heads {heads}; cannot tell which one is used")
+  lm_head = by_name.pop(heads[0]) if heads else None
+  head_name = heads[0] if heads else keymap.LM_HEAD_KEYS[0]
+  embedding = _get(params, keymap.EMBEDDING_PATH)
   if config.tie_word_embeddings:
-    if lm_head is not None and not np.array_equal(lm_head, params["wte"]["embedding"]):
-      raise UserError("config ties word embeddings but lm_head.weight differs from wte.weight")
+    if lm_head is not None and not np.array_equal(lm_head, embedding):
+      raise UserError(f"config ties word embeddings but {head_name} differs from the input "
+                      "embedding")
   else:
     if lm_head is None:
       raise UserError("config unties word embeddings (tie_word_embeddings=false) but "
-                      "lm_head.weight is missing")
+                      f"{' / '.join(keymap.LM_HEAD_KEYS)} is missing")
     if lm_head.shape != (config.vocab_size, config.n_embd):
-      raise UserError(f"lm_head.weight has shape {lm_head.shape}, expected "
+      raise UserError(f"{head_name} has shape {lm_head.shape}, expected "
                       f"{(config.vocab_size, config.n_embd)}")
-    _set(params, gpt2_keymap.LM_HEAD_PATH, np.ascontiguousarray(lm_head.T))
+    _set(params, "lm_head/kernel", np.ascontiguousarray(lm_head.T))
   if by_name:
-    raise UserError(f"weights hold tensors this GPT-2 does not use: {sorted(by_name)[:5]}; "
-                    "not a GPT-2 language-model checkpoint, or a larger model than config.json")
+    raise UserError(f"weights hold tensors this {keymap.NAME} does not use: "
+                    f"{sorted(by_name)[:5]}; not a {keymap.NAME} language-model checkpoint, "
+                    "or a larger model than config.json")
   return params
 
 
-def _tokenizer_for(files: hf_files.CheckpointFiles, config: GPT2Config):
+def _tokenizer_for(files: hf_files.CheckpointFiles, config: LMConfig):
   own = tok.files_in_dir(files.directory)
   if own is not None:
-    n = tok.load(own).get_vocab_size()
+    n = tok.vocab_size(own)
     if n > config.vocab_size:
       raise UserError(f"the checkpoint's tokenizer has {n} tokens but the model only "
                       f"{config.vocab_size}")
     return own
-  if config.vocab_size == 50257:
+  if config.architecture == "gpt2" and config.vocab_size == 50257:
     return tok.gpt2_files_offline()
   logging.warning("no tokenizer files and vocab_size=%d is not GPT-2's: none recorded",
                   config.vocab_size)
@@ -103,7 +128,7 @@ def convert(model: str, workdir: str, process: str = "none") -> dict:
   start = time.time()
   files = hf_files.locate(ref)
   hf_config = hf_files.read_config(files.config_path)
-  config = GPT2Config.from_hf_dict(hf_config)
+  config = config_from_hf_dict(hf_config)
   logging.info("reading %s weights from %s", files.weight_format, files.directory)
   params = params_from_hf(config, hf_files.read_weights(files))
   tokenizer_files = _tokenizer_for(files, config)
@@ -115,8 +140,13 @@ def convert(model: str, workdir: str, process: str = "none") -> dict:
                  "alias": ref.alias, "revision": ref.revision,
                  "resolved_commit": files.resolved_revision,
                  "weight_format": files.weight_format},
+      "architecture": config.architecture,
       "sha256": hf_files.sha256_of(files),
       "processing": process,
+      # The TransformerLens defaults applied (checkpoints converted before value-bias folding
+      # say "transformer_lens" without this list).
+      "processing_steps": (list(TRANSFORMER_LENS_STEPS) if process == "transformer_lens"
+                           else []),
       "hf_config": hf_config,
       "tokenizer_sha256": tokenizer_files.sha256() if tokenizer_files else None,
   }

@@ -1,4 +1,4 @@
-"""Find and read a HF GPT-2 checkpoint's files: config.json and weights.
+"""Find and read a HF checkpoint's files: config.json and weights.
 
 Weight formats: model.safetensors, sharded safetensors (model.safetensors.index.json),
 pytorch_model.bin (torch needed only here), sharded .bin (pytorch_model.bin.index.json).
@@ -18,10 +18,10 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
-_PATTERNS_ST = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json",
-                "merges.txt"]
-_PATTERNS_BIN = ["config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
-                 "vocab.json", "merges.txt"]
+_TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json"]
+_PATTERNS_ST = ["config.json", "*.safetensors", "model.safetensors.index.json"] + _TOKENIZER_FILES
+_PATTERNS_BIN = (["config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"] +
+                 _TOKENIZER_FILES)
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def locate(ref: ModelRef) -> CheckpointFiles:
     directory, resolved = _download(ref)
   config_path = os.path.join(directory, "config.json")
   if not os.path.isfile(config_path):
-    raise UserError(f"{directory} has no config.json; not a HF GPT-2 checkpoint directory")
+    raise UserError(f"{directory} has no config.json; not a HF checkpoint directory")
   files, fmt = _weights_in(directory)
   if not files:
     raise UserError(f"{directory} has no weights ({SAFETENSORS}, {SAFETENSORS_INDEX}, "
@@ -109,7 +109,7 @@ def read_config(path: str) -> dict:
 
 
 def read_weights(files: CheckpointFiles) -> dict:
-  """All tensors as float32 numpy arrays, keyed by their HF names."""
+  """All tensors as float32 numpy arrays (float16/bfloat16 upcast), keyed by their HF names."""
   tensors = {}
   for path in files.weight_files:
     part = _read_safetensors(path) if files.weight_format == "safetensors" else _read_torch(path)

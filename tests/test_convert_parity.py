@@ -108,6 +108,9 @@ def test_processed_weights_keep_log_probs(tmp_path):
   w_u = np.asarray(p["lm_head"]["kernel"])
   np.testing.assert_allclose(w_u.mean(axis=1), 0.0, atol=1e-6)
   assert tl.manifest["processing"] == "transformer_lens"
+  assert tl.manifest["processing_steps"][-1] == "fold_value_biases"
+  d = cfg.n_embd   # value biases folded into the output bias
+  np.testing.assert_array_equal(np.asarray(p["h_0"]["attn"]["c_attn"]["bias"])[2 * d:], 0.0)
   # Neuron activations (what the correlations use) are unchanged by processing.
   np.testing.assert_allclose(np.asarray(tl.neuron_activations(tokens)),
                              np.asarray(raw.neuron_activations(tokens)), rtol=0, atol=TOL)

@@ -1,6 +1,7 @@
 """Correlate configs load; `plan` numbers; bad inputs give one-line errors (exit 2)."""
 import glob
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -25,13 +26,49 @@ def test_every_correlate_config_loads(path):
 
 
 def test_plan_numbers_match_paper_sizes():
-  p = P.plan("small", 5, 12, 3072, 768, devices=8, device="h100", compensated=False)
+  p = P.plan("small", 5, P.ARCHS["gpt2-small"], devices=8, device="h100", compensated=False)
   N = 12 * 3072
   assert p.state_gib_total * 2 ** 30 == 4 * N * N * 4 + 4 * 12 * 3072 ** 2 * 4
   assert p.corr_flops_per_token == 2.0 * 4 * N * N + 2.0 * 4 * 12 * 3072 ** 2
   assert p.pairs == 4 and abs(p.original_accum_gib / 4 * 2 ** 30 / 1e9 - 10.9) < 0.1  # paper §4
-  pm = P.plan("medium", 5, 24, 4096, 1024, devices=8, device="h100", compensated=True)
+  pm = P.plan("medium", 5, P.ARCHS["gpt2-medium"], devices=8, device="h100", compensated=True)
   assert pm.state_gib_per_device == pytest.approx(pm.state_gib_total / 8)
+  # weights: GPT-2 small without LayerNorms and biases (124,439,808 with them)
+  assert p.params_per_model == 124_439_808 - 12 * (2304 + 768 + 3072 + 768 + 4 * 768) - 2 * 768
+  pp = P.plan("pythia", 4, P.ARCHS["pythia-160m"], devices=8)
+  # pythia-160m: 162,322,944 weights with LayerNorms and biases; untied W_U, no position table
+  assert pp.params_per_model == 162_322_944 - 12 * (2304 + 768 + 3072 + 768 + 4 * 768) - 2 * 768
+  assert pp.weights_gib_per_device == pytest.approx(4 * pp.params_per_model * 4 / 2 ** 30)
+
+
+def test_plan_reads_the_weight_terms_from_the_model_config(tmp_path):
+  from ucore import config_files
+  from ucore.errors import UserError
+  from ucore.gpt2_config import GPT2Config
+  from ucore.neox_config import NeoXConfig
+  assert P.Arch.of_model_config(GPT2Config()) == P.ARCHS["gpt2-small"]
+  assert P.Arch.of_model_config(NeoXConfig()) == P.ARCHS["pythia-160m"]
+  c = config_files.load("correlate_default")
+  c.models = [str(tmp_path / "m")]
+  os.makedirs(c.models[0])
+  path = os.path.join(c.models[0], "config.json")
+  neox = NeoXConfig(n_layer=3, n_embd=64, n_head=4, n_positions=96, d_mlp=200, vocab_size=333,
+                    tie_word_embeddings=True)
+  with open(path, "w") as f:
+    json.dump(neox.to_dict(), f)
+  assert P.arch_of(c) == P.Arch(3, 200, 64, vocab_size=333, n_positions=96,
+                                tie_word_embeddings=True, learned_positions=False)
+  gpt2 = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=40, d_mlp=50, vocab_size=77,
+                    tie_word_embeddings=False)
+  with open(path, "w") as f:
+    json.dump({k: v for k, v in gpt2.to_dict().items() if k != "architecture"}, f)  # pre-NeoX
+  arch = P.arch_of(c)
+  assert arch == P.Arch(2, 50, 32, vocab_size=77, n_positions=40, tie_word_embeddings=False)
+  assert arch.n_params() == 2 * (4 * 32 ** 2 + 2 * 32 * 50) + 2 * 77 * 32 + 40 * 32
+  with open(path, "w") as f:
+    json.dump({"n_layer": 2, "hidden_size": 32}, f)
+  with pytest.raises(UserError, match="is .* a converted model"):
+    P.arch_of(c)
 
 
 def _main(*args):
@@ -45,6 +82,7 @@ def test_plan_cli_and_bad_inputs(tmp_path):
             "--plan_device=tpu-v5p")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "paper gpt2-small" in r.stdout and "paper gpt2-medium" in r.stdout
+  assert "paper pythia-160m" in r.stdout
   assert "GiB/device" in r.stdout and " h at 70%" in r.stdout
   r = _main("plan", "--config=configs/correlate_tiny.py", "--plan_device=abacus")
   assert r.returncode == 2 and "unknown device kind" in r.stderr

@@ -3,6 +3,7 @@ per batch through `HookedGPT2.neuron_activations`, and the tables match float64 
 same activations."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from tests.corr_ref import corr64, rowmax
 from ucore.corr import driver
@@ -10,11 +11,13 @@ from ucore import config_files
 from ucore.corr.synthetic import SyntheticTokens
 from ucore.data.mask import token_mask
 from ucore.gpt2_config import GPT2Config
+from ucore.neox_config import NeoXConfig
 from ucore.model import init_params, load_model, save_model
 
 
-def test_driver_with_converted_models(tmp_path):
-  cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, d_mlp=24)
+@pytest.mark.parametrize("config_class", [GPT2Config, NeoXConfig])
+def test_driver_with_converted_models(tmp_path, config_class):
+  cfg = config_class(n_layer=2, n_embd=32, n_head=2, n_positions=32, d_mlp=24)
   paths = []
   for seed in range(3):
     p = str(tmp_path / f"m{seed}")

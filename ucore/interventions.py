@@ -62,3 +62,41 @@ def add_vector(vector) -> Intervention:
 def patch_from(activation, neurons=None) -> Intervention:
   """Replace the activation (or the given units of it) by one recorded in another run."""
   return Intervention("patch", _neurons(neurons), jnp.asarray(activation))
+
+
+# ---- TransformerLens-style hooks: fwd_hooks=[(name | name filter, fn(x, hook))] ----------
+@dataclasses.dataclass(frozen=True)
+class HookPoint:
+  """What a TransformerLens hook function receives as `hook`: here only its `.name`."""
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TLHooks:
+  """The fwd_hooks of one hook point, applied in order; a hook returning None leaves x as it
+  is (TransformerLens semantics). Hashable by the functions' identity, so calling
+  run_with_hooks again with the same functions reuses the compiled forward pass."""
+  name: str
+  fns: tuple
+
+  def __call__(self, x):
+    hook = HookPoint(self.name)
+    for fn in self.fns:
+      out = fn(x, hook)
+      if out is not None:
+        x = out
+    return x
+
+
+def from_fwd_hooks(fwd_hooks, hook_names) -> dict:
+  """[(name or callable name filter, fn(x, hook))] -> {hook name: TLHooks}."""
+  from ucore.errors import UserError
+  per_name = {}
+  for item in fwd_hooks:
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and callable(item[1])):
+      raise UserError("fwd_hooks must be a list of (hook name or name filter, fn(x, hook))")
+    key, fn = item
+    names = [n for n in hook_names if key(n)] if callable(key) else [key]
+    for n in names:
+      per_name.setdefault(n, []).append(fn)
+  return {n: TLHooks(n, tuple(fns)) for n, fns in per_name.items()}

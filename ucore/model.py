@@ -1,12 +1,15 @@
-"""HookedGPT2: a converted (or trained) GPT-2 with TransformerLens-style activation access.
+"""HookedTransformer: a converted (or trained) GPT-2 or GPT-NeoX with TransformerLens-style
+activation access. The same class serves every architecture; `model.config.architecture`
+says which one it holds (HookedGPT2 is the older name of the same class).
 
   model = ucore.load_model("ckpt/small-a")
   logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_post"))
   logits = model.run_with_hooks(tokens, {"blocks.3.mlp.hook_post": zero_neurons([7])})
 
-A checkpoint directory holds config.json (GPT2Config), params/ (orbax), tokenizer/ and
+A checkpoint directory holds config.json (ucore.model_config), params/ (orbax), tokenizer/ and
 manifest.json, which is written last and marks the directory complete.
 """
+import dataclasses
 import functools
 import hashlib
 import os
@@ -18,15 +21,16 @@ import numpy as np
 
 from ucore import atomic
 from ucore.errors import UserError
-from ucore.gpt2 import GPT2LM, hook_names
-from ucore.gpt2_config import GPT2Config
-from ucore.interventions import Intervention
+from ucore.model_config import LMConfig, config_from_dict
+from ucore.transformer import HookOptions, TransformerLM, hook_names
+from ucore.activation_cache import ActivationCache
+from ucore.interventions import Intervention, from_fwd_hooks
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 PARAMS = "params"
 TOKENIZER = "tokenizer"
-FORMAT = "ucore-gpt2/1"
+FORMAT = "ucore-gpt2/1"   # the directory layout (any architecture; config.json says which)
 
 NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 
@@ -43,31 +47,29 @@ def params_fingerprint(params) -> str:
   return h.hexdigest()
 
 
-def init_params(config: GPT2Config, seed: int = 0):
-  module = GPT2LM(config)
+def init_params(config: LMConfig, seed: int = 0):
+  module = TransformerLM(config)
   tokens = jnp.zeros((1, min(8, config.n_positions)), jnp.int32)
   return module.init(jax.random.PRNGKey(seed), tokens)["params"]
 
 
-def abstract_params(config: GPT2Config):
+def abstract_params(config: LMConfig):
   return jax.eval_shape(lambda: init_params(config))
 
 
-class HookedGPT2:
+class HookedTransformer:
   """Params + config + a cache of compiled forward functions."""
 
-  def __init__(self, config: GPT2Config, params, *, dtype=jnp.float32,
+  def __init__(self, config: LMConfig, params, *, dtype=jnp.float32,
                fingerprint: Optional[str] = None, manifest: Optional[dict] = None,
                path: Optional[str] = None):
     self.config = config
     self.params = params
     self.dtype = jnp.dtype(dtype)
-    self.module = GPT2LM(config, dtype=self.dtype)
+    self._set_options(HookOptions())
     self._fingerprint = fingerprint
     self.manifest = manifest or {}
     self.path = path
-    self._hook_names = hook_names(config)
-    self._hook_name_set = frozenset(self._hook_names)
 
   @property
   def fingerprint(self) -> str:
@@ -78,6 +80,29 @@ class HookedGPT2:
   @property
   def hook_names(self) -> list[str]:
     return list(self._hook_names)
+
+  # ---- TransformerLens's opt-in hooks (ucore.transformer.HookOptions) --------------------
+  def _set_options(self, options: HookOptions):
+    self.options = options
+    self.module = TransformerLM(self.config, dtype=self.dtype, options=options)
+    self._hook_names = hook_names(self.config, options)
+    self._hook_name_set = frozenset(self._hook_names)
+
+  def set_use_attn_result(self, use: bool):
+    """blocks.L.attn.hook_result: each head's output [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, attn_result=bool(use)))
+
+  def set_use_attn_in(self, use: bool):
+    """blocks.L.hook_attn_in: resid_pre per head [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, attn_in=bool(use)))
+
+  def set_use_split_qkv_input(self, use: bool):
+    """blocks.L.hook_q_input / hook_k_input / hook_v_input, [batch, pos, head, d_model]."""
+    self._set_options(dataclasses.replace(self.options, split_qkv_input=bool(use)))
+
+  def set_use_hook_mlp_in(self, use: bool):
+    """blocks.L.hook_mlp_in: the stream entering ln2."""
+    self._set_options(dataclasses.replace(self.options, mlp_in=bool(use)))
 
   # ---- input checks -------------------------------------------------------------------
   def _check_tokens(self, tokens):
@@ -108,8 +133,15 @@ class HookedGPT2:
       raise UserError(f"unknown hook names {sorted(unknown)[:5]}; see model.hook_names")
     return names
 
-  def _split_interventions(self, interventions):
+  def _split_interventions(self, interventions, fwd_hooks=None):
     interventions = dict(interventions or {})
+    if fwd_hooks:
+      tl = from_fwd_hooks(fwd_hooks, self._hook_names)
+      both = set(tl) & set(interventions)
+      if both:
+        raise UserError(f"hooks {sorted(both)[:3]} are given both as interventions and as "
+                        "fwd_hooks; pass each hook point one way")
+      interventions.update(tl)
     unknown = set(interventions) - self._hook_name_set
     if unknown:
       raise UserError(f"interventions name unknown hooks {sorted(unknown)[:5]}")
@@ -123,8 +155,8 @@ class HookedGPT2:
 
   # ---- forward ------------------------------------------------------------------------
   @functools.lru_cache(maxsize=64)
-  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple):
-    module = self.module
+  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple, options: HookOptions):
+    module = TransformerLM(self.config, dtype=self.dtype, options=options)
     func_map = dict(funcs)
 
     def forward(params, tokens, data_interventions):
@@ -145,21 +177,29 @@ class HookedGPT2:
 
   def run_with_cache(self, tokens, names_filter: NamesFilter = None,
                      stop_at_layer: Optional[int] = None,
-                     interventions: Optional[Mapping] = None):
+                     interventions: Optional[Mapping] = None, fwd_hooks=None):
     """Returns (logits, cache). With stop_at_layer=l, the first value is the residual stream
-    entering block l. `cache` maps hook name -> array for the requested hooks only."""
+    entering block l. `cache` maps hook name -> array for the requested hooks only (an
+    ActivationCache: cache["pattern", 0] works as in TransformerLens).
+
+    interventions: {hook name: Intervention | fn(x) -> x'}; fwd_hooks (TransformerLens style):
+    [(hook name | name filter, fn(x, hook) -> x' or None)]."""
     self._check_tokens(tokens)
     if stop_at_layer is not None and not 0 <= stop_at_layer <= self.config.n_layer:
       raise UserError(f"stop_at_layer={stop_at_layer} outside [0, {self.config.n_layer}]")
     names = self._resolve_names(names_filter)
-    data, funcs = self._split_interventions(interventions)
-    fn = self._compiled(names, stop_at_layer, funcs)
-    return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
-              else tokens, data)
+    data, funcs = self._split_interventions(interventions, fwd_hooks)
+    fn = self._compiled(names, stop_at_layer, funcs, self.options)
+    out, cache = fn(self.params, jnp.asarray(tokens, jnp.int32)
+                    if isinstance(tokens, np.ndarray) else tokens, data)
+    return out, ActivationCache(cache, self.config.n_layer)
 
-  def run_with_hooks(self, tokens, interventions: Mapping, stop_at_layer=None):
+  def run_with_hooks(self, tokens, interventions: Optional[Mapping] = None,
+                     stop_at_layer=None, *, fwd_hooks=None):
+    """Logits with interventions ({name: Intervention | fn(x)}) and/or TransformerLens
+    fwd_hooks=[(name | name filter, fn(x, hook))] applied."""
     return self.run_with_cache(tokens, names_filter=(), stop_at_layer=stop_at_layer,
-                               interventions=interventions)[0]
+                               interventions=interventions, fwd_hooks=fwd_hooks)[0]
 
   def __call__(self, tokens):
     return self.run_with_cache(tokens, names_filter=())[0]
@@ -175,15 +215,16 @@ class HookedGPT2:
     self._check_tokens(tokens)
     self._resolve_names(names)
     data, funcs = self._split_interventions(interventions)
-    fn = self._compiled_activations(names, max(layers) + 1, funcs)
+    fn = self._compiled_activations(names, max(layers) + 1, funcs, self.options)
     return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
               else tokens, data)
 
   @functools.lru_cache(maxsize=64)
-  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple):
+  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple,
+                            options: HookOptions):
     # Stops after the last requested block (never computes the unembedding) and concatenates
     # inside the compiled function, so no per-layer arrays round-trip through Python.
-    forward = self._compiled(frozenset(names), stop_at_layer, funcs)
+    forward = self._compiled(frozenset(names), stop_at_layer, funcs, options)
 
     def activations(params, tokens, data_interventions):
       _, cache = forward(params, tokens, data_interventions)
@@ -198,8 +239,11 @@ class HookedGPT2:
     return self is other
 
 
+HookedGPT2 = HookedTransformer
+
+
 # ---- save / load -------------------------------------------------------------------------
-def save_model(directory: str, config: GPT2Config, params, *, manifest: dict,
+def save_model(directory: str, config: LMConfig, params, *, manifest: dict,
                tokenizer_files=None) -> str:
   """Writes a complete checkpoint directory atomically; returns the params fingerprint."""
   import orbax.checkpoint as ocp
@@ -241,13 +285,13 @@ def read_manifest(directory: str) -> dict:
   return manifest
 
 
-def load_model(directory: str, *, dtype=jnp.float32, verify: bool = True) -> HookedGPT2:
+def load_model(directory: str, *, dtype=jnp.float32, verify: bool = True) -> HookedTransformer:
   """Loads a checkpoint written by `save_model` (converter or trainer)."""
   import orbax.checkpoint as ocp
   directory = os.path.abspath(directory)
   manifest = read_manifest(directory)
   try:
-    config = GPT2Config.from_dict(atomic.read_json(os.path.join(directory, CONFIG)))
+    config = config_from_dict(atomic.read_json(os.path.join(directory, CONFIG)))
   except (OSError, ValueError, TypeError) as e:
     raise UserError(f"cannot read {directory}/{CONFIG}: {e}") from e
   target = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(config))
@@ -262,5 +306,5 @@ def load_model(directory: str, *, dtype=jnp.float32, verify: bool = True) -> Hoo
     if actual != fingerprint:
       raise UserError(f"params in {directory} do not match the manifest's fingerprint "
                       "(corrupted or modified); re-run the conversion")
-  return HookedGPT2(config, params, dtype=dtype, fingerprint=fingerprint, manifest=manifest,
+  return HookedTransformer(config, params, dtype=dtype, fingerprint=fingerprint, manifest=manifest,
                     path=directory)

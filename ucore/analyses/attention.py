@@ -9,6 +9,11 @@ head's query towards the BOS key (more attention to BOS, the head switches off).
 replaces ŵ_out by random unit vectors (seeded); `z` = (score − baseline mean) / baseline sd
 (the same for both scores: they differ by a per-head-layer constant). `rank_by="model"` ranks
 pairs by score_model instead (the model-faithful variant).
+Rotary models (GPT-NeoX): k_BOS is `hook_k` at position 0, before rotary, which leaves
+position 0 unchanged, and the query direction W_Q ŵ_out is taken unrotated, so the score is the
+logit change for a query at zero distance from BOS; in the rotary dims the real change depends
+on the destination position. Path ablation needs no such caveat: it patches `hook_q`, before
+rotary, and the model applies rotary to the patched query.
 
 Path ablation: remove the neuron's output (activation × w_out) from the head's *query input
 only* — the residual stream entering layer L minus the neuron's direct contribution, through
@@ -36,10 +41,17 @@ from ucore.analyses import common
 from ucore.errors import UserError
 
 
+def _qkv_bias(attn, width: int) -> np.ndarray:
+  """The packed q/k/v bias; zeros for models without attention biases (GPT-NeoX
+  attention_bias=false)."""
+  return np.asarray(attn["c_attn"].get("bias", np.zeros(width)), np.float64)
+
+
 def _wq(params, config, layer):
   D, H, dh = config.n_embd, config.n_head, config.d_head
-  k = np.asarray(params[f"h_{layer}"]["attn"]["c_attn"]["kernel"], np.float64)
-  b = np.asarray(params[f"h_{layer}"]["attn"]["c_attn"]["bias"], np.float64)
+  attn = params[f"h_{layer}"]["attn"]
+  k = np.asarray(attn["c_attn"]["kernel"], np.float64)
+  b = _qkv_bias(attn, k.shape[1])
   return k[:, :D].reshape(D, H, dh), b[:D].reshape(H, dh)
 
 
@@ -173,7 +185,7 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
   w_out = jnp.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], jnp.float32)
   ln = p[f"h_{L}"]["ln_1"]
   wq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], jnp.float32)
-  bq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["bias"][:D], jnp.float32)
+  bq = jnp.asarray(_qkv_bias(p[f"h_{L}"]["attn"], wq.shape[1] * 3)[:D], jnp.float32)
   w_o = np.asarray(p[f"h_{L}"]["attn"]["c_proj"]["kernel"], np.float64)[h * dh:(h + 1) * dh]
   names = [f"blocks.{l}.mlp.hook_post", f"blocks.{L}.hook_resid_pre",
            f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_pattern",

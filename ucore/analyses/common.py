@@ -58,7 +58,13 @@ def weights_of(config, params, processed: bool) -> Weights:
 
 
 def is_processed(model) -> bool:
-  return (getattr(model, "manifest", None) or {}).get("processing") == "transformer_lens"
+  """True when the checkpoint holds every TransformerLens processing step (checkpoints
+  converted before value-bias folding existed lack it and are processed again in memory;
+  every step leaves already-processed weights unchanged)."""
+  from ucore.processing import TRANSFORMER_LENS_STEPS
+  manifest = getattr(model, "manifest", None) or {}
+  return (manifest.get("processing") == "transformer_lens"
+          and set(TRANSFORMER_LENS_STEPS) <= set(manifest.get("processing_steps") or ()))
 
 
 def processed_weights(model) -> Weights:
@@ -72,15 +78,16 @@ def processed_weights(model) -> Weights:
 
 
 def processed_model(model):
-  """A HookedGPT2 with processed weights (same function, different parametrisation)."""
+  """The model with processed weights (same function, different parametrisation)."""
   if is_processed(model):
     return model
-  from ucore.model import HookedGPT2
-  from ucore.processing import process_transformer_lens
+  from ucore.model import HookedTransformer
+  from ucore.processing import TRANSFORMER_LENS_STEPS, process_transformer_lens
   config, params = process_transformer_lens(model.config, model.params)
-  return HookedGPT2(config, params, manifest=dict(model.manifest or {},
-                                                  processing="transformer_lens"),
-                    path=getattr(model, "path", None))
+  return HookedTransformer(config, params,
+                           manifest=dict(model.manifest or {}, processing="transformer_lens",
+                                         processing_steps=list(TRANSFORMER_LENS_STEPS)),
+                           path=getattr(model, "path", None))
 
 
 # ---- inputs ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`python main.py plan --config=configs/correlate_*.py [--plan_devices=8 --plan_device=h100]`.
 
 Prints per-device memory, FLOPs and estimated time for the config's correlate run and for
-the paper's GPT2-small and GPT2-medium runs (5 seeds, 1e8 tokens) on the same mesh.
+the paper's runs (GPT2-small and GPT2-medium, 5 seeds; Pythia-160m, 4 seeds; 1e8 tokens) on
+the same mesh.
 """
 from absl import flags
 
@@ -30,19 +31,18 @@ def run(argv):
   tok = int(config.mesh.tok)
   if tok == -1 or n_dev % max(tok, 1):
     tok = 1
-  L, d, dm = P.arch_of(config)
+  arch = P.arch_of(config)
   n_models = len(config.models) or (config.synthetic.n_models if config.synthetic.enabled else 5)
   ctx = config.synthetic.ctx if config.synthetic.enabled else 512
   tokens = TOKENS.value or (config.max_tokens if config.max_tokens > 0 else
                             config.synthetic.rows * ctx)
   tps = int(config.batch_rows) * ctx
-  out = [P.format_plan(P.plan("this config", n_models, L, d, dm, tokens=tokens, devices=n_dev,
+  out = [P.format_plan(P.plan("this config", n_models, arch, tokens=tokens, devices=n_dev,
                               tok=tok, device=DEVICE.value, tokens_per_step=tps,
                               compensated=config.compensated, mode=config.mode,
                               layer_mode=config.layer_mode, ctx=ctx))]
-  for name in ("gpt2-small", "gpt2-medium"):
-    L, d, dm, _ = P.ARCHS[name]
-    out.append(P.format_plan(P.plan(f"paper {name} (a vs b..e)", 5, L, d, dm, tokens=1e8,
-                                    devices=n_dev, tok=tok, device=DEVICE.value,
-                                    tokens_per_step=tps, compensated=config.compensated)))
+  for label, key, models in P.PAPER_RUNS:
+    out.append(P.format_plan(P.plan(label, models, P.ARCHS[key], tokens=1e8, devices=n_dev,
+                                    tok=tok, device=DEVICE.value, tokens_per_step=tps,
+                                    compensated=config.compensated)))
   print("\n".join(out))

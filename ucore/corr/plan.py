@@ -1,7 +1,8 @@
 """Dry-run planning: per-device memory, FLOPs and estimated time of a correlate run.
 
-Model dimensions come from the models' converted configs when they exist, otherwise from
-the known GPT-2 sizes. Peak numbers are for float32 at Precision.HIGHEST (GPU: CUDA-core fp32,
+Model dimensions (and the weight-memory terms: vocabulary, learned positions, tied or untied
+unembedding) come from the first model's converted config.json when it exists, otherwise from
+the known sizes in ARCHS. Peak numbers are for float32 at Precision.HIGHEST (GPU: CUDA-core fp32,
 no TF32; TPU: 6 bf16 MXU passes ≈ bf16 peak / 6); `efficiency` is the expected fraction of peak.
 """
 from __future__ import annotations
@@ -25,10 +26,47 @@ DEVICES = {
     "tpu-v5p": (459 / 6, 95, "TPU v5p chip"),
 }
 
-ARCHS = {  # n_layer, d_mlp, d_model, ctx (GPT-2 family)
-    "gpt2-small": (12, 3072, 768, 1024),
-    "gpt2-medium": (24, 4096, 1024, 1024),
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """What a plan needs of a model: its neuron grid and width, and its weights' size."""
+  n_layer: int
+  d_mlp: int
+  d_model: int
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  tie_word_embeddings: bool = True
+  learned_positions: bool = True   # GPT-2's position table; rotary (GPT-NeoX) has none
+
+  def n_params(self) -> int:
+    """Weights of one model (LayerNorms and biases left out)."""
+    blocks = self.n_layer * (4 * self.d_model ** 2 + 2 * self.d_model * self.d_mlp)
+    embed = self.vocab_size * self.d_model * (1 if self.tie_word_embeddings else 2)
+    pos = self.n_positions * self.d_model if self.learned_positions else 0
+    return blocks + embed + pos
+
+  @classmethod
+  def of_model_config(cls, c) -> "Arch":
+    """From a ucore.model_config.LMConfig (any architecture)."""
+    return cls(c.n_layer, c.d_mlp, c.n_embd, c.vocab_size, c.n_positions,
+               bool(c.tie_word_embeddings), c.positional == "learned")
+
+
+ARCHS = {
+    "gpt2-small": Arch(12, 3072, 768),
+    "gpt2-medium": Arch(24, 4096, 1024),
+    # EleutherAI/pythia-160m (GPT-NeoX): rotary positions, untied unembedding, padded vocab
+    "pythia-160m": Arch(12, 3072, 768, vocab_size=50304, n_positions=2048,
+                        tie_word_embeddings=False, learned_positions=False),
 }
+
+# The paper's runs, planned beside a config's own: (label, ARCHS key, models)
+PAPER_RUNS = (
+    ("paper gpt2-small (a vs b..e)", "gpt2-small", 5),
+    ("paper gpt2-medium (a vs b..e)", "gpt2-medium", 5),
+    ("paper pythia-160m (vs seed1..3)", "pythia-160m", 4),
+)
 
 
 @dataclasses.dataclass
@@ -38,6 +76,7 @@ class Plan:
   pairs: int
   n_layer: int
   d_mlp: int
+  params_per_model: int
   tokens: float
   devices: int
   mesh: tuple
@@ -57,12 +96,13 @@ class Plan:
   original_accum_gib: float
 
 
-def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=1,
+def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
          layer_mode="all", efficiency=0.7, ctx=512) -> Plan:
   if device not in DEVICES:
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
+  n_layer, d_mlp, d_model = arch.n_layer, arch.d_mlp, arch.d_model
   N = n_layer * d_mlp
   pairs = n_models - 1 if mode == "reference" else n_models * (n_models - 1) // 2
   rotated = n_models - 1 if mode == "reference" else n_models
@@ -81,17 +121,19 @@ def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=
   col_models = n_models if mode == "all_pairs" else n_models - 1
   acts = 2 * tokens_per_step * n_layer * 4 * (
       min(row_models, n_models) * d_pad / tok + col_models * d_pad / neu)
-  params = n_layer * 12 * d_model * d_model + 50257 * d_model + 1024 * d_model
+  params = arch.n_params()
   weights = n_models * params * 4
   # finalize transient: one partner layer of rotated block per device
   fin = n_layer * d_pad * d_pad * 4 / tok
   per_dev = state / devices + acts + weights + fin
   corr_fl = 2.0 * pairs * N * band * d_mlp + 2.0 * rotated * n_layer * d_mlp * d_mlp
-  fwd_fl = n_models * (2.0 * n_layer * 12 * d_model * d_model + 4.0 * n_layer * ctx * d_model)
+  fwd_fl = n_models * (2.0 * n_layer * (4 * d_model + 2 * d_mlp) * d_model
+                       + 4.0 * n_layer * ctx * d_model)
   total = (corr_fl + fwd_fl) * tokens
   hours = total / (devices * peak * 1e12 * efficiency) / 3600
   g = 2.0 ** 30
   return Plan(name=name, models=n_models, pairs=pairs, n_layer=n_layer, d_mlp=d_mlp,
+              params_per_model=params,
               tokens=tokens, devices=devices, mesh=(tok, neu), device=device,
               tokens_per_step=tokens_per_step, state_gib_total=state / g,
               state_gib_per_device=state / devices / g, acts_gib_per_device=acts / g,
@@ -101,33 +143,32 @@ def plan(name, n_models, n_layer, d_mlp, d_model, *, tokens=1e8, devices=8, tok=
               original_accum_gib=pairs * (N * N + 2 * N) * 8 / g)
 
 
-def arch_of(config):
-  """(n_layer, d_mlp, d_model) from the first model's converted config, or by name (a
-  warning says when neither tells and GPT-2 small is assumed). UserError if the first
-  model's config file exists but does not describe a GPT-2."""
+def arch_of(config) -> Arch:
+  """The first model's Arch from its converted config.json (any architecture), else the
+  synthetic family's, else by a size named in the model names (a warning says when none
+  tells and GPT-2 small is assumed). UserError if the config file exists but is not a
+  converted model's."""
+  from ucore.model_config import config_from_dict
   for path in list(config.models)[:1]:
-    for fname in ("config.json", "model_config.json"):
-      p = os.path.join(path, fname)
-      if os.path.exists(p):
-        try:
-          with open(p) as f:
-            c = json.load(f)
-          return (int(c.get("n_layer")), int(c.get("d_mlp") or 4 * c["n_embd"]),
-                  int(c.get("n_embd") or c.get("d_model")))
-        except (OSError, TypeError, KeyError, ValueError) as e:
-          raise UserError(f"cannot read n_layer/d_mlp/n_embd from {p} ({e!r}); is "
-                          f"{path} a converted model?") from e
+    p = os.path.join(path, "config.json")
+    if os.path.exists(p):
+      try:
+        with open(p) as f:
+          return Arch.of_model_config(config_from_dict(json.load(f)))
+      except (OSError, TypeError, KeyError, ValueError, UserError) as e:
+        raise UserError(f"cannot read the model config {p} ({e}); is {path} a converted "
+                        "model?") from e
   names = " ".join(list(config.models) + list(config.model_names)).lower()
   if config.synthetic.enabled:
     s = config.synthetic
-    return s.n_layers, s.d_mlp, max(s.d_mlp // 4, 1)
-  for key, (L, d, dm, _) in ARCHS.items():
+    return Arch(s.n_layers, s.d_mlp, max(s.d_mlp // 4, 1))
+  for key, arch in ARCHS.items():
     if key.split("-")[1] in names:
-      return L, d, dm
+      return arch
   from absl import logging
   logging.warning("plan: no model config or size in the model names %r; assuming gpt2-small",
                   names)
-  return ARCHS["gpt2-small"][:3]
+  return ARCHS["gpt2-small"]
 
 
 def format_plan(p: Plan) -> str:

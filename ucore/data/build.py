@@ -72,7 +72,7 @@ def _tokenizer_spec(config):
   files = tokmod.files_in_dir(spec) if os.path.isdir(spec) else None
   if files is None:
     raise UserError(f"config.tokenizer={spec!r}: use 'gpt2', 'bpe' (train one on the source) "
-                    "or a directory holding vocab.json + merges.txt")
+                    "or a directory holding vocab.json + merges.txt or a HF tokenizer.json")
   return {"kind": "files"}, files
 
 

@@ -1,0 +1,71 @@
+"""A tiny GPT-NeoX family end to end, offline: HF checkpoints with their own tokenizer.json ->
+convert -> tokenize (with the converted tokenizer) -> correlate -> analyze -> report."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from converters.convert import convert
+from tests import hf_fixtures
+from ucore import config_files, load_model
+from ucore.analyses import runner
+from ucore.corr import driver
+from ucore.data import build
+
+WORDS = ("the dog river mountain quick brown fox jumps over lazy a b c 1984 She said (it) "
+         "running walked USA data of and to in").split(" ")
+
+
+def _corpus(path, n=60):
+  rng = np.random.default_rng(0)
+  with open(path, "w") as f:
+    for i in range(n):
+      text = " ".join(rng.choice(WORDS, int(rng.integers(20, 80))))
+      f.write(json.dumps({"text": text, "label": "ab"[i % 2]}) + "\n")
+  return str(path)
+
+
+def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
+  corpus = _corpus(tmp_path / "docs.jsonl")
+  cfg = hf_fixtures.neox_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                intermediate_size=32, vocab_size=320, max_position_embeddings=32)
+  import torch
+  dirs = []
+  for i in range(3):   # a family: one model and two slightly perturbed copies (universal)
+    m = hf_fixtures.random_hf_model(cfg, seed=0)
+    with torch.no_grad():
+      for p in m.parameters():
+        p.add_(0.002 * i * torch.randn_like(p))
+    src = hf_fixtures.write_checkpoint(str(tmp_path / f"hf{i}"), m)
+    hf_fixtures.write_tokenizer_json(src, [json.loads(l)["text"] for l in open(corpus)], 320,
+                                     added=())
+    convert(src, str(tmp_path / f"m{i}"))
+    dirs.append(str(tmp_path / f"m{i}"))
+  tc = config_files.load("tokenize_default")
+  tc.source, tc.ctx, tc.num_tokens, tc.log_every_s = corpus, 32, 0, 0.0
+  tc.label_field, tc.tokenizer, tc.model_vocab_size = "label", dirs[0] + "/tokenizer", 320
+  store = build.build_store(tc, str(tmp_path / "store"))
+  assert store.bos_id == 0   # <|endoftext|> of the checkpoint's tokenizer.json
+
+  c = config_files.load("correlate_default")
+  c.models, c.model_names = dirs, ["a", "b", "c"]
+  c.token_store = store.path
+  c.max_tokens, c.batch_rows, c.top_k = 0, 4, 2
+  c.baseline.kinds = ("haar",)
+  driver.run(c, str(tmp_path / "corr"))
+  table = str(tmp_path / "corr" / "tables" / "neurons_a.parquet")
+  corr = pd.read_parquet(table)
+  assert len(corr) == 2 * 32 and corr["universal"].sum() > 0
+
+  ac = config_files.load("analyze_default")
+  ac.model_dir, ac.token_store, ac.corr_table = dirs[0], store.path, table
+  ac.max_rows, ac.attention.n_random, ac.families.n_unigrams = 8, 200, 50
+  ac.entropy.n_random, ac.entropy.fixed_values = 2, (0.0, 6.0)
+  ac.attention.top_pairs, ac.ablation.n_random, ac.attention.positions = 1, 1, (8, 32)
+  wd = str(tmp_path / "analyze")
+  r = runner.run(ac, wd, "all")
+  assert r.sections and runner.report(ac, wd, r) == os.path.join(wd, "report", "index.html")
+  stats = pd.read_parquet(os.path.join(wd, "stats", "neuron_stats.parquet"))
+  assert len(stats) == 64
+  assert load_model(dirs[0]).config.architecture == "gpt_neox"
