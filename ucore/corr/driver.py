@@ -20,14 +20,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 from ucore.corr import activations as S
 from ucore.corr import state as ST
 from ucore.corr import tables as TB
 from ucore.data.mask import token_mask
-from ucore.data.store import process_rows
+from ucore.data.store import check_store_matches_model, process_rows
 from ucore.errors import UserError
 
 NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
@@ -106,6 +106,7 @@ def identity(config, spec, srcs, store, mesh, stop_row):
   }
 
 
+@workdir_lock.locked(process_zero_only=True)
 def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   """`store` (optional) replaces config.token_store: any object with the TokenStore
   interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
@@ -116,6 +117,9 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     srcs, _, fam = build_sources(config, need_store=False)
   else:
     srcs, store, fam = build_sources(config)
+  for s in srcs:   # real models: the store must be made for every one of them
+    if getattr(s, "model", None) is not None:
+      check_store_matches_model(store, s.model, s.name)
   d = {s.d_mlp for s in srcs}
   if len(d) != 1:
     raise UserError(f"all models must have the same d_mlp, got {sorted(d)}.")

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore.errors import UserError
 from ucore.gpt2_config import GPT2Config
 from ucore.train import core
@@ -194,6 +194,7 @@ def _remove_partials(workdir):
 
 
 # ---------------------------------------------------------------- the loop
+@workdir_lock.locked
 def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None,
                  tokenizer_files=None, data_identity: Optional[dict] = None,
                  _hook: Optional[Callable] = None) -> dict:
