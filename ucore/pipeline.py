@@ -59,6 +59,10 @@ def run(config, workdir: str) -> dict:
   from ucore.data.build import build_store
   from ucore.train.store_input import train_from_store
   from ucore.train import checkpoint_steps
+  from ucore.train.loop import validate_config
+  from ucore.corr.driver import check_numbers
+  validate_config(config.train)   # every number before the first stage writes anything
+  check_numbers(config.correlate)
   kept = checkpoint_steps(config.train)
   missing = [int(s) for s in config.persistence_steps if int(s) not in kept]
   if missing:   # checked before hours of work, not after

@@ -44,7 +44,7 @@ def _holder(st) -> str:
 
 
 def _open_dir(workdir: str) -> int:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} is a file, not a directory; pass a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -57,6 +57,7 @@ def _open_dir(workdir: str) -> int:
 def hold(workdir: str, enabled: bool = True):
   """Holds `workdir` exclusively for the duration of the block (see the module docstring).
   `enabled=False` only creates the directory (for the non-zero processes of one job)."""
+  created = not os.path.lexists(workdir)
   fd = _open_dir(workdir)
   if not enabled:
     os.close(fd)
@@ -87,6 +88,11 @@ def hold(workdir: str, enabled: bool = True):
       held[1] -= 1
       if held[1] == 0:
         del _HELD[key]
+        if created:   # a run refused before writing anything leaves no workdir behind
+          try:
+            os.rmdir(workdir)
+          except OSError:
+            pass   # not empty: the run wrote something
         os.close(held[0])   # closing the only descriptor releases the flock
 
 

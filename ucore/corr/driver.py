@@ -106,7 +106,7 @@ def identity(config, spec, srcs, store, mesh, stop_row):
   }
 
 
-def _check_numbers(config):
+def check_numbers(config):
   """UserError for a count or row that no run can use (issue 10 item 5)."""
   for key, lo in (("batch_rows", 1), ("top_k", 1), ("start_row", 0), ("max_tokens", 0)):
     v = int(config[key])
@@ -123,7 +123,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
   checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
   t_start = time.time()
-  _check_numbers(config)   # before anything is written (job state, tables)
+  check_numbers(config)   # before anything is written (job state, tables)
   if store is not None and not (config.synthetic.enabled):
     srcs, _, fam = build_sources(config, need_store=False)
   else:

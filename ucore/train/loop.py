@@ -79,7 +79,9 @@ def checkpoint_steps(config) -> list[int]:
   return sorted(steps | {0, n})
 
 
-def _validate(config, num_rows: int, ctx: int):
+def validate_config(config) -> list:
+  """UserError for a training config no data can make valid (checked before anything is
+  written, by train_family and, before its first stage, the pipeline); returns the seeds."""
   seeds = [int(s) for s in config.seeds]
   if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
     raise UserError(f"config.seeds={list(config.seeds)} must be distinct non-negative integers")
@@ -92,6 +94,12 @@ def _validate(config, num_rows: int, ctx: int):
     raise UserError("config.optim.lr must be > 0 and min_lr_ratio in [0, 1]")
   if not 0 <= int(o.warmup_steps) < int(config.num_steps):
     raise UserError(f"config.optim.warmup_steps={o.warmup_steps} must lie in [0, num_steps)")
+  checkpoint_steps(config)
+  return seeds
+
+
+def _validate(config, num_rows: int, ctx: int):
+  seeds = validate_config(config)
   if ctx < 2:
     raise UserError(f"token rows have {ctx} tokens; training needs at least 2")
   n_train = num_rows - int(config.heldout_rows)
