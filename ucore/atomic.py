@@ -79,6 +79,17 @@ def staged_dir(final_path: str):
   os.rename(staging, final_path)
 
 
+def remove_partials(final_pattern: str) -> list:
+  """Removes the `<final>.partial-*` staging folders left by killed staged_dir writers, for
+  every final path matching the glob `final_pattern`; returns what it removed. Call only
+  while holding the workdir (ucore.workdir_lock), so no live writer owns one."""
+  import glob
+  gone = sorted(glob.glob(f"{final_pattern}.partial-*"))
+  for p in gone:
+    shutil.rmtree(p, ignore_errors=True)
+  return gone
+
+
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
   import hashlib
   h = hashlib.sha256()

@@ -152,6 +152,8 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   state_dir = os.path.join(workdir, "state")
   tables_dir = os.path.join(workdir, "tables")
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
+  if jax.process_index() == 0:   # left by a kill during the final table write
+    atomic.remove_partials(tables_dir)
   if os.path.exists(summary_path):
     done = atomic.read_json(summary_path).get("identity")
     ST.check_identity(done, jobs.normalize(ident), tables_dir)

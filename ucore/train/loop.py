@@ -19,7 +19,6 @@ the training state needs no data cursor beyond the step. A killed run restarted 
 command restores the latest committed state, drops loss lines after it, and continues; the
 losses and weights are bit-identical to an uninterrupted run on the same machine.
 """
-import glob
 import json
 import os
 import shutil
@@ -197,8 +196,7 @@ def _state_manager(workdir):
 
 
 def _remove_partials(workdir):
-  for p in glob.glob(os.path.join(workdir, "seed*", "checkpoint-*.partial-*")):
-    shutil.rmtree(p, ignore_errors=True)
+  atomic.remove_partials(os.path.join(workdir, "seed*", "checkpoint-*"))
 
 
 # ---------------------------------------------------------------- the loop
