@@ -51,3 +51,14 @@ def test_other_tokenizer_is_refused_naming_both(gpt2_store, tmp_path):
   assert mine == tokmod.gpt2_files_offline().sha256()
   with pytest.raises(UserError, match=f"tokenizer {mine[:12]} but model a's tokenizer is ffffff"):
     _run(paths, gpt2_store, tmp_path / "run")
+
+
+@pytest.mark.parametrize("names,match", [(["../up", "b"], "not a safe name"),
+                                         (["a", "/abs"], "not a safe name"),
+                                         (["a", "a"], "repeat")])
+def test_model_names_must_be_safe_file_names(tmp_path, names, match):
+  c = config_files.load("correlate_default")
+  c.models, c.model_names = [str(tmp_path / "m0"), str(tmp_path / "m1")], names
+  with pytest.raises(UserError, match=match):
+    driver.run(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

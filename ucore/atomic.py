@@ -7,6 +7,7 @@ crash leaves a `.partial-*` folder that can never be mistaken for a finished res
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -88,6 +89,20 @@ def remove_partials(final_pattern: str) -> list:
   for p in gone:
     shutil.rmtree(p, ignore_errors=True)
   return gone
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]{0,127}")
+
+
+def check_safe_name(name, what: str) -> str:
+  """`name` if it can be a file-name component (letters, digits and . _ - + @ =, starting
+  with a letter or digit: no '/', no '..', nothing absolute); else a UserError naming
+  `what`. For names from configs that end up in file names."""
+  from ucore.errors import UserError
+  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+    raise UserError(f"{what} {name!r} is not a safe name: use letters, digits and . _ - + @ = "
+                    "(starting with a letter or digit)")
+  return name
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -56,6 +56,11 @@ def build_sources(config, need_store=True):
       os.path.basename(os.path.normpath(p)) for p in models]
   if len(names) != len(models):
     raise UserError("config.model_names must have one name per entry of config.models.")
+  for n in names:   # they name the table files
+    atomic.check_safe_name(n, "model name")
+  if len(set(names)) != len(names):
+    raise UserError(f"model names {names} repeat; give each model its own name with "
+                    "config.model_names")
   srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
   if not need_store:
     return srcs, None, None
