@@ -48,9 +48,13 @@ def _open_dir(workdir: str) -> int:
     raise UserError(f"workdir {workdir} is a file, not a directory; pass a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
-    return os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
   except OSError as e:
     raise UserError(f"cannot use workdir {workdir}: {e.strerror or e}") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    os.close(fd)
+    raise UserError(f"workdir {workdir} is not writable; pass a directory you can write to")
+  return fd
 
 
 @contextlib.contextmanager
