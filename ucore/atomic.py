@@ -57,10 +57,12 @@ def read_json(path: str):
 
 
 @contextlib.contextmanager
-def staged_dir(final_path: str):
+def staged_dir(final_path: str, replace: bool = False):
   """Yields a temporary directory; renames it to `final_path` on success only.
 
-  `final_path` must not exist yet (callers check and raise UserError first).
+  `final_path` must not exist yet (callers check and raise UserError first), unless
+  `replace`: then the old one is moved aside to `<final>.partial-old-<pid>` (which
+  remove_partials cleans after a kill between the two renames) and removed.
   """
   final_path = os.path.abspath(final_path)
   parent = os.path.dirname(final_path)
@@ -74,10 +76,16 @@ def staged_dir(final_path: str):
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+  old = None
   if os.path.exists(final_path):
-    # An empty placeholder directory (e.g. created by a launcher) is replaced.
-    os.rmdir(final_path)
+    if replace:
+      old = f"{final_path}.partial-old-{os.getpid()}"
+      os.rename(final_path, old)
+    else:   # an empty placeholder directory (e.g. created by a launcher) is replaced
+      os.rmdir(final_path)
   os.rename(staging, final_path)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_partials(final_pattern: str) -> list:

@@ -160,11 +160,25 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if jax.process_index() == 0:   # left by a kill during the final table write
     atomic.remove_partials(tables_dir)
   if os.path.exists(summary_path):
-    done = atomic.read_json(summary_path).get("identity")
-    ST.check_identity(done, jobs.normalize(ident), tables_dir)
-    logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
-                 "the tables from the last committed state).", tables_dir)
-    return tables_dir
+    done = atomic.read_json(summary_path)
+    ST.check_identity(done.get("identity"), jobs.normalize(ident), tables_dir)
+    if done.get("finalize") == finalize_settings(config):
+      logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
+                   "the tables from the last committed state).", tables_dir)
+      return tables_dir
+    # finalize-only settings changed: new tables from the committed moments (no new pass)
+    manifest, path = ST.latest(state_dir)
+    changed = jobs.diff(done.get("finalize"), finalize_settings(config))
+    if manifest is None or int(manifest["cursor"]["row"]) != stop_row:
+      raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
+                      f"and the committed moments in {state_dir} are gone; delete "
+                      f"{tables_dir} to recompute")
+    ST.check_identity(manifest["identity"], jobs.normalize(ident), path)
+    logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
+    state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
+                       manifest["cursor"]["count"])
+    return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
+                           jobs.normalize(ident), replace=True)
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)
@@ -273,14 +287,31 @@ def compute_tables(config, spec, mesh, state):
   return out
 
 
-def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident):
+FINALIZE_FIELDS = ("top_k", "threshold", "dead_rel_std", "fill_dead", "dead_value",
+                   "baseline.primary", "baseline.draws", "baseline.seed")
+
+
+def finalize_settings(config) -> dict:
+  """The fields used only when the tables are computed from the moments (not part of the
+  run identity): changing them re-finalizes finished tables from the committed state."""
+  out = {}
+  for key in FINALIZE_FIELDS:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    out[key] = node
+  return jobs.normalize(out)
+
+
+def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
+                    replace=False):
   res = compute_tables(config, spec, mesh, state)
   if config.save_full_matrix:
     from ucore.corr import export
     export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
                       float(config.dead_rel_std))   # before tables/: tables mark completion
   if jax.process_index() == 0:
-    with atomic.staged_dir(tables_dir) as tmp:
+    with atomic.staged_dir(tables_dir, replace=replace) as tmp:
       TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
                       res["pairs"])
       summary = {
@@ -294,6 +325,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident)
                                   for n, lc in res["layer_counts"].items() if "universal" in lc},
           "threshold": float(config.threshold),
           "identity": ident,
+          "finalize": finalize_settings(config),
           "seconds": time.time() - t_start,
       }
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
