@@ -169,6 +169,10 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     # finalize-only settings changed: new tables from the committed moments (no new pass)
     manifest, path = ST.latest(state_dir)
     changed = jobs.diff(done.get("finalize"), finalize_settings(config))
+    if manifest is None and "finalize" not in done:   # tables from before the record
+      logging.warning("correlate: %s predates the finalize-settings record and its state "
+                      "is gone; kept as is (delete it to recompute)", tables_dir)
+      return tables_dir
     if manifest is None or int(manifest["cursor"]["row"]) != stop_row:
       raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
                       f"and the committed moments in {state_dir} are gone; delete "
