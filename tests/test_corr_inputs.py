@@ -62,3 +62,15 @@ def test_model_names_must_be_safe_file_names(tmp_path, names, match):
   with pytest.raises(UserError, match=match):
     driver.run(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_device_tokens_are_checked_like_host_tokens(tmp_path):
+  """Tokens go to the device before the forward, where the model's own host-side range check
+  does not run: the driver checks them (a source without a manifest: synthetic rows with ids
+  up to 50256 against 512-token models)."""
+  from ucore.corr.synthetic import SyntheticTokens
+  c = config_files.load("correlate_default")
+  c.models, c.model_names = _models(tmp_path, 512), ["a", "b"]
+  c.max_tokens, c.batch_rows = 0, 8
+  with pytest.raises(UserError, match=r"outside every model's vocabulary \[0, 512\)"):
+    driver.run(c, str(tmp_path / "run"), store=SyntheticTokens(num_rows=8, ctx=16, seed=1))

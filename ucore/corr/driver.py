@@ -221,9 +221,15 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   tokens_step = config.batch_rows * ctx
   flops_step = M.step_flops(spec, tokens_step)
   last_save, t0, rows_done, acc_time, steps_run = time.time(), time.time(), 0, 0.0, 0
+  vocab = min([int(s.model.config.vocab_size) for s in srcs
+               if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
   for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
                                     process_index=pidx, process_count=pcount):
     n_valid = rows.shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
+      raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
+                      f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
+                      f"[0, {vocab}); use a token store made with the models' tokenizer")
     a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
     tokens = np.zeros((per_pad, ctx), np.int32)
     tokens[:n_valid] = rows
