@@ -64,5 +64,25 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag, config file or override as one `error:` line and
+  exit status 2 (not an absl FATAL dump or a traceback). Parsing touches only user input
+  (the command line and the config file it names), so every failure here is the user's."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, SyntaxError, OSError, AttributeError, KeyError, TypeError,
+          ValueError) as e:
+    from ucore.errors import UserError
+    what = str(e)
+    if "Traceback (most recent call last)" in what:   # a config file's get_config raised
+      what = f"--config: {what.strip().splitlines()[-1].strip()}"
+    elif isinstance(e, (AttributeError, KeyError)):
+      what = f"unknown config field {e} (see the config file for the fields it has)"
+    elif isinstance(e, (SyntaxError, TypeError)):
+      what = f"{type(e).__name__}: {e}"
+    sys.stderr.write(f"error: {str(UserError(what))[:400]}\n")
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

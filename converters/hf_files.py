@@ -42,6 +42,12 @@ def _weights_in(directory: str):
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise UserError(f"{path} is not a valid weight index ({e})") from e
     files = sorted(set(weight_map.values()))
+    root = os.path.realpath(directory)
+    outside = [f for f in files if not isinstance(f, str) or os.path.isabs(f) or
+               os.path.commonpath([root, os.path.realpath(os.path.join(root, f))]) != root]
+    if outside:
+      raise UserError(f"{path} names shard files outside the checkpoint directory: "
+                      f"{outside[:3]}; shards must lie inside {directory}")
     missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
     if missing:
       raise UserError(f"{path} lists shard files that are missing: {missing[:3]}")

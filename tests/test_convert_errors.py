@@ -67,6 +67,8 @@ def _rewrite_safetensors(path, mutate):
     ("no_config", "no config.json"),
     ("corrupt_config", "cannot parse"),
     ("tied_mismatch", "lm_head.weight differs"),
+    ("index_outside", "shard files outside the checkpoint directory"),
+    ("index_absolute", "shard files outside the checkpoint directory"),
 ])
 def test_bad_checkpoint_refused(tmp_path, good_checkpoint, case, match):
   src = _copy(good_checkpoint[0], tmp_path / "hf")
@@ -98,6 +100,13 @@ def test_bad_checkpoint_refused(tmp_path, good_checkpoint, case, match):
     def add_head(t):
       t["lm_head.weight"] = t["transformer.wte.weight"] + 1.0
     _rewrite_safetensors(st, add_head)
+  elif case in ("index_outside", "index_absolute"):   # issue 10 item 10: containment
+    outside = str(tmp_path / "outside.safetensors")
+    os.replace(st, outside)
+    shard = "../outside.safetensors" if case == "index_outside" else outside
+    keys = _safetensors_header_keys(outside)
+    json.dump({"weight_map": {k: shard for k in keys if k != "__metadata__"}},
+              open(os.path.join(src, "model.safetensors.index.json"), "w"))
   if case in ("cross_attention", "bad_activation"):
     json.dump(cfg, open(cfg_path, "w"))
   out = str(tmp_path / "out")

@@ -7,6 +7,7 @@ crash leaves a `.partial-*` folder that can never be mistaken for a finished res
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -56,10 +57,12 @@ def read_json(path: str):
 
 
 @contextlib.contextmanager
-def staged_dir(final_path: str):
+def staged_dir(final_path: str, replace: bool = False):
   """Yields a temporary directory; renames it to `final_path` on success only.
 
-  `final_path` must not exist yet (callers check and raise UserError first).
+  `final_path` must not exist yet (callers check and raise UserError first), unless
+  `replace`: then the old one is moved aside to `<final>.partial-old-<pid>` (which
+  remove_partials cleans after a kill between the two renames) and removed.
   """
   final_path = os.path.abspath(final_path)
   parent = os.path.dirname(final_path)
@@ -73,10 +76,41 @@ def staged_dir(final_path: str):
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+  old = None
   if os.path.exists(final_path):
-    # An empty placeholder directory (e.g. created by a launcher) is replaced.
-    os.rmdir(final_path)
+    if replace:
+      old = f"{final_path}.partial-old-{os.getpid()}"
+      os.rename(final_path, old)
+    else:   # an empty placeholder directory (e.g. created by a launcher) is replaced
+      os.rmdir(final_path)
   os.rename(staging, final_path)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partials(final_pattern: str) -> list:
+  """Removes the `<final>.partial-*` staging folders left by killed staged_dir writers, for
+  every final path matching the glob `final_pattern`; returns what it removed. Call only
+  while holding the workdir (ucore.workdir_lock), so no live writer owns one."""
+  import glob
+  gone = sorted(glob.glob(f"{final_pattern}.partial-*"))
+  for p in gone:
+    shutil.rmtree(p, ignore_errors=True)
+  return gone
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]{0,127}")
+
+
+def check_safe_name(name, what: str) -> str:
+  """`name` if it can be a file-name component (letters, digits and . _ - + @ =, starting
+  with a letter or digit: no '/', no '..', nothing absolute); else a UserError naming
+  `what`. For names from configs that end up in file names."""
+  from ucore.errors import UserError
+  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+    raise UserError(f"{what} {name!r} is not a safe name: use letters, digits and . _ - + @ = "
+                    "(starting with a letter or digit)")
+  return name
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore.errors import UserError
 
 SUMMARY = "pipeline.json"
@@ -54,10 +54,15 @@ def _read_tables(tables_dir, name):
   return tables.read_neurons(tables_dir, name), tables.partner_layer_counts(tables_dir, name)
 
 
+@workdir_lock.locked
 def run(config, workdir: str) -> dict:
   from ucore.data.build import build_store
   from ucore.train.store_input import train_from_store
   from ucore.train import checkpoint_steps
+  from ucore.train.loop import validate_config
+  from ucore.corr.driver import check_numbers
+  validate_config(config.train)   # every number before the first stage writes anything
+  check_numbers(config.correlate)
   kept = checkpoint_steps(config.train)
   missing = [int(s) for s in config.persistence_steps if int(s) not in kept]
   if missing:   # checked before hours of work, not after

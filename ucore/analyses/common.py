@@ -91,27 +91,6 @@ def processed_model(model):
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def model_tokenizer_sha256(model) -> Optional[str]:
-  from ucore import tokenizer as tok
-  sha = (getattr(model, "manifest", None) or {}).get("tokenizer_sha256")
-  if sha:
-    return sha
-  path = getattr(model, "path", None)
-  files = tok.files_in_dir(os.path.join(path, "tokenizer")) if path else None
-  return files.sha256() if files else None
-
-
-def check_store_matches_model(store, model) -> None:
-  """UserError if the token store was made with another tokenizer than the model's."""
-  sha = model_tokenizer_sha256(model)
-  if sha is not None:
-    store.check_tokenizer(sha)
-  store.check_vocab_size(model.config.vocab_size)
-  if store.ctx > model.config.n_positions:
-    raise UserError(f"token store rows have {store.ctx} tokens but the model's context is "
-                    f"{model.config.n_positions}")
-
-
 def vocab_file_of(model=None, store=None) -> str:
   """vocab.json of the model's tokenizer (else the store's, else GPT-2's offline copy)."""
   from ucore import tokenizer as tok

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 import pandas as pd
 from absl import logging
 
+from ucore import workdir_lock
 from ucore.data import batches as batches_mod
 from ucore import atomic
 from ucore.analyses import common
@@ -226,9 +227,9 @@ def _load(config):
     return Inputs(config, model, None, factory, ["planted"], planted.BOS, None)
   if not config.token_store:
     raise UserError("token_store is required: set --config.token_store=<store dir>")
-  from ucore.data.store import open_store
+  from ucore.data.store import check_store_matches_model, open_store
   store = open_store(config.token_store)
-  common.check_store_matches_model(store, model)
+  check_store_matches_model(store, model)
   if not 0 <= int(config.get("start_row", 0)) < store.num_rows:
     raise UserError(f"start_row={config.get('start_row')} outside the store's "
                     f"{store.num_rows} rows")
@@ -256,6 +257,7 @@ class Run:
   corr: Optional[object]
 
 
+@workdir_lock.locked
 def run(config, workdir: str, analyses: str = "all") -> Run:
   """Runs the selected analyses (see parse_analyses) into `workdir`; writes sections.json."""
   os.makedirs(workdir, exist_ok=True)

@@ -15,8 +15,22 @@ def require_workdir() -> str:
   return WORKDIR.value
 
 
+def config_value():
+  """--config's ConfigDict or None; a config file that failed to load is a UserError (the
+  flag library reports that only when the value is first used)."""
+  from ucore.errors import UserError
+  try:
+    config = CONFIG.value
+    if config is not None:
+      config.keys()   # a config file that failed to load raises here, not at parse time
+    return config
+  except OSError as e:
+    raise UserError(f"--config: {str(e).strip().splitlines()[-1].strip()}") from e
+
+
 def require_config():
   from ucore.errors import UserError
-  if CONFIG.value is None:
+  config = config_value()
+  if config is None:
     raise UserError("--config is required: pass one of configs/*.py (see README).")
-  return CONFIG.value
+  return config

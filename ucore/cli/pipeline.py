@@ -11,8 +11,9 @@ def run(argv):
   from ucore.errors import UserError
   if argv:
     raise UserError(f"pipeline takes no positional arguments; got {argv}")
-  config = common.CONFIG.value if common.CONFIG.value is not None else config_files.load(
-      DEFAULT_CONFIG)
+  config = common.config_value()
+  if config is None:
+    config = config_files.load(DEFAULT_CONFIG)
   if "train" not in config or "correlate" not in config:
     raise UserError("--config is not a pipeline config; use configs/pipeline_default.py")
   workdir = common.WORKDIR.value or DEFAULT_WORKDIR

@@ -20,14 +20,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 from ucore.corr import activations as S
 from ucore.corr import state as ST
 from ucore.corr import tables as TB
 from ucore.data.mask import token_mask
-from ucore.data.store import process_rows
+from ucore.data.store import check_store_matches_model, process_rows
 from ucore.errors import UserError
 
 NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
@@ -56,6 +56,11 @@ def build_sources(config, need_store=True):
       os.path.basename(os.path.normpath(p)) for p in models]
   if len(names) != len(models):
     raise UserError("config.model_names must have one name per entry of config.models.")
+  for n in names:   # they name the table files
+    atomic.check_safe_name(n, "model name")
+  if len(set(names)) != len(names):
+    raise UserError(f"model names {names} repeat; give each model its own name with "
+                    "config.model_names")
   srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
   if not need_store:
     return srcs, None, None
@@ -106,16 +111,31 @@ def identity(config, spec, srcs, store, mesh, stop_row):
   }
 
 
+def check_numbers(config):
+  """UserError for a count or row that no run can use (issue 10 item 5)."""
+  for key, lo in (("batch_rows", 1), ("top_k", 1), ("start_row", 0), ("max_tokens", 0)):
+    v = int(config[key])
+    if v < lo:
+      raise UserError(f"config.{key}={v} must be >= {lo}")
+  if int(config.baseline.draws) < 1:
+    raise UserError(f"config.baseline.draws={config.baseline.draws} must be >= 1")
+
+
+@workdir_lock.locked(process_zero_only=True)
 def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   """`store` (optional) replaces config.token_store: any object with the TokenStore
   interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
   `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
   checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
   t_start = time.time()
+  check_numbers(config)   # before anything is written (job state, tables)
   if store is not None and not (config.synthetic.enabled):
     srcs, _, fam = build_sources(config, need_store=False)
   else:
     srcs, store, fam = build_sources(config)
+  for s in srcs:   # real models: the store must be made for every one of them
+    if getattr(s, "model", None) is not None:
+      check_store_matches_model(store, s.model, s.name)
   d = {s.d_mlp for s in srcs}
   if len(d) != 1:
     raise UserError(f"all models must have the same d_mlp, got {sorted(d)}.")
@@ -137,12 +157,32 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   state_dir = os.path.join(workdir, "state")
   tables_dir = os.path.join(workdir, "tables")
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
+  if jax.process_index() == 0:   # left by a kill during the final table write
+    atomic.remove_partials(tables_dir)
   if os.path.exists(summary_path):
-    done = atomic.read_json(summary_path).get("identity")
-    ST.check_identity(done, jobs.normalize(ident), tables_dir)
-    logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
-                 "the tables from the last committed state).", tables_dir)
-    return tables_dir
+    done = atomic.read_json(summary_path)
+    ST.check_identity(done.get("identity"), jobs.normalize(ident), tables_dir)
+    if done.get("finalize") == finalize_settings(config):
+      logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
+                   "the tables from the last committed state).", tables_dir)
+      return tables_dir
+    # finalize-only settings changed: new tables from the committed moments (no new pass)
+    manifest, path = ST.latest(state_dir)
+    changed = jobs.diff(done.get("finalize"), finalize_settings(config))
+    if manifest is None and "finalize" not in done:   # tables from before the record
+      logging.warning("correlate: %s predates the finalize-settings record and its state "
+                      "is gone; kept as is (delete it to recompute)", tables_dir)
+      return tables_dir
+    if manifest is None or int(manifest["cursor"]["row"]) != stop_row:
+      raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
+                      f"and the committed moments in {state_dir} are gone; delete "
+                      f"{tables_dir} to recompute")
+    ST.check_identity(manifest["identity"], jobs.normalize(ident), path)
+    logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
+    state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
+                       manifest["cursor"]["count"])
+    return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
+                           jobs.normalize(ident), replace=True)
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)
@@ -181,9 +221,15 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   tokens_step = config.batch_rows * ctx
   flops_step = M.step_flops(spec, tokens_step)
   last_save, t0, rows_done, acc_time, steps_run = time.time(), time.time(), 0, 0.0, 0
+  vocab = min([int(s.model.config.vocab_size) for s in srcs
+               if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
   for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
                                     process_index=pidx, process_count=pcount):
     n_valid = rows.shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
+      raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
+                      f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
+                      f"[0, {vocab}); use a token store made with the models' tokenizer")
     a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
     tokens = np.zeros((per_pad, ctx), np.int32)
     tokens[:n_valid] = rows
@@ -251,14 +297,31 @@ def compute_tables(config, spec, mesh, state):
   return out
 
 
-def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident):
+FINALIZE_FIELDS = ("top_k", "threshold", "dead_rel_std", "fill_dead", "dead_value",
+                   "baseline.primary", "baseline.draws", "baseline.seed")
+
+
+def finalize_settings(config) -> dict:
+  """The fields used only when the tables are computed from the moments (not part of the
+  run identity): changing them re-finalizes finished tables from the committed state."""
+  out = {}
+  for key in FINALIZE_FIELDS:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    out[key] = node
+  return jobs.normalize(out)
+
+
+def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
+                    replace=False):
   res = compute_tables(config, spec, mesh, state)
   if config.save_full_matrix:
     from ucore.corr import export
     export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
                       float(config.dead_rel_std))   # before tables/: tables mark completion
   if jax.process_index() == 0:
-    with atomic.staged_dir(tables_dir) as tmp:
+    with atomic.staged_dir(tables_dir, replace=replace) as tmp:
       TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
                       res["pairs"])
       summary = {
@@ -272,6 +335,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident)
                                   for n, lc in res["layer_counts"].items() if "universal" in lc},
           "threshold": float(config.threshold),
           "identity": ident,
+          "finalize": finalize_settings(config),
           "seconds": time.time() - t_start,
       }
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)

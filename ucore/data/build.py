@@ -24,7 +24,7 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore import tokenizer as tokmod
 from ucore.atomic import read_json, write_json
 from ucore.data import mask, sources, store as storemod
@@ -407,6 +407,7 @@ def _write_stage(config, wd, p, recipe, hook):
 
 
 # ---------------------------------------------------------------- entry point
+@workdir_lock.locked
 def build_store(config, workdir: str, _hook=None):
   """Builds (or resumes, or finds complete) the token store in `workdir`; returns it opened.
 

@@ -117,7 +117,16 @@ class TokenStore:
     start, stop = self._check_range(start, stop)
     if start == stop:
       return np.zeros((0, self.ctx), np.int32)
-    return np.asarray(self._tokens[start:stop].read().result(), dtype=np.int32)
+    try:
+      rows = np.asarray(self._tokens[start:stop].read().result(), dtype=np.int32)
+    except Exception as e:   # tensorstore: a truncated or damaged chunk file
+      raise UserError(f"token store {self.path} is corrupt: rows [{start}, {stop}) are "
+                      f"unreadable ({' '.join(str(e).split())[:200]}); rebuild it") from e
+    if rows.size and rows.min() < 0:   # the fill value of a chunk that is not there
+      bad = start + int(np.nonzero((rows < 0).any(axis=1))[0][0])
+      raise UserError(f"token store {self.path} is incomplete: row {bad} holds the fill value "
+                      f"{FILL_VALUE} (a chunk file is missing); rebuild it")
+    return rows
 
   def row_labels(self, start: int, stop: int) -> np.ndarray:
     """Label ids (index into label_names) of rows [start, stop), int32."""
@@ -172,6 +181,42 @@ class TokenStore:
                       "the model's tokenizer")
 
 
+def model_tokenizer_sha256(model) -> str | None:
+  """sha256 of the tokenizer a model was made with: its manifest's record, else the files in
+  <model dir>/tokenizer, else None (unknown)."""
+  from ucore import tokenizer as tok
+  sha = (getattr(model, "manifest", None) or {}).get("tokenizer_sha256")
+  if sha:
+    return sha
+  path = getattr(model, "path", None)
+  files = tok.files_in_dir(os.path.join(path, "tokenizer")) if path else None
+  return files.sha256() if files else None
+
+
+def check_store_matches_model(store, model, name: str = "") -> None:
+  """The one check that a token store may feed a model (correlate, analyze, the pipeline):
+  UserError if both tokenizers are known and differ (naming both), if the store's tokenizer
+  vocabulary exceeds the model's vocab_size (a token id could fall outside the embedding) or
+  if its rows are longer than the model's context. Stores without a manifest (synthetic
+  token sources) are checked by the model's own token range check."""
+  if not isinstance(store, TokenStore):
+    return
+  who = f"model {name}" if name else "the model"
+  sha = model_tokenizer_sha256(model)
+  if sha is not None and sha != store.tokenizer_sha256:
+    raise UserError(f"token store {store.path} was made with tokenizer "
+                    f"{store.tokenizer_sha256[:12]} but {who}'s tokenizer is {sha[:12]}; "
+                    "re-tokenize with the model's tokenizer")
+  vocab = int(store.manifest["tokenizer"]["vocab_size"])
+  if vocab > int(model.config.vocab_size):
+    raise UserError(f"token store {store.path} uses a {vocab}-token vocabulary but {who} has "
+                    f"vocab_size {model.config.vocab_size}; re-tokenize with the model's "
+                    "tokenizer")
+  if store.ctx > model.config.n_positions:
+    raise UserError(f"token store rows have {store.ctx} tokens but {who}'s context is "
+                    f"{model.config.n_positions}")
+
+
 def read_manifest(path: str) -> dict:
   mpath = os.path.join(path, MANIFEST)
   try:
@@ -185,6 +230,17 @@ def read_manifest(path: str) -> dict:
     raise UserError(f"token store {path} has version {manifest.get('version')}, this code reads "
                     f"version {VERSION}; rebuild it")
   return manifest
+
+
+def _missing_chunks(array_path: str, arr) -> list:
+  """Chunk files of the zarr3 array `arr` (default chunk keys c/i/j) absent from disk: a
+  complete store wrote every one (a missing chunk would read back as the fill value)."""
+  import itertools
+  chunk = arr.chunk_layout.read_chunk.shape
+  grid = [range(-(-int(n) // int(c))) for n, c in zip(arr.shape, chunk)]
+  keys = ("/".join(["c", *map(str, idx)]) for idx in itertools.product(*grid))
+  return [os.path.join(os.path.basename(array_path), k) for k in keys
+          if not os.path.isfile(os.path.join(array_path, k))]
 
 
 def open_store(path: str) -> TokenStore:
@@ -213,6 +269,11 @@ def open_store(path: str) -> TokenStore:
                        f"int32[{num_rows}, {ctx}]")
     if tuple(labels.shape) != (num_rows,):
       raise ValueError(f"labels array has shape {list(labels.shape)}, expected [{num_rows}]")
+    missing = _missing_chunks(os.path.join(path, TOKENS), tokens) + \
+        _missing_chunks(os.path.join(path, LABELS), labels)
+    if missing:
+      raise UserError(f"token store {path} is incomplete: {len(missing)} chunk file(s) are "
+                      f"missing ({', '.join(missing[:3])}); rebuild it")
   except UserError:
     raise
   except Exception as e:  # tensorstore / json / key errors: a damaged store

@@ -19,7 +19,6 @@ the training state needs no data cursor beyond the step. A killed run restarted 
 command restores the latest committed state, drops loss lines after it, and continues; the
 losses and weights are bit-identical to an uninterrupted run on the same machine.
 """
-import glob
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs
+from ucore import atomic, jobs, workdir_lock
 from ucore.errors import UserError
 from ucore.gpt2_config import GPT2Config
 from ucore.train import core
@@ -79,7 +78,9 @@ def checkpoint_steps(config) -> list[int]:
   return sorted(steps | {0, n})
 
 
-def _validate(config, num_rows: int, ctx: int):
+def validate_config(config) -> list:
+  """UserError for a training config no data can make valid (checked before anything is
+  written, by train_family and, before its first stage, the pipeline); returns the seeds."""
   seeds = [int(s) for s in config.seeds]
   if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
     raise UserError(f"config.seeds={list(config.seeds)} must be distinct non-negative integers")
@@ -92,6 +93,12 @@ def _validate(config, num_rows: int, ctx: int):
     raise UserError("config.optim.lr must be > 0 and min_lr_ratio in [0, 1]")
   if not 0 <= int(o.warmup_steps) < int(config.num_steps):
     raise UserError(f"config.optim.warmup_steps={o.warmup_steps} must lie in [0, num_steps)")
+  checkpoint_steps(config)
+  return seeds
+
+
+def _validate(config, num_rows: int, ctx: int):
+  seeds = validate_config(config)
   if ctx < 2:
     raise UserError(f"token rows have {ctx} tokens; training needs at least 2")
   n_train = num_rows - int(config.heldout_rows)
@@ -189,11 +196,11 @@ def _state_manager(workdir):
 
 
 def _remove_partials(workdir):
-  for p in glob.glob(os.path.join(workdir, "seed*", "checkpoint-*.partial-*")):
-    shutil.rmtree(p, ignore_errors=True)
+  atomic.remove_partials(os.path.join(workdir, "seed*", "checkpoint-*"))
 
 
 # ---------------------------------------------------------------- the loop
+@workdir_lock.locked
 def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None,
                  tokenizer_files=None, data_identity: Optional[dict] = None,
                  _hook: Optional[Callable] = None) -> dict:

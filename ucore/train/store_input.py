@@ -1,8 +1,9 @@
 """Train a family on a token store: the wiring shared by `main.py train` and the pipeline."""
-from ucore import tokenizer as tokmod
+from ucore import tokenizer as tokmod, workdir_lock
 from ucore.errors import UserError
 
 
+@workdir_lock.locked
 def train_from_store(config, workdir: str) -> dict:
   """Opens config.data.store, checks it against the model config, trains (or resumes, or
   returns the finished summary of) the family in `workdir`."""
