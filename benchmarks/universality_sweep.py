@@ -76,6 +76,13 @@ RECIPES = {
     "relu_v1024_s400_l3_init01": _recipe(1024, 400, train__model__n_layer=3,
                                          train__init_std=0.01),
     "gelu_v1024_s400_init01": _recipe(1024, 400, act="gelu_new", train__init_std=0.01),
+    # CPU-budget candidates: 3 seeds, fewer correlated tokens
+    "relu_v512_s300_mlp1536_3seeds": _recipe(512, 300, train__model__d_mlp=1536,
+                                             train__seeds=(0, 1, 2),
+                                             correlate__max_tokens=150_000),
+    "relu_v512_s400_mlp1024_3seeds": _recipe(512, 400, train__model__d_mlp=1024,
+                                             train__seeds=(0, 1, 2),
+                                             correlate__max_tokens=150_000),
     # seconds: checks the sweep itself
     "smoke": _recipe(1024, 5, 4, correlate__max_tokens=20_000, train__optim__warmup_steps=2),
 }
