@@ -113,7 +113,9 @@ def test_weight_stats_against_loops_on_processed_weights(model):
   assert np.isnan(df.loc[(0, 0), "vocab_kurt"])
   # a checkpoint already processed gives the same table
   from ucore.model import HookedGPT2
-  pm = HookedGPT2(cfg, p, manifest={"processing": "transformer_lens"})
+  from ucore.processing import TRANSFORMER_LENS_STEPS
+  pm = HookedGPT2(cfg, p, manifest={"processing": "transformer_lens",
+                                    "processing_steps": list(TRANSFORMER_LENS_STEPS)})
   pd.testing.assert_frame_equal(stats.weight_stats(common.processed_weights(pm)), df)
   # the planted prediction neuron has a heavy-tailed, positively skewed vocab distribution
   assert df.loc[planted.PLANTED["prediction"], "vocab_kurt"] > 10
