@@ -108,7 +108,8 @@ class LMConfig:
 
   @classmethod
   def from_hf_dict(cls, hf: dict) -> "LMConfig":
-    raise NotImplementedError
+    """Each architecture reads its own HF config.json (GPT2Config, NeoXConfig)."""
+    raise NotImplementedError(f"{cls.__name__} has no HF config reader; use an architecture's")
 
 
 def read_hf_fields(hf: dict, mapping: dict, *, handled=(), ignored=frozenset(),

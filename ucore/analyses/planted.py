@@ -3,7 +3,7 @@
 Used by the tests and by `configs/analyze_default.py`'s offline smoke run. Vocabulary: the real
 GPT-2 BPE (50257 ids), so the vocabulary labels are the real ones. Residual dimensions:
   0,1   unigram feature: only token UNIGRAM_TOKEN has (+a, -a) there
-  2,3   BOS feature: only BOS/EOS (50256) has (+a, -a) there
+  2,3   BOS feature: only BOS/EOS (ucore.data.mask.GPT2_EOS_ID) has (+a, -a) there
   4,5   query direction written by the query-path neuron, read by W_Q of head (1, 0)
   6,7   position feature from wpe (+c·(p - P/2)/P, -...)
   8,9   a vocabulary cluster: tokens PREDICTED_TOKENS have (+2, -2) there
