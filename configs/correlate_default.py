@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_rows = 24              # rows per global step (all processes together)
   c.exclude_ids = ()             # token ids not counted; () = the store's (BOS/EOS, newline)
   c.pad_id = -1                  # padding id not counted; -1 = none
+  c.precision = "highest"        # C/S GEMMs: "highest" (fp32) | "bf16_3x" | "tf32" (GPU)
+  c.overlap = True               # read rows ahead, keep ≤2 steps in flight; False: sequential
   c.compensated = True           # Kahan-compensated float32 running sums (2× state memory)
   c.dead_rel_std = 1e-6          # dead neuron: std ≤ dead_rel_std·|mean| (float32 resolution)
   c.fill_dead = False            # False: dead/partner-less neurons are NaN in the tables
@@ -37,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.baseline.primary = "haar"    # the one used for mean/min/max_baseline and excess_corr
   c.baseline.draws = 1           # random matrices per kind (each reported separately)
   c.baseline.seed = 0            # seed of the mixing matrices
+  c.selfcheck = ml_collections.ConfigDict()
+  c.selfcheck.sample = 256       # neurons per model checked against a float64 reference; 0 = off
+  c.selfcheck.seed = 0           # seed of the sample and of the check's rotation
+  c.selfcheck.fail_above = 1e-3  # no tables when max |Δ| vs float64 exceeds this
   c.mesh = ml_collections.ConfigDict()
   c.mesh.tok = 1                 # mesh axis splitting the rows (reference neurons) of C
   c.mesh.neu = -1                # mesh axis splitting the columns (partner neurons); -1 = rest

@@ -12,6 +12,7 @@ Outputs in <workdir>/:
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -24,15 +25,18 @@ from ucore import atomic, jobs, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 from ucore.corr import activations as S
+from ucore.corr import precision as precision_names
+from ucore.corr import selfcheck as SC
 from ucore.corr import state as ST
 from ucore.corr import tables as TB
 from ucore.data.mask import token_mask
+from ucore.data.read_ahead import read_ahead
 from ucore.data.store import check_store_matches_model, process_rows
 from ucore.errors import UserError
 
 NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
-            "jax.lax.Precision.HIGHEST (true fp32: no TF32/bf16 passes), merged with Chan's "
-            "pairwise formulas into float32 running sums{comp}; int32 counts.")
+            "{gemm}, merged with Chan's pairwise formulas into float32 running sums{comp}; "
+            "int32 counts.")
 
 
 def _cfg_get(cfg, key, default=None):
@@ -119,6 +123,9 @@ def check_numbers(config):
       raise UserError(f"config.{key}={v} must be >= {lo}")
   if int(config.baseline.draws) < 1:
     raise UserError(f"config.baseline.draws={config.baseline.draws} must be >= 1")
+  if int(config.selfcheck.sample) < 0:
+    raise UserError(f"config.selfcheck.sample={config.selfcheck.sample} must be >= 0 "
+                    "(0 turns the float64 self-check off)")
 
 
 @workdir_lock.locked(process_zero_only=True)
@@ -143,7 +150,8 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   mesh = M.make_mesh(int(config.mesh.tok), int(config.mesh.neu))
   layer_ids = [parse_layers(config.layers, s.n_layer) for s in srcs]
   spec = M.make_spec([s.name for s in srcs], layer_ids, d_mlp, mesh, mode=config.mode,
-                     layer_mode=config.layer_mode, compensated=config.compensated)
+                     layer_mode=config.layer_mode, compensated=config.compensated,
+                     precision=str(config.precision))
   if config.batch_rows % jax.process_count():
     raise UserError(f"batch_rows={config.batch_rows} must be divisible by the "
                     f"{jax.process_count()} processes.")
@@ -181,8 +189,9 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
+    check = _restore_check(config, spec, manifest, path)
     return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
-                           jobs.normalize(ident), replace=True)
+                           jobs.normalize(ident), replace=True, check=check)
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)
@@ -192,21 +201,29 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
     logging.info("correlate: resuming from %s (row %d, step %d)", path, cursor, step)
+    check = _restore_check(config, spec, manifest, path)
   else:
     state, cursor, step = None, int(config.start_row), 0
+    check = _new_check(config, spec)
   acc = M.Accumulator(spec, mesh, state)
   saved = [step if manifest is not None else -1]
+  worker = SC.Worker(check) if isinstance(check, SC.SelfCheck) else None
 
   def save():
     if saved[0] == step:      # never rewrite (and so never endanger) a committed step
       return
     saved[0] = step
     man = {"identity": ident, "cursor": {"row": cursor, "step": step, "count": acc.count},
-           "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
-                                       else ""),
+           "numerics": numerics(spec),
            "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+    extra = {}
+    if worker is not None:
+      worker.drain()          # the reference sums up to this step's cursor
+      data = check.to_bytes()
+      extra[SC.FILE] = data
+      man["selfcheck"] = {"settings": check.settings(), "sha256": SC.digest(data)}
     ST.save(state_dir, step, acc.state, jobs.normalize(man), keep=int(config.checkpoint.keep),
-            hook=_hook)
+            hook=_hook, extra_files=extra)
 
   pidx, pcount = jax.process_index(), jax.process_count()
   per = config.batch_rows // pcount
@@ -220,11 +237,19 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
   tokens_step = config.batch_rows * ctx
   flops_step = M.step_flops(spec, tokens_step)
-  last_save, t0, rows_done, acc_time, steps_run = time.time(), time.time(), 0, 0.0, 0
   vocab = min([int(s.model.config.vocab_size) for s in srcs
                if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
-  for g, rows in store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
-                                    process_index=pidx, process_count=pcount):
+  overlap = bool(config.overlap)
+  batches = store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
+                               process_index=pidx, process_count=pcount)
+  if overlap:   # rows of step k+1 are read (and checked) while the device runs step k
+    batches = read_ahead(batches, depth=2)
+  last_save, t0, rows_done, steps_run = time.time(), time.time(), 0, 0
+  split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
+  in_flight = collections.deque()   # tickets of dispatched steps (at most 2 ahead)
+  t_wait = time.time()
+  for g, rows in batches:
+    split["host wait"] += time.time() - t_wait
     n_valid = rows.shape[0]
     if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
       raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
@@ -235,13 +260,21 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     tokens[:n_valid] = rows
     mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
     mask[n_valid:] = False
+    tf = time.time()
     dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
     acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
             for src, lids in zip(srcs, layer_ids)]
     ta = time.time()
+    split["forward"] += ta - tf
     acc.update(acts, mask.reshape(-1))
-    jax.block_until_ready(acc.state["n"])
-    acc_time += time.time() - ta
+    if worker is not None:
+      worker.submit(check.gather(acts), mask.reshape(-1))
+    # async dispatch: block only on the step two back (bounded activations in flight);
+    # without overlap, on this step (the sequential loop, for profiling and comparison)
+    in_flight.append(_ticket(acc.state["n"]))
+    while len(in_flight) > (2 if overlap else 0):
+      in_flight.popleft().block_until_ready()
+    split["accumulate"] += time.time() - ta
     step += 1
     steps_run += 1
     cursor = min(g + config.batch_rows, stop_row)
@@ -251,17 +284,58 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       el = time.time() - t0
       tps = rows_done * ctx / max(el, 1e-9)
       eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
-      logging.info("correlate: step %d row %d/%d | %.0f tokens/s | accumulate %.1f GFLOP/s "
-                   "| ETA %.0fs", step, cursor, stop_row, tps,
-                   flops_step * steps_run / max(acc_time, 1e-9) / 1e9, eta)
+      logging.info("correlate: step %d row %d/%d | %.0f tokens/s | %.1f GFLOP/s of "
+                   "correlation | forward %.0fs, accumulate %.0fs, host wait %.0fs | ETA %.0fs",
+                   step, cursor, stop_row, tps, flops_step * steps_run / max(el, 1e-9) / 1e9,
+                   split["forward"], split["accumulate"], split["host wait"], eta)
     due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
            time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
     if due and cursor < stop_row:
       save()
       last_save = time.time()
+    t_wait = time.time()
   save()
+  if worker is not None:
+    worker.drain()
+    worker.close()
   return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                         jobs.normalize(ident))
+                         jobs.normalize(ident), check=check)
+
+
+@jax.jit
+def _ticket(n):
+  """A fresh copy of the step counter: the step's completion marker (the state itself is
+  donated to the next step, so it cannot be waited on later)."""
+  return n + 0
+
+
+def numerics(spec) -> str:
+  return NUMERICS.format(comp=" with Kahan compensation" if spec.compensated else "",
+                         gemm=precision_names.describe(spec.precision))
+
+
+def _new_check(config, spec):
+  """A SelfCheck, or a string saying why this run has none."""
+  if int(config.selfcheck.sample) == 0:
+    return "off (config.selfcheck.sample=0)"
+  if jax.process_count() > 1:
+    return "unavailable in multi-process runs"
+  return SC.SelfCheck(spec, int(config.selfcheck.sample), int(config.selfcheck.seed))
+
+
+def _restore_check(config, spec, manifest, path):
+  """The resumed run's SelfCheck with its reference sums, or why there is none."""
+  check = _new_check(config, spec)
+  if not isinstance(check, SC.SelfCheck):
+    return check
+  rec = manifest.get("selfcheck")
+  if rec is None:
+    return f"unavailable (resumed from {path}, committed without a self-check)"
+  if rec.get("settings") != jobs.normalize(check.settings()):
+    return (f"unavailable (config.selfcheck changed since the run started: "
+            f"{'; '.join(jobs.diff(rec.get('settings'), jobs.normalize(check.settings()))[:2])})")
+  check.load_bytes(ST.read_extra(path, SC.FILE, rec["sha256"]), path)
+  return check
 
 
 def compute_tables(config, spec, mesh, state):
@@ -313,8 +387,34 @@ def finalize_settings(config) -> dict:
   return jobs.normalize(out)
 
 
+def verify(config, spec, state, check) -> dict:
+  """The self-check's measured errors (summary.json's "selfcheck"); UserError, before any
+  table is written, when they exceed config.selfcheck.fail_above (the moments stay committed:
+  rerun with a higher bound, or another precision, to get tables)."""
+  if not isinstance(check, SC.SelfCheck):
+    return {"status": check, "precision": spec.precision}
+  t = time.time()
+  _, moms = F.moments_host(spec, state, float(config.dead_rel_std))
+  res = dict(check.measure(state, moms), precision=spec.precision,
+             fail_above=float(config.selfcheck.fail_above))
+  worst = max(res["max_abs_corr"], res["max_abs_rotated"])
+  res["status"] = "ok" if worst <= res["fail_above"] else "failed"
+  logging.info("correlate: self-check (%s, %d × %d sample, float64 reference over %d tokens): "
+               "max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)", spec.precision,
+               check.sample, check.sample, res["tokens"], res["max_abs_corr"],
+               res["max_abs_rotated"], time.time() - t)
+  if not worst <= res["fail_above"]:   # NaN fails too
+    raise UserError(f"self-check failed: max |Δcorr| {res['max_abs_corr']:.2e}, max |Δrotated "
+                    f"corr| {res['max_abs_rotated']:.2e} vs the float64 reference exceed "
+                    f"selfcheck.fail_above={res['fail_above']:g} at precision "
+                    f"{spec.precision!r}; no tables written (the moments stay in state/: "
+                    "rerun with precision='highest' in a new workdir, or raise the bound)")
+  return res
+
+
 def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
-                    replace=False):
+                    replace=False, check=None):
+  checked = verify(config, spec, state, check if check is not None else "not run")
   res = compute_tables(config, spec, mesh, state)
   if config.save_full_matrix:
     from ucore.corr import export
@@ -327,8 +427,9 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
       summary = {
           "tokens_counted": int(res["count"]),
           "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
-          "numerics": NUMERICS.format(comp=" with Kahan compensation" if spec.compensated
-                                      else ""),
+          "numerics": numerics(spec),
+          "precision": spec.precision,
+          "selfcheck": checked,
           "universal": {n: int(df["universal"].sum()) for n, df in res["neurons"].items()
                         if "universal" in df},
           "universal_per_layer": {n: [int(v) for v in lc["universal"]]

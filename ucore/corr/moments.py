@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ucore.corr import precision as precision_names
 from ucore.errors import UserError
 
 TOK, NEU = "tok", "neu"
@@ -78,6 +79,7 @@ class Spec:
   rotated: tuple          # models y whose within-layer co-moment is kept (baselines)
   layer_mode: str = "all"  # "all" | "adjacent"
   compensated: bool = True
+  precision: str = "highest"   # dot precision of the C/S GEMMs (ucore.corr.precision)
 
   @property
   def n_models(self):
@@ -95,11 +97,14 @@ class Spec:
     return np.where((pl >= 0) & (pl < ly), pl, -1)
 
   def to_json(self):
-    return dataclasses.asdict(self)
+    out = dataclasses.asdict(self)
+    if out["precision"] == "highest":   # runs from before precision modes resume unchanged
+      del out["precision"]
+    return out
 
 
 def make_spec(names, layer_ids, d_mlp, mesh: Mesh, *, mode="reference", layer_mode="all",
-              compensated=True) -> Spec:
+              compensated=True, precision="highest") -> Spec:
   names = tuple(names)
   if len(names) < 2:
     raise UserError("correlate needs at least two models.")
@@ -127,7 +132,8 @@ def make_spec(names, layer_ids, d_mlp, mesh: Mesh, *, mode="reference", layer_mo
   d_pad = -(-d_mlp // q) * q
   return Spec(names=names, n_layers=tuple(len(ls) for ls in layer_ids), layer_ids=layer_ids,
               d_mlp=int(d_mlp), d_pad=int(d_pad), pairs=pairs, rotated=rotated,
-              layer_mode=layer_mode, compensated=bool(compensated))
+              layer_mode=layer_mode, compensated=bool(compensated),
+              precision=precision_names.check(precision))
 
 
 # ----------------------------------------------------------------------------- state
@@ -222,6 +228,7 @@ def _local_step(spec: Spec, state, xs, w):
   """Runs per device inside shard_map. xs: per model this device's tokens, feature-major
   [L_m, d_pad, T_loc]; w [T_loc] (1 = counted)."""
   comp = spec.compensated
+  gemm = precision_names.dot_precision(spec.precision)
   r = jax.lax.axis_size(TOK)
   c = jax.lax.axis_size(NEU)
   dr, dc = spec.d_pad // r, spec.d_pad // c
@@ -281,7 +288,7 @@ def _local_step(spec: Spec, state, xs, w):
     if spec.layer_mode == "all":
       xb, db = cols_c[y], d_cols[y]               # [Ly, dc, T]
       cb = jax.lax.dot_general(xa.reshape(lx * dr, T), xb.reshape(ly * dc, T),
-                               (((1,), (1,)), ((), ())), precision=PRECISION,
+                               (((1,), (1,)), ((), ())), precision=gemm,
                                preferred_element_type=jnp.float32)
       term = cb.reshape(lx, dr, ly, dc) + f * (da[:, :, None, None] * db[None, None])
     else:
@@ -291,12 +298,12 @@ def _local_step(spec: Spec, state, xs, w):
       xb = cols_c[y][idx] * valid[:, :, None, None]             # [L, 3, dc, T]
       db = d_cols[y][idx] * valid[:, :, None]                   # [L, 3, dc]
       cb = jax.lax.dot_general(xa, xb.reshape(lx, 3 * dc, T), (((2,), (2,)), ((0,), (0,))),
-                               precision=PRECISION, preferred_element_type=jnp.float32)
+                               precision=gemm, preferred_element_type=jnp.float32)
       term = cb.reshape(lx, dr, 3, dc) + f * (da[:, :, None, None] * db[:, None, :, :])
     merge(f"C/{x}_{y}", term)
   for y in spec.rotated:
     sb = jax.lax.dot_general(rows_c[y], cols_c[y], (((2,), (2,)), ((0,), (0,))),
-                             precision=PRECISION, preferred_element_type=jnp.float32)
+                             precision=gemm, preferred_element_type=jnp.float32)
     merge(f"S/{y}", sb + f * (d_rows[y][:, :, None] * d_cols[y][:, None, :]))
   return new
 

@@ -88,8 +88,10 @@ def latest(state_dir: str):
 
 
 def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1,
-         hook=_no_hook) -> str:
+         hook=_no_hook, extra_files=None) -> str:
   """Writes a checkpoint; returns its path. Collective: every process must call it.
+  `extra_files` {name: bytes} (process 0's) are written beside the arrays, before the
+  manifest (which should carry their digests: `read_extra` checks them).
   `hook(phase)` is called after each crash-sensitive point ("arrays" written, "manifest"
   written, "commit" written): tests kill the process there."""
   path = os.path.join(state_dir, f"ckpt-{step:010d}")
@@ -113,6 +115,9 @@ def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1,
             for shard in arr.addressable_shards if shard.replica_id == 0]
     for fu in futs:
       fu.result()
+  if jax.process_index() == 0:
+    for name, data in (extra_files or {}).items():
+      atomic.write_bytes(os.path.join(path, name), data)
   hook("arrays")
   _barrier(f"corr-save-written-{step}")
   if jax.process_index() == 0:
@@ -128,6 +133,21 @@ def save(state_dir: str, step: int, state: dict, manifest: dict, keep: int = 1,
         shutil.rmtree(p, ignore_errors=True)
   _barrier(f"corr-save-done-{step}")
   return path
+
+
+def read_extra(path: str, name: str, sha256: str) -> bytes:
+  """A file saved with `extra_files`, checked against the digest its manifest recorded."""
+  import hashlib
+  try:
+    with open(os.path.join(path, name), "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"checkpoint {path} lacks {name} ({e}); delete {path} to resume from "
+                    "the previous commit, or the state/ directory to start over") from e
+  if hashlib.sha256(data).hexdigest() != sha256:
+    raise UserError(f"checkpoint {path}: {name} does not match its manifest (corrupted); "
+                    f"delete {path} to resume from the previous commit")
+  return data
 
 
 def restore(path: str, shapes: dict, shardings: dict, count: int):

@@ -1,0 +1,268 @@
+"""Every correlate run verifies itself: a float64 reference on a sample of neuron pairs.
+
+Beside the fast float32 accumulators (whatever their dot precision, ucore.corr.precision) the
+driver feeds the same activations, same tokens, same mask into a float64 reference kept on the
+host for a seeded sample of `sample` neurons per model:
+
+  corr      correlation of sampled neurons of x with sampled neurons of y, for every pair
+            (x, y) the run accumulates
+  rotated   correlation of sampled neurons of x with `sample` rotated units of y (rows of a
+            Haar rotation of y's layers, drawn here for the check): the quantities whose max
+            over units is the rotation baseline, computed by the engine's one-pass formula
+            (C R^T / sqrt(diag R S R^T)) and directly from the rotated activations
+
+At the end, `measure` compares the engine's values (from the accumulator state) with the
+reference and reports max |Δcorr| and max |Δrotated| (the max over units is 1-Lipschitz, so
+|Δbaseline| is bounded by the latter over the same units); summary.json and the report carry
+them. A deliberately corrupted accumulator shows up as a large error.
+
+The reference sums are shifted by the first batch's means (float64, no raw power sums of
+offset data) and persisted with every committed checkpoint (`to_bytes` / `from_bytes`), so a
+resumed run verifies all its tokens. Single-process runs only (multi-process: reported as
+unavailable).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import queue
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ucore.errors import UserError
+
+FILE = "selfcheck.npz"
+ROTATION = "haar rows (QR of a seeded Gaussian d × n per layer)"
+
+
+def _sample_ids(n_total: int, size: int, rng) -> np.ndarray:
+  return np.sort(rng.choice(n_total, size=min(size, n_total), replace=False))
+
+
+class SelfCheck:
+  """The sample, the check rotation and the float64 reference sums of one run."""
+
+  def __init__(self, spec, sample: int, seed: int):
+    self.spec, self.sample, self.seed = spec, int(sample), int(seed)
+    d = spec.d_mlp
+    rng = np.random.default_rng([self.seed, 0x5E1F])
+    self.ids = [_sample_ids(spec.n_layers[m] * d, self.sample, rng)
+                for m in range(spec.n_models)]
+    # rotated units of each baseline partner: per layer position, n_l rows of a Haar matrix
+    # (the first n_l rows of Q from QR of a d × d... drawn as QR of d × n_l: same law)
+    self.rot = {}
+    for y in spec.rotated:
+      lay = _sample_ids(spec.n_layers[y] * d, self.sample, rng) // d   # ≤ d units per layer
+      rows = np.zeros((lay.size, d), np.float64)
+      for l in np.unique(lay):
+        k = int(np.sum(lay == l))
+        q, r = np.linalg.qr(rng.standard_normal((d, k)))
+        q = q * np.sign(np.diag(r))[None, :]
+        rows[lay == l] = q.T
+      self.rot[y] = (lay, rows.astype(np.float32))
+    self.n = 0
+    self.shift = {}   # key -> float64 shift vector (first batch's means)
+    self.sums = {}    # key -> float64 arrays
+    self._gather = jax.jit(self._gather_fn)
+
+  # ------------------------------------------------------------------ identity / persistence
+
+  def settings(self) -> dict:
+    return {"sample": self.sample, "seed": self.seed, "rotation": ROTATION}
+
+  def to_bytes(self) -> bytes:
+    arrays = {"n": np.asarray(self.n, np.int64)}
+    for k, v in self.shift.items():
+      arrays["shift/" + k] = v
+    for k, v in self.sums.items():
+      arrays["sum/" + k] = v
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+  def load_bytes(self, data: bytes, where: str) -> None:
+    try:
+      with np.load(io.BytesIO(data)) as z:
+        self.n = int(z["n"])
+        self.shift = {k[6:]: z[k] for k in z.files if k.startswith("shift/")}
+        self.sums = {k[4:]: z[k] for k in z.files if k.startswith("sum/")}
+    except (OSError, ValueError, KeyError) as e:
+      raise UserError(f"{where}: the self-check's reference sums are unreadable ({e}); "
+                      "delete the workdir's state/ to recompute") from e
+
+  # ------------------------------------------------------------------ accumulation
+
+  def _gather_fn(self, acts):
+    """Device side of one step: sampled columns of every model, rotated units of partners."""
+    d = self.spec.d_mlp
+    cols = [jnp.take(a.reshape(a.shape[0], -1), jnp.asarray(ids), axis=1)
+            for a, ids in zip(acts, self.ids)]
+    rots = {}
+    for y, (lay, rows) in self.rot.items():
+      a = acts[y].reshape(acts[y].shape[0], self.spec.n_layers[y], d)
+      # rotate centred data in float32 (exact to the spread, whatever the offset); the
+      # centres' rotation is added back on the host in float64 (`add`)
+      parts, centres = [], []
+      for l in np.unique(lay):
+        a_l = a[:, int(l), :]
+        c_l = jnp.mean(a_l, axis=0)
+        parts.append(jnp.dot(a_l - c_l, jnp.asarray(rows[lay == l]).T,
+                             precision=jax.lax.Precision.HIGHEST))
+        centres.append(c_l)
+      rots[y] = (jnp.concatenate(parts, axis=1), jnp.stack(centres))
+    return cols, rots
+
+  def gather(self, acts):
+    """Dispatches the device gather (async); returns device arrays for `add`."""
+    return self._gather(list(acts))
+
+  def add(self, gathered, mask: np.ndarray) -> None:
+    """float64 reference sums over the tokens of `mask` (host; blocks on the device)."""
+    cols, rots = gathered
+    keep = np.asarray(mask, bool).reshape(-1)
+    if not keep.any():
+      return
+    data = {f"x{m}": np.asarray(c, np.float64)[keep] for m, c in enumerate(cols)}
+    for y, (u, centres) in rots.items():
+      lay, rows = self.rot[y]
+      shift = np.concatenate([rows[lay == l].astype(np.float64) @ c.astype(np.float64)
+                              for l, c in zip(np.unique(lay), np.asarray(centres))])
+      data[f"u{y}"] = np.asarray(u, np.float64)[keep] + shift
+    if not self.shift:
+      self.shift = {k: v.mean(axis=0) for k, v in data.items()}
+    data = {k: v - self.shift[k] for k, v in data.items()}
+    terms = {}
+    for k, v in data.items():
+      terms["s1/" + k] = v.sum(axis=0)
+      terms["s2/" + k] = np.einsum("ti,ti->i", v, v)
+    for x, y in self.spec.pairs:
+      terms[f"xy/{x}_{y}"] = data[f"x{x}"].T @ data[f"x{y}"]
+      if y in self.rot:
+        terms[f"xu/{x}_{y}"] = data[f"x{x}"].T @ data[f"u{y}"]
+    for k, v in terms.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.n += int(keep.sum())
+
+  # ------------------------------------------------------------------ comparison
+
+  def _ref_corr(self, a: str, b: str, cross: str):
+    n = max(self.n, 1)
+    ma, mb = self.sums["s1/" + a] / n, self.sums["s1/" + b] / n
+    va = self.sums["s2/" + a] / n - ma ** 2
+    vb = self.sums["s2/" + b] / n - mb ** 2
+    cov = self.sums[cross] / n - np.outer(ma, mb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return cov / np.sqrt(np.outer(va, vb)), va, vb
+
+  def measure(self, state, moments) -> dict:
+    """{'max_abs_corr', 'max_abs_rotated', 'pairs_checked', ...} from the accumulator state
+    (`moments`: ucore.corr.finalize.moments_host's per-model list)."""
+    from ucore.corr import finalize as F
+    spec, d = self.spec, self.spec.d_mlp
+    out = {"sample": self.sample, "seed": self.seed, "tokens": int(self.n),
+           "rotation": ROTATION, "max_abs_corr": 0.0, "max_abs_rotated": 0.0,
+           "entries_checked": 0, "rotated_checked": 0}
+    if self.n < 2:
+      out["max_abs_corr"] = out["max_abs_rotated"] = float("nan")
+      return out
+    for x, y in spec.pairs:
+      ix, iy = self.ids[x], self.ids[y]
+      lx, ux = ix // d, ix % d
+      ly, uy = iy // d, iy % d
+      c = F._value(state, f"C/{x}_{y}")
+      rows = F._to_host(c[jnp.asarray(lx), jnp.asarray(ux)]).astype(np.float64)  # [s, B, d_pad]
+      band = spec.partner_layer(x, y)[lx]                                         # [s, B]
+      std_x = np.sqrt(moments[x]["m2"][lx, ux])
+      dead_x = moments[x]["dead"][lx, ux]
+
+      def band_pos(layer_pos):   # [s_x, s] position of the partner layer in x's band (-1: none)
+        hit = band[:, :, None] == layer_pos[None, None, :]
+        return np.where(hit.any(1), hit.argmax(1), -1)
+
+      ref, va, vb = self._ref_corr(f"x{x}", f"x{y}", f"xy/{x}_{y}")
+      b = band_pos(ly)
+      cov = np.take_along_axis(rows[:, :, uy].transpose(0, 2, 1), np.maximum(b, 0)[..., None],
+                               axis=2)[..., 0]
+      std_y = np.sqrt(moments[y]["m2"][ly, uy])
+      with np.errstate(invalid="ignore", divide="ignore"):
+        eng = cov / np.outer(std_x, std_y)
+      ok = ((b >= 0) & ~dead_x[:, None] & ~moments[y]["dead"][ly, uy][None, :]
+            & (va[:, None] > 0) & (vb[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref))
+      if ok.any():
+        out["max_abs_corr"] = max(out["max_abs_corr"], float(np.max(np.abs(eng - ref)[ok])))
+        out["entries_checked"] += int(ok.sum())
+      if y not in self.rot:
+        continue
+      lay, rmat = self.rot[y]
+      rmat64 = rmat.astype(np.float64)
+      b = band_pos(lay)
+      # C R^T for each rotated unit k: the partner layer's row of C times R_k
+      crt = np.einsum("sbn,kn->skb", rows[:, :, :d], rmat64)
+      crt = np.take_along_axis(crt, np.maximum(b, 0)[..., None], axis=2)[..., 0]
+      s_val = F._value(state, f"S/{y}")
+      var = np.zeros(lay.size)
+      for l in np.unique(lay):
+        rl = jnp.asarray(rmat[lay == l])
+        s_l = s_val[int(l), :d, :d]
+        var[lay == l] = F._to_host(jnp.einsum("kn,nm,km->k", rl, s_l, rl,
+                                              precision=jax.lax.Precision.HIGHEST))
+      ref, va, vu = self._ref_corr(f"x{x}", f"u{y}", f"xu/{x}_{y}")
+      with np.errstate(invalid="ignore", divide="ignore"):
+        eng = crt / np.outer(std_x, np.sqrt(np.maximum(var, 0.0)))
+      ok = ((b >= 0) & ~dead_x[:, None] & (var[None, :] > 0) & (va[:, None] > 0)
+            & (vu[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref))
+      if ok.any():
+        out["max_abs_rotated"] = max(out["max_abs_rotated"],
+                                     float(np.max(np.abs(eng - ref)[ok])))
+        out["rotated_checked"] += int(ok.sum())
+    return out
+
+
+def digest(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+class Worker:
+  """Runs SelfCheck.add on a thread, in submission order (float64 sums bit-identical to a
+  sequential run), so the host's float64 GEMMs and device-to-host copies overlap the device.
+  `drain()` before reading the sums (checkpoints, the end)."""
+
+  def __init__(self, check: SelfCheck, depth: int = 2):
+    self.check = check
+    self._q = queue.Queue(maxsize=depth)
+    self._err = None
+    self._t = threading.Thread(target=self._run, daemon=True, name="selfcheck")
+    self._t.start()
+
+  def _run(self):
+    while True:
+      item = self._q.get()
+      try:
+        if item is None:
+          return
+        if self._err is None:
+          self.check.add(*item)
+      except BaseException as e:   # re-raised on the driver's thread at the next drain
+        self._err = e
+      finally:
+        self._q.task_done()
+
+  def submit(self, gathered, mask) -> None:
+    self._raise()
+    self._q.put((gathered, mask))
+
+  def drain(self) -> None:
+    self._q.join()
+    self._raise()
+
+  def close(self) -> None:
+    self._q.put(None)
+    self._t.join()
+
+  def _raise(self):
+    if self._err is not None:
+      err, self._err = self._err, None
+      raise err
