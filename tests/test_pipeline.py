@@ -39,6 +39,9 @@ def test_pipeline_writes_every_stage(pipeline_run):
   diff = (neurons["mean_corr"] - neurons["mean_baseline"] - neurons["excess_corr"]).abs()
   assert diff.max() < 1e-6
   assert f"{summary['n_universal']} of {summary['n_neurons']}" in r.stdout
+  # the real models' correlations verified themselves against float64 (issue 13)
+  chk = summary["selfcheck"]
+  assert chk["status"] == "ok" and chk["entries_checked"] > 0 and chk["max_abs_corr"] < 1e-5
   for step in (10,):
     assert os.path.isfile(os.path.join(workdir, "corr_steps", f"step{step}", "tables",
                                        "summary.json"))

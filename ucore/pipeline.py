@@ -123,6 +123,7 @@ def run(config, workdir: str) -> dict:
 
   def report():
     from ucore.report import sections as RS
+    from ucore.corr.selfcheck import describe as describe_selfcheck
     from ucore.report.html import write_report
     from ucore.train import read_losses
     n_univ = int(neurons["universal"].sum())
@@ -142,6 +143,7 @@ def run(config, workdir: str) -> dict:
         "held-out tokens correlated": corr_summary["tokens_counted"],
         "universal neurons": f"{n_univ} of {len(neurons)} ({100 * n_univ / len(neurons):.2f}%)",
         "numerics": corr_summary.get("numerics", ""),
+        "float64 self-check": describe_selfcheck(corr_summary.get("selfcheck")),
     }
     return write_report(os.path.join(workdir, "report"), {f"{ref} vs other seeds": neurons},
                         figures_extra=extra + list(sections), summary=summary,
@@ -172,6 +174,7 @@ def run(config, workdir: str) -> dict:
       "focus": {"label": focus.label, "fallback": focus.fallback, "n": len(focus.ids),
                 "by_step": (focus_by_step.reset_index().to_dict(orient="records")
                             if focus_by_step is not None else None)},
+      "selfcheck": corr_summary.get("selfcheck"),
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
   }
   atomic.write_json(os.path.join(workdir, SUMMARY), result)

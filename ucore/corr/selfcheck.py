@@ -221,6 +221,18 @@ class SelfCheck:
     return out
 
 
+def describe(result) -> str:
+  """One line for reports, from summary.json's "selfcheck" (None for tables predating it)."""
+  if not result:
+    return "not recorded (tables made before the self-check existed)"
+  if "max_abs_corr" not in result:
+    return f"{result.get('status')} (precision {result.get('precision')})"
+  return (f"{result['status']}: max |Δcorr| {result['max_abs_corr']:.1e}, max |Δrotated corr| "
+          f"{result['max_abs_rotated']:.1e} vs float64 on {result['sample']} × "
+          f"{result['sample']} sampled neurons per pair over {result['tokens']:,} tokens "
+          f"(precision {result['precision']}; bound {result['fail_above']:g})")
+
+
 def digest(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
