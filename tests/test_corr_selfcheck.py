@@ -172,3 +172,28 @@ def test_precision_modes(tmp_path):
   c.precision = "highest"             # the accumulated moments were made at bf16_3x
   with pytest.raises(UserError, match="inputs changed"):
     driver.run(c, wd)
+
+
+def test_resume_from_a_checkpoint_without_reference_sums_says_so(tmp_path):
+  """A checkpoint committed without the self-check (older versions, or sample=0) resumes; the
+  summary says the check is unavailable instead of reporting a partial reference."""
+  c = config_files.load("correlate_tiny")
+  c.selfcheck.sample = 0
+
+  class Stop(Exception):
+    pass
+
+  def hook(phase, n=[0]):
+    if phase == "step":
+      n[0] += 1
+      if n[0] == 3:
+        raise Stop()
+
+  wd = str(tmp_path / "run")
+  with pytest.raises(Stop):
+    driver.run(c, wd, _hook=hook)
+  c.selfcheck.sample = 256
+  driver.run(c, wd)
+  s = atomic.read_json(os.path.join(wd, "tables", "summary.json"))["selfcheck"]
+  assert s["status"].startswith("unavailable (resumed from") and "max_abs_corr" not in s
+  assert SC.describe(s).startswith("unavailable")
