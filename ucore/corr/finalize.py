@@ -2,9 +2,13 @@
 
 Every reduction runs per device on its own block inside shard_map (max / top-k over the local
 partner columns, then an all-gather of k candidates per row over the partner axis), so the
-largest thing that ever leaves a device is O(N·k). Baselines rotate the stored co-moments
-(C[:, l] R_l^T, diag(R_l S_l R_l^T)) with a reduce-scatter over the partner axis, one
-partner layer at a time.
+largest thing that ever leaves a device is O(N·k). Top-k runs one own layer at a time
+(lax.map), so the largest temporary is one layer's rows × all partner columns. Baselines
+rotate the stored co-moments (C[:, l] R_l^T, diag(R_l S_l R_l^T)) with a reduce-scatter over
+the partner axis, one partner layer per lax.scan step; the mixing matrices are drawn on the
+device (ucore.corr.baselines), so nothing of size N² crosses the host. The programs are
+keyed on shapes (layer mode, layer counts, d_pad, orientation, k, mesh), so a family of
+same-shaped pairs compiles each once.
 
 Dead neurons: a neuron whose standard deviation is ≤ dead_rel_std·|mean| (or 0) has no
 correlation: its row is NaN (or `dead_value` when configured) and it is never anyone's partner.
