@@ -63,3 +63,42 @@ def test_one_pass_baseline_adjacent_mode():
   ref = _brute(acts, mask, 0, 1, "haar", 0, far=far)
   np.testing.assert_allclose(res.baselines["haar"][0].reshape(-1), ref, atol=1e-5,
                              equal_nan=True)
+
+
+def test_run_uses_the_float32_rounding_of_mixing_matrix():
+  """mixing_stack (what pair_result rotates with) is mixing_matrix rounded to float32, zero-
+  padded, the same on a 1- and an 8-device mesh, drawn once per (kind, model, draw, seed)."""
+  from ucore.corr import moments as M
+  meshes = [M.make_mesh(1, 1, jax.devices()[:1])]
+  if jax.device_count() >= 8:
+    meshes.append(M.make_mesh(2, 4, jax.devices()[:8]))
+  stacks = []
+  for mesh in meshes:
+    for kind in BL.KINDS:
+      s = BL.mixing_stack(kind, 6, 8, (0, 2), seed=7, draw=1, model=3, mesh=mesh)
+      assert s.dtype == np.float32 and s.shape == (2, 8, 8)
+      assert s.sharding.is_fully_replicated
+      assert BL.mixing_stack(kind, 6, 8, (0, 2), seed=7, draw=1, model=3, mesh=mesh) is s
+      h = np.asarray(s)
+      for pos, layer in enumerate((0, 2)):
+        r = BL.mixing_matrix(kind, 6, seed=7, draw=1, model=3, layer=layer)
+        np.testing.assert_array_equal(h[pos, :6, :6], r.astype(np.float32))
+      assert not h[:, 6:].any() and not h[:, :, 6:].any()
+      stacks.append(h)
+  for a, b in zip(stacks[:2], stacks[2:]):
+    np.testing.assert_array_equal(a, b)
+  BL.clear_cache()
+  assert not BL._cache
+
+
+def test_one_compilation_per_shape():
+  """Pairs of the same shape share one corr and one baseline program (no per-pair compile)."""
+  acts, mask = adversarial(K=3, L=2, d=6, T=400, seed=4)
+  spec, mesh, acc = _run(acts, mask, mode="reference")
+  F._corr_fn.cache_clear()
+  F._baseline_fn.cache_clear()
+  for x, y in spec.pairs:
+    F.pair_result(spec, mesh, acc.state, x, y, "fwd", baseline_kinds=BL.KINDS, draws=2)
+  assert F._corr_fn.cache_info().currsize == 1
+  assert F._baseline_fn.cache_info().currsize == 1
+  assert F._baseline_fn.cache_info().hits == len(spec.pairs) - 1

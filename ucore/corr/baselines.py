@@ -1,46 +1,127 @@
 """Random mixing matrices for the baselines (applied to the accumulated moments, one pass).
 
+This module is the one home of what a baseline kind is:
+
   haar          Haar-orthogonal R per layer: QR of a standard Gaussian with the sign fix
-                (R = Q diag(sign(diag(Rqr)))), seeded by (seed, draw, model, layer).
+                (R = Q diag(sign(diag(Rqr)))).
   gaussian_rows The paper's code: a standard Gaussian matrix with unit-norm rows (not
                 orthogonal). Seeded here (the original was not).
+
+Every matrix is seeded by (seed, kind, draw, model, layer) through jax.random (threefry,
+fold_in in that order) and drawn ON THE DEVICE in float64 (QR included), so finalize never
+builds a d×d matrix on the host nor ships one to the device; the run uses the float32
+rounding of that float64 matrix. Same seed → same matrices on the same platform, whatever
+the mesh (the draw is one replicated computation). The stream is not numpy's: runs finalized
+before this change drew other (equally distributed) matrices.
 
 Rotating layer l of model y by R maps the cross co-moment block C[:, l] to C[:, l] R^T and
 y's second moments to diag(R S_l R^T) (S_l = within-layer co-moment), so every draw is exact
 without a second pass over the data.
 """
+from __future__ import annotations
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 KINDS = ("haar", "gaussian_rows")
 
+# Stacks kept on the device between pair_result calls (all_pairs mode uses each model as the
+# partner of K-1 calls and in both orientations). Bounded so a GPT-2-medium run does not
+# hold gigabytes after finalize; clear_cache() frees them at once.
+CACHE_BYTES = 2 << 30
+_cache: "collections.OrderedDict" = collections.OrderedDict()
 
-def _rng(seed: int, kind: str, draw: int, model: int, layer: int):
-  kind_id = KINDS.index(kind)
-  return np.random.default_rng([int(seed), kind_id, int(draw), int(model), int(layer)])
+
+def _check_kind(kind):
+  if kind not in KINDS:
+    raise ValueError(f"unknown baseline kind {kind!r}; choose from {KINDS}")
+
+
+def _f64_ok(devices) -> bool:
+  # TPUs have no float64 QR; there the draw is float32 (same stream, same distribution)
+  return devices[0].platform in ("cpu", "gpu", "cuda", "rocm")
+
+
+def _one(kind, d, dtype, key):
+  g = jax.random.normal(key, (d, d), dtype)
+  if kind == "haar":
+    q, r = jnp.linalg.qr(g)
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
+  return g / jnp.linalg.norm(g, axis=1, keepdims=True)
+
+
+def _keys(seed, kind_id, draw, model, layers):
+  base = jax.random.key(seed)
+  for v in (kind_id, draw, model):
+    base = jax.random.fold_in(base, v)
+  return jax.vmap(lambda l: jax.random.fold_in(base, l))(layers)
+
+
+@functools.lru_cache(maxsize=32)
+def _stack_fn(kind, d, d_pad, n_layers, f64, sharding):
+  """Compiled once per shape: (seed, kind_id, draw, model, layers[L]) -> [L, d_pad, d_pad]
+  float32, zero outside the real d×d block, replicated on `sharding` (None: float64 [L, d, d]
+  on the default device, the exact matrices for tests)."""
+  dtype = jnp.float64 if f64 else jnp.float32
+
+  def f(seed, kind_id, draw, model, layers):
+    keys = _keys(seed, kind_id, draw, model, layers)
+    # one d×d QR live at a time (memory), in layer order
+    m = jax.lax.map(functools.partial(_one, kind, d, dtype), keys)
+    if sharding is None:
+      return m
+    return jnp.pad(m.astype(jnp.float32), ((0, 0), (0, d_pad - d), (0, d_pad - d)))
+
+  return jax.jit(f) if sharding is None else jax.jit(f, out_shardings=sharding)
+
+
+def _call(fn, f64, seed, kind, draw, model, layer_ids):
+  args = (np.uint32(seed) if 0 <= seed < 2 ** 32 else seed, KINDS.index(kind), int(draw),
+          int(model), np.asarray(layer_ids, np.int32))
+  with jax.enable_x64(f64):
+    return fn(*args)
 
 
 def mixing_matrix(kind: str, d: int, *, seed: int, draw: int, model: int, layer: int):
-  """float64 [d, d]; rotated units are R @ v (row k of R mixes v into unit k)."""
-  g = _rng(seed, kind, draw, model, layer).standard_normal((d, d))
-  if kind == "haar":
-    # scipy's LAPACK QR when present: numpy's np.linalg.qr is ~30× slower on the build
-    # machine (same result up to rounding; the sign fix below makes Q unique)
-    try:
-      import scipy.linalg
-      q, r = scipy.linalg.qr(g, mode="economic", check_finite=False)
-    except ImportError:
-      q, r = np.linalg.qr(g)
-    return q * np.sign(np.diag(r))[None, :]
-  if kind == "gaussian_rows":
-    return g / np.linalg.norm(g, axis=1, keepdims=True)
-  raise ValueError(f"unknown baseline kind {kind!r}; choose from {KINDS}")
+  """float64 numpy [d, d], the matrix a run uses for (kind, seed, draw, model, layer) before
+  its float32 rounding; rotated units are R @ v (row k of R mixes v into unit k)."""
+  _check_kind(kind)
+  f64 = _f64_ok(jax.devices())
+  out = _call(_stack_fn(kind, d, d, 1, f64, None), f64, seed, kind, draw, model, [layer])
+  return np.asarray(out[0], np.float64)
 
 
 def mixing_stack(kind: str, d: int, d_pad: int, layer_ids, *, seed: int, draw: int,
-                 model: int) -> np.ndarray:
-  """float32 [L, d_pad, d_pad]: one matrix per kept layer, zero outside the real d×d block
-  (padded units then have zero variance and are excluded like dead neurons)."""
-  out = np.zeros((len(layer_ids), d_pad, d_pad), np.float32)
-  for pos, layer in enumerate(layer_ids):
-    out[pos, :d, :d] = mixing_matrix(kind, d, seed=seed, draw=draw, model=model, layer=layer)
+                 model: int, mesh=None):
+  """float32 jax array [L, d_pad, d_pad] replicated over `mesh` (default: all devices): one
+  matrix per kept layer, zero outside the real d×d block (padded units then have zero
+  variance and are excluded like dead neurons). Cached on the device (see CACHE_BYTES)."""
+  _check_kind(kind)
+  layer_ids = tuple(int(l) for l in layer_ids)
+  if mesh is None:
+    from ucore.corr.moments import make_mesh
+    mesh = make_mesh(1, -1)
+  key = (kind, d, d_pad, layer_ids, int(seed), int(draw), int(model), mesh)
+  hit = _cache.get(key)
+  if hit is not None:
+    _cache.move_to_end(key)
+    return hit
+  f64 = _f64_ok(mesh.devices.flat)
+  fn = _stack_fn(kind, d, d_pad, len(layer_ids), f64, NamedSharding(mesh, P()))
+  out = _call(fn, f64, seed, kind, draw, model, layer_ids)
+  nbytes = out.size * 4
+  if nbytes <= CACHE_BYTES:
+    _cache[key] = out
+    while sum(v.size * 4 for v in _cache.values()) > CACHE_BYTES:
+      _cache.popitem(last=False)
   return out
+
+
+def clear_cache():
+  """Frees the cached device stacks (e.g. after compute_tables)."""
+  _cache.clear()

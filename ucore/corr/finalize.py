@@ -2,9 +2,13 @@
 
 Every reduction runs per device on its own block inside shard_map (max / top-k over the local
 partner columns, then an all-gather of k candidates per row over the partner axis), so the
-largest thing that ever leaves a device is O(N·k). Baselines rotate the stored co-moments
-(C[:, l] R_l^T, diag(R_l S_l R_l^T)) with a reduce-scatter over the partner axis, one
-partner layer at a time.
+largest thing that ever leaves a device is O(N·k). Top-k runs one own layer at a time
+(lax.map), so the largest temporary is one layer's rows × all partner columns. Baselines
+rotate the stored co-moments (C[:, l] R_l^T, diag(R_l S_l R_l^T)) with a reduce-scatter over
+the partner axis, one partner layer per lax.scan step; the mixing matrices are drawn on the
+device (ucore.corr.baselines), so nothing of size N² crosses the host. The programs are
+keyed on shapes (layer mode, layer counts, d_pad, orientation, k, mesh), so a family of
+same-shaped pairs compiles each once.
 
 Dead neurons: a neuron whose standard deviation is ≤ dead_rel_std·|mean| (or 0) has no
 correlation: its row is NaN (or `dead_value` when configured) and it is never anyone's partner.
@@ -63,11 +67,46 @@ def _topk_merge(vals, idx, k, axis_name):
   return v, jnp.take_along_axis(gi, pos, axis=1)
 
 
-def _block_view(spec, x, y, orient, c_loc):
-  """Local block as [L_own, d_own_loc, B, d_part_loc] plus (own_axis, partner_axis)."""
+class _Geo(tuple):
+  """What a compiled finalize program depends on: (layer_mode, L_x, L_y, d_pad, orient).
+  Keyed on shapes, not on model ids, so every pair of a family reuses one compilation."""
+
+  @property
+  def own_part(self):
+    mode, lx, ly, d_pad, orient = self
+    return (lx, ly) if orient == "fwd" else (ly, lx)
+
+  def partner_layer(self):
+    """[L_own, B] position of the partner layer in the partner's kept layers, -1 if none."""
+    mode, lx, ly, d_pad, orient = self
+    lo, lp = self.own_part
+    if mode == "all":
+      return np.tile(np.arange(lp), (lo, 1))
+    pl = np.arange(lo)[:, None] + np.arange(3)[None, :] - 1
+    return np.where((pl >= 0) & (pl < lp), pl, -1)
+
+
+def _geo(spec, x, y, orient):
+  return _Geo((spec.layer_mode, spec.n_layers[x], spec.n_layers[y], spec.d_pad, orient))
+
+
+def _axes(orient):
+  """(own_axis, partner_axis): rows of C are split over TOK, columns over NEU."""
+  return (TOK, NEU) if orient == "fwd" else (NEU, TOK)
+
+
+def _own_slab(orient, c_loc, a):
+  """Own layer a of the local block as [d_own_loc, B, d_part_loc]."""
   if orient == "fwd":
-    return c_loc, TOK, NEU
-  return jnp.transpose(c_loc, (2, 3, 0, 1)), NEU, TOK
+    return jax.lax.dynamic_index_in_dim(c_loc, a, 0, keepdims=False)
+  return jnp.transpose(jax.lax.dynamic_index_in_dim(c_loc, a, 2, keepdims=False), (2, 0, 1))
+
+
+def _part_slab(orient, c_loc, b):
+  """Partner position b of the local block as [L_own, d_own_loc, d_part_loc]."""
+  if orient == "fwd":
+    return jax.lax.dynamic_index_in_dim(c_loc, b, 2, keepdims=False)
+  return jnp.transpose(jax.lax.dynamic_index_in_dim(c_loc, b, 0, keepdims=False), (1, 2, 0))
 
 
 def _slice(a, axis_name, size):
@@ -75,35 +114,47 @@ def _slice(a, axis_name, size):
   return jax.lax.dynamic_slice_in_dim(a, k * size, size, axis=a.ndim - 1)
 
 
-def _corr_local(spec, x, y, orient, k, c_loc, inv_own, inv_part):
-  """inv_own [L_own, d_pad] (0 for dead), inv_part [L_part, d_pad] replicated."""
-  blk, own_ax, part_ax = _block_view(spec, x, y, orient, c_loc)
-  lo, do, B, dp = blk.shape
-  own, part = (x, y) if orient == "fwd" else (y, x)
-  pl = spec.partner_layer(own, part)                         # [L_own, B]
+def _corr_local(geo, k, c_loc, inv_own, inv_part):
+  """inv_own [L_own, d_pad] (0 for dead), inv_part [L_part, d_pad] replicated. Top-k per
+  row, one own layer (a [d_own_loc, B·d_part_loc] slab) at a time."""
+  own_ax, part_ax = _axes(geo[4])
+  lo, _ = geo.own_part
+  do, dp = c_loc.shape[1 if geo[4] == "fwd" else 3], c_loc.shape[3 if geo[4] == "fwd" else 1]
+  pl = geo.partner_layer()                                    # [L_own, B]
+  B = pl.shape[1]
   idx = np.where(pl < 0, 0, pl)
   io = _slice(inv_own, own_ax, do)                            # [L_own, do]
   ip = _slice(inv_part, part_ax, dp)[idx] * jnp.asarray(pl >= 0, jnp.float32)[..., None]
-  rho = blk * io[:, :, None, None] * ip[:, None, :, :]         # [L_own, do, B, dp]
-  ok = (io[:, :, None, None] > 0) & (ip[:, None, :, :] > 0)
-  vals = jnp.where(ok, rho, NEG).reshape(lo * do, B * dp)
-  v, li = jax.lax.top_k(vals, min(k, B * dp))
+  kk = min(k, B * dp)
+
+  def one(a):
+    blk = _own_slab(geo[4], c_loc, a)                         # [do, B, dp]
+    ioa, ipa = io[a], ip[a]                                   # [do], [B, dp]
+    rho = blk * ioa[:, None, None] * ipa[None]
+    ok = (ioa[:, None, None] > 0) & (ipa[None] > 0)
+    return jax.lax.top_k(jnp.where(ok, rho, NEG).reshape(do, B * dp), kk)
+
+  v, li = jax.lax.map(one, jnp.arange(lo))                    # [L_own, do, kk]
   jp = jax.lax.axis_index(part_ax)
   b, c = li // dp, li % dp
-  gidx = b * spec.d_pad + jp * dp + c
-  v, gidx = _topk_merge(v, gidx, k, part_ax)
+  gidx = b * geo[3] + jp * dp + c
+  v, gidx = _topk_merge(v.reshape(lo * do, kk), gidx.reshape(lo * do, kk), k, part_ax)
   return v.reshape(lo, do, k), gidx.reshape(lo, do, k)
 
 
-def _baseline_local(spec, x, y, orient, c_loc, s_loc, rmat, inv_own):
+def _baseline_local(geo, c_loc, s_loc, rmat, inv_own):
   """Max over rotated partner units of one draw. rmat [L_part, d_pad, d_pad] replicated;
-  s_loc the partner's within-layer co-moment block [L_part, d_pad/r (TOK), d_pad/c (NEU)]."""
-  blk, own_ax, part_ax = _block_view(spec, x, y, orient, c_loc)
-  lo, do, B, dp = blk.shape
-  own, part = (x, y) if orient == "fwd" else (y, x)
+  s_loc the partner's within-layer co-moment block [L_part, d_pad/r (TOK), d_pad/c (NEU)].
+  One partner position per scan step: a [L_own·d_own_loc, d_part_loc] × [d_part_loc, d_pad]
+  GEMM, reduce-scattered over the partner axis (no unrolled loop: one compile, any depth)."""
+  mode, orient = geo[0], geo[4]
+  own_ax, part_ax = _axes(orient)
+  lo, _ = geo.own_part
+  do, dp = c_loc.shape[1 if orient == "fwd" else 3], c_loc.shape[3 if orient == "fwd" else 1]
+  d_pad = geo[3]
   r = jax.lax.axis_size(TOK)
   c = jax.lax.axis_size(NEU)
-  dr, dc = spec.d_pad // r, spec.d_pad // c
+  dr, dc = d_pad // r, d_pad // c
   # Rotated second moments diag(R S R^T), all partner layers: [L_part, d_pad].
   ra = _slice(rmat, TOK, dr)                                  # [L, d_pad, dr]
   rb = _slice(rmat, NEU, dc)                                  # [L, d_pad, dc]
@@ -112,13 +163,15 @@ def _baseline_local(spec, x, y, orient, c_loc, s_loc, rmat, inv_own):
   inv_var = jnp.where(var > 0, jax.lax.rsqrt(jnp.where(var > 0, var, 1.0)), 0.0)
   io = _slice(inv_own, own_ax, do)                            # [L_own, do]
   rp = _slice(rmat, part_ax, dp)                              # [L_part, d_pad(k), dp]
-  pl = spec.partner_layer(own, part)
-  best = jnp.full((lo, do), NEG, jnp.float32)
-  for b in range(B):
-    lay = np.where(pl[:, b] < 0, 0, pl[:, b])                 # [L_own]
-    valid = jnp.asarray(pl[:, b] >= 0)
-    cb = blk[:, :, b, :]                                       # [L_own, do, dp]
-    if spec.layer_mode == "all":
+  pl = geo.partner_layer()
+  B = pl.shape[1]
+  lay_all = jnp.asarray(np.where(pl < 0, 0, pl).T)           # [B, L_own]
+  valid_all = jnp.asarray((pl >= 0).T, jnp.float32)           # [B, L_own]
+
+  def step(best, b):
+    lay, valid = lay_all[b], valid_all[b]
+    cb = _part_slab(orient, c_loc, b)                         # [L_own, do, dp]
+    if mode == "all":
       part_rot = jnp.einsum("arp,kp->ark", cb, rp[b], precision=PRECISION)
       ivp = inv_var[b][None, :]
     else:
@@ -128,24 +181,26 @@ def _baseline_local(spec, x, y, orient, c_loc, s_loc, rmat, inv_own):
     ivp = _slice(ivp, part_ax, dp) * valid[:, None]           # [L_own, dp]
     rho = rot * io[:, :, None] * ivp[:, None, :]
     ok = (io[:, :, None] > 0) & (ivp[:, None, :] > 0)
-    best = jnp.maximum(best, jnp.max(jnp.where(ok, rho, NEG), axis=2))
-  best = jax.lax.pmax(best, part_ax)
-  return best
+    return jnp.maximum(best, jnp.max(jnp.where(ok, rho, NEG), axis=2)), None
+
+  best, _ = jax.lax.scan(step, jnp.full((lo, do), NEG, jnp.float32), jnp.arange(B))
+  return jax.lax.pmax(best, part_ax)
 
 
 @functools.lru_cache(maxsize=64)
-def _corr_fn(spec, mesh, x, y, orient, k):
-  out_spec = P(None, TOK if orient == "fwd" else NEU, None)
-  return jax.jit(jax.shard_map(partial(_corr_local, spec, x, y, orient, k), mesh=mesh,
+def _corr_fn(geo, mesh, k):
+  own_ax = _axes(geo[4])[0]
+  out_spec = P(None, own_ax, None)
+  return jax.jit(jax.shard_map(partial(_corr_local, geo, k), mesh=mesh,
                                in_specs=(C_SPEC, P(), P()), out_specs=(out_spec, out_spec),
                                check_vma=False))
 
 
 @functools.lru_cache(maxsize=64)
-def _baseline_fn(spec, mesh, x, y, orient):
-  return jax.jit(jax.shard_map(partial(_baseline_local, spec, x, y, orient), mesh=mesh,
+def _baseline_fn(geo, mesh):
+  return jax.jit(jax.shard_map(partial(_baseline_local, geo), mesh=mesh,
                                in_specs=(C_SPEC, S_SPEC, P(), P()),
-                               out_specs=P(None, TOK if orient == "fwd" else NEU),
+                               out_specs=P(None, _axes(geo[4])[0]),
                                check_vma=False))
 
 
@@ -175,8 +230,8 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
   rep = NamedSharding(mesh, P())
   inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
   inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
-  own_ax = TOK if orient == "fwd" else NEU
-  f = _corr_fn(spec, mesh, x, y, orient, k)
+  geo = _geo(spec, x, y, orient)
+  f = _corr_fn(geo, mesh, k)
   cv, ci = f(_value(state, f"C/{x}_{y}"), inv_own, inv_part)
   cv, ci = _to_host(cv)[:, :spec.d_mlp], _to_host(ci)[:, :spec.d_mlp]
   dead_own = moments[own]["dead"][:, :spec.d_mlp]
@@ -193,14 +248,14 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
     if part not in spec.rotated:
       raise ValueError(f"model {part} has no within-layer co-moments (not rotated)")
     from ucore.corr import baselines as bl
-    fb = _baseline_fn(spec, mesh, x, y, orient)
+    fb = _baseline_fn(geo, mesh)
     cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
     for kind in baseline_kinds:
       res = []
       for draw in range(draws):
         rmat = bl.mixing_stack(kind, spec.d_mlp, spec.d_pad, spec.layer_ids[part], seed=seed,
-                               draw=draw, model=part)
-        b = _to_host(fb(cval, sval, jax.device_put(rmat, rep), inv_own))
+                               draw=draw, model=part, mesh=mesh)
+        b = _to_host(fb(cval, sval, rmat, inv_own))
         b = b[:, :spec.d_mlp].astype(np.float64)
         res.append(np.where(~np.isfinite(b) | dead_own, np.nan, b))
       baselines[kind] = np.stack(res)
