@@ -368,6 +368,8 @@ def compute_tables(config, spec, mesh, state):
     out["neurons"][name] = agg
     out["layer_counts"][name] = TB.layer_counts(agg)
     out["partner_layers"][name] = TB.partner_layer_hist(pts, layers)
+  from ucore.corr import baselines
+  baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
   return out
 
 
