@@ -249,10 +249,16 @@ def bench_original(a):
       t, (l_max, l_base) = timed(legacy)
       t_l.append(t)
   med = lambda v: float(np.median(v))
+  # GEMM FLOPs: the original does the cross GEMM twice (plain + rotated pass) and the rotation;
+  # ours the cross GEMM once plus the within-layer blocks (baselines come from those)
+  fl_orig = 2 * 2.0 * T * (L * d) ** 2 + 2.0 * T * L * d * d
+  fl_ours = M.step_flops(spec, T)
   row = dict(neurons_per_model=L * d, tokens=T, batch_tokens=B, compensated=bool(a.compensated),
              reps=a.reps, original_s=med(t_g), ours_s=med(t_o),
              ours_accumulate_s=med(acc_s), ours_finalize_s=med(fin_s),
-             speedup=med(t_g) / med(t_o),
+             speedup=med(t_g) / med(t_o), flop_ratio=fl_orig / fl_ours,
+             original_gflops=fl_orig / med(t_g) / 1e9,
+             ours_accumulate_gflops=fl_ours / med(acc_s) / 1e9,
              ours_cold_s=t_cold, ours_cold_compile_incl_accumulate_s=acc_cold,
              ours_cold_finalize_s=fin_cold, speedup_cold=med(t_g) / t_cold,
              original_maxcorr_err=float(np.abs(g_max - exact_max).max()),

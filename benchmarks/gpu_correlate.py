@@ -177,6 +177,9 @@ def _torch_ceiling(a, rows, N, T):
                        tflops=2.0 * N * N * T / t / 1e12, seconds=t))
   finally:
     torch.backends.cuda.matmul.allow_tf32 = old
+    del x, y
+    if dev == "cuda":
+      torch.cuda.empty_cache()     # give the memory back before JAX's steps need it
 
 
 # ----------------------------------------------------------------------------- 3
