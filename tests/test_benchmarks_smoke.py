@@ -55,3 +55,13 @@ def test_corr_bench_original_small_agrees_with_float64():
     assert row[k] < 1e-3, (k, row)
   assert row["ours_maxcorr_err"] < 1e-5 and row["ours_baseline_err"] < 1e-5, row
   assert abs(row["original_maxcorr_err"] - row["legacy_maxcorr_err"]) < 1e-5, row
+
+
+def test_gpu_correlate_end_to_end_row_shells_out_to_correlate(tmp_path):
+  # no checkpoints here: correlate refuses with its one-line error, the row records rc 2
+  # (the generated config loaded and carried --models through)
+  out = _run("benchmarks.gpu_correlate", "--small", "--sections=5", "--models",
+             str(tmp_path / "m0"), str(tmp_path / "m1"), "--token_store", str(tmp_path / "tok"),
+             "--e2e_tokens", "1000")
+  assert "e2e> error: model m0: path" in out, out
+  assert re.search(r"\| 5 end to end \| main.py correlate, 2 models, 1000 tokens .*\| rc 2,", out)
