@@ -170,6 +170,10 @@ class HookedTransformer:
           cache[name] = x
         return x
 
+      # attention runs fused unless its pattern or scores are cached or replaced
+      hook.wants = lambda name: (name in names or name in data_interventions
+                                 or name in func_map)
+
       out = module.apply({"params": params}, tokens, hook, stop_at_layer)
       return out, cache
 
