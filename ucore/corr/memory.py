@@ -44,9 +44,12 @@ class StepMemory:
 
 
 def padded_tokens(mesh, tokens_per_step: int) -> int:
-  """Tokens of one step after Accumulator.prepare's padding to the mesh."""
-  local = max(mesh.size // jax.process_count(), 1)
-  return -(-max(int(tokens_per_step), 1) // local) * local * jax.process_count()
+  """Global tokens of one step after Accumulator.prepare's padding: each process pads its
+  share to a multiple of its devices."""
+  procs = jax.process_count()
+  local = max(mesh.size // procs, 1)
+  per_process = -(-max(int(tokens_per_step), 1) // procs)
+  return -(-per_process // local) * local * procs
 
 
 def step_args(spec: M.Spec, mesh, tokens_per_step: int):
