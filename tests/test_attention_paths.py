@@ -113,3 +113,24 @@ def test_fused_float32_attention_stays_at_highest_precision(tmp_path):
   assert len(precisions) >= 7   # q/k/v, scores, values, out-projection, MLP ×2, unembedding
   highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
   assert all(p == highest for p in precisions), precisions
+
+
+def test_placed_weights_give_the_same_activations_on_sharded_rows(tmp_path):
+  """place(): weights replicated on the local devices once; a forward on rows sharded over
+  them reads those copies and gives the host-weight results (to GEMM blocking: 1e-6)."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  cfg = hf_fixtures.hf_config()
+  convert(hf_fixtures.write_checkpoint(str(tmp_path / "hf"), hf_fixtures.random_hf_model(cfg)),
+          str(tmp_path / "out"))
+  model = load_model(str(tmp_path / "out"))
+  tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, (8, 16), dtype=np.int32)
+  want = np.asarray(model.neuron_activations(tokens))
+  fp = model.fingerprint
+  devices = jax.local_devices()
+  assert model.place() is model and model.fingerprint == fp
+  leaves = jax.tree_util.tree_leaves(model.params)
+  assert all(isinstance(l, jax.Array) and l.sharding.device_set == set(devices) and
+             l.sharding.is_fully_replicated for l in leaves)
+  rows = jax.device_put(tokens, NamedSharding(Mesh(np.array(devices), ("rows",)),
+                                              PartitionSpec("rows", None)))
+  np.testing.assert_allclose(np.asarray(model.neuron_activations(rows)), want, rtol=0, atol=1e-6)
