@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.tok = 1                 # mesh axis splitting the rows (reference neurons) of C
   c.mesh.neu = -1                # mesh axis splitting the columns (partner neurons); -1 = rest
+  c.memory = ml_collections.ConfigDict()
+  c.memory.device_gib = 0.0      # free memory per device assumed by the preflight; 0 = ask the device
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500     # commit the state every this many steps ...
   c.checkpoint.every_minutes = 20.0  # ... or this many minutes, whichever comes first

@@ -13,8 +13,11 @@ packing into it). A NeoX model has no wpe.
 
 Every hook point calls `hook(name, x)`, which may replace `x` (an intervention) and may record it
 (a cache entry). `hook` is a plain Python object created inside the jitted function, so caching
-and interventions cost nothing when not requested.
+and interventions cost nothing when not requested. A hook may also say which names it uses
+(`hook.wants(name)`): attention then runs fused (jax.nn.dot_product_attention) unless the
+pattern or the scores are wanted.
 """
+import contextlib
 import dataclasses
 
 import jax
@@ -28,6 +31,15 @@ from ucore.model_config import LMConfig
 def no_hook(name, x):
   del name
   return x
+
+
+no_hook.wants = lambda name: False
+
+
+def wants(hook, name: str) -> bool:
+  """Whether `hook` reads or replaces `name`; a hook that cannot say wants every name."""
+  w = getattr(hook, "wants", None)
+  return True if w is None else bool(w(name))
 
 
 def activation_fn(name: str):
@@ -156,19 +168,11 @@ class Attention(nn.Module):
     # reorder_and_upcast_attn: scores and softmax in float32 whatever the compute dtype.
     score_dtype = jnp.float32 if (cfg.reorder_and_upcast_attn or self.dtype == jnp.float32) \
         else self.dtype
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(score_dtype), k.astype(score_dtype),
-                        precision=prec)
-    if cfg.scale_attn_weights:
-      scores = scores / jnp.asarray(float(dh) ** 0.5, score_dtype)
-    if cfg.scale_attn_by_inverse_layer_idx:
-      scores = scores / jnp.asarray(float(self.layer_idx + 1), score_dtype)
-    pos = scores.shape[-1]
-    causal = jnp.tril(jnp.ones((pos, pos), dtype=bool))
-    scores = jnp.where(causal, scores, -jnp.inf)   # TransformerLens: masked scores are -inf
-    scores = hook(p + "hook_attn_scores", scores)
-    pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-    pattern = hook(p + "hook_pattern", pattern)
-    z = jnp.einsum("bhqk,bkhd->bqhd", pattern.astype(self.dtype), v, precision=prec)
+    if score_dtype == jnp.float32 and not (wants(hook, p + "hook_attn_scores") or
+                                           wants(hook, p + "hook_pattern")):
+      z = self._fused(q, k, v, prec)
+    else:
+      z = self._explicit(q, k, v, hook, p, score_dtype, prec)
     z = hook(p + "hook_z", z)
     w_o, b_o = DenseParams(D, D, cfg.attention_bias, name="c_proj")()
     w_o = w_o.astype(self.dtype)
@@ -179,6 +183,40 @@ class Attention(nn.Module):
     else:
       out = jnp.einsum("bpf,fd->bpd", z.reshape(*z.shape[:2], D), w_o, precision=prec)
     return out if b_o is None else out + b_o.astype(self.dtype)
+
+  def _scale(self) -> float:
+    cfg, s = self.config, 1.0
+    if cfg.scale_attn_weights:
+      s /= float(cfg.d_head) ** 0.5
+    if cfg.scale_attn_by_inverse_layer_idx:
+      s /= float(self.layer_idx + 1)
+    return s
+
+  def _fused(self, q, k, v, prec):
+    """Causal attention without materialising hookable scores: cuDNN where JAX supports it
+    (bf16/fp16 on recent NVIDIA GPUs), else XLA; logits and softmax in float32 either way.
+    The matmul precision scope keeps float32 exact (no TF32) inside the library call."""
+    scope = (jax.default_matmul_precision("highest") if prec == jax.lax.Precision.HIGHEST
+             else contextlib.nullcontext())
+    with scope:
+      return jax.nn.dot_product_attention(q, k, v, scale=self._scale(), is_causal=True)
+
+  def _explicit(self, q, k, v, hook, p, score_dtype, prec):
+    """Scores, mask and softmax spelled out: the hook points attn_scores and pattern."""
+    cfg = self.config
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(score_dtype), k.astype(score_dtype),
+                        precision=prec)
+    if cfg.scale_attn_weights:
+      scores = scores / jnp.asarray(float(cfg.d_head) ** 0.5, score_dtype)
+    if cfg.scale_attn_by_inverse_layer_idx:
+      scores = scores / jnp.asarray(float(self.layer_idx + 1), score_dtype)
+    pos = scores.shape[-1]
+    causal = jnp.tril(jnp.ones((pos, pos), dtype=bool))
+    scores = jnp.where(causal, scores, -jnp.inf)   # TransformerLens: masked scores are -inf
+    scores = hook(p + "hook_attn_scores", scores)
+    pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+    pattern = hook(p + "hook_pattern", pattern)
+    return jnp.einsum("bhqk,bkhd->bqhd", pattern.astype(self.dtype), v, precision=prec)
 
 
 class MLP(nn.Module):

@@ -37,12 +37,19 @@ def run(argv):
   tokens = TOKENS.value or (config.max_tokens if config.max_tokens > 0 else
                             config.synthetic.rows * ctx)
   tps = int(config.batch_rows) * ctx
-  out = [P.format_plan(P.plan("this config", n_models, arch, tokens=tokens, devices=n_dev,
-                              tok=tok, device=DEVICE.value, tokens_per_step=tps,
-                              compensated=config.compensated, mode=config.mode,
-                              layer_mode=config.layer_mode, ctx=ctx))]
+
+  def one(label, models, arch, **kw):
+    # the step's need compiled here when this host has the planned devices, else analytic
+    mem = P.compiled_step_bytes(models, arch, devices=n_dev, tok=tok, device=DEVICE.value,
+                                tokens_per_step=tps, compensated=config.compensated,
+                                mode=kw.get("mode", "reference"),
+                                layer_mode=kw.get("layer_mode", "all"))
+    return P.format_plan(P.plan(label, models, arch, devices=n_dev, tok=tok,
+                                device=DEVICE.value, tokens_per_step=tps,
+                                compensated=config.compensated, compiled_step_bytes=mem, **kw))
+
+  out = [one("this config", n_models, arch, tokens=tokens, mode=config.mode,
+             layer_mode=config.layer_mode, ctx=ctx)]
   for label, key, models in P.PAPER_RUNS:
-    out.append(P.format_plan(P.plan(label, models, P.ARCHS[key], tokens=1e8, devices=n_dev,
-                                    tok=tok, device=DEVICE.value, tokens_per_step=tps,
-                                    compensated=config.compensated)))
+    out.append(one(label, models, P.ARCHS[key], tokens=1e8))
   print("\n".join(out))

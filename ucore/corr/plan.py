@@ -4,6 +4,10 @@ Model dimensions (and the weight-memory terms: vocabulary, learned positions, ti
 unembedding) come from the first model's converted config.json when it exists, otherwise from
 the known sizes in ARCHS. Peak numbers are for float32 at Precision.HIGHEST (GPU: CUDA-core fp32,
 no TF32; TPU: 6 bf16 MXU passes ≈ bf16 peak / 6); `efficiency` is the expected fraction of peak.
+
+Memory: where the planned device kind and count are at hand (`compiled_step_bytes`), the step's
+need is XLA's own memory analysis of the compiled step (ucore.corr.memory, what `correlate`'s
+preflight checks); elsewhere an analytic estimate of the same buffers.
 """
 from __future__ import annotations
 
@@ -86,6 +90,9 @@ class Plan:
   state_gib_per_device: float
   acts_gib_per_device: float
   weights_gib_per_device: float
+  step_gib_per_device: float     # the accumulate step program (compiled or analytic)
+  analytic_step_gib: float       # the analytic estimate, shown beside a compiled figure
+  memory_source: str             # "compiled for <kind>" or "analytic"
   peak_gib_per_device: float
   device_gib: float
   fits: bool
@@ -98,7 +105,9 @@ class Plan:
 
 def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
-         layer_mode="all", efficiency=0.7, ctx=512) -> Plan:
+         layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None) -> Plan:
+  """compiled_step_bytes: the compiled step's per-device need (compiled_step_bytes()); used
+  instead of the analytic step estimate when given."""
   if device not in DEVICES:
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
@@ -121,11 +130,23 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   col_models = n_models if mode == "all_pairs" else n_models - 1
   acts = 2 * tokens_per_step * n_layer * 4 * (
       min(row_models, n_models) * d_pad / tok + col_models * d_pad / neu)
+  # the GEMM's output block (one pair's C slice per device) is a temporary beside the state
+  # before the compensated merge (one H100, 5 × GPT-2 small: compiled 61.9 GiB, without this
+  # term the estimate said 56.7)
+  gemm = n_layer * d_pad / tok * band * d_pad / neu * 4
   params = arch.n_params()
   weights = n_models * params * 4
   # finalize transient: one partner layer of rotated block per device
   fin = n_layer * d_pad * d_pad * 4 / tok
-  per_dev = state / devices + acts + weights + fin
+  analytic_step = state / devices + acts + gemm
+  if compiled_step_bytes is None:
+    step, source = analytic_step, "analytic"
+    per_dev = step + weights + fin
+  else:
+    step, source = float(compiled_step_bytes), f"compiled for {device}"
+    # captured activations [T, L*d] per model live across the step (rows split over devices)
+    captured = tokens_per_step * n_models * N * 4 / devices
+    per_dev = weights + max(step + captured, state / devices + fin)
   corr_fl = 2.0 * pairs * N * band * d_mlp + 2.0 * rotated * n_layer * d_mlp * d_mlp
   fwd_fl = n_models * (2.0 * n_layer * (4 * d_model + 2 * d_mlp) * d_model
                        + 4.0 * n_layer * ctx * d_model)
@@ -137,7 +158,9 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
               tokens=tokens, devices=devices, mesh=(tok, neu), device=device,
               tokens_per_step=tokens_per_step, state_gib_total=state / g,
               state_gib_per_device=state / devices / g, acts_gib_per_device=acts / g,
-              weights_gib_per_device=weights / g, peak_gib_per_device=per_dev / g,
+              weights_gib_per_device=weights / g, step_gib_per_device=step / g,
+              analytic_step_gib=analytic_step / g, memory_source=source,
+              peak_gib_per_device=per_dev / g,
               device_gib=mem, fits=per_dev / g <= 0.9 * mem, corr_flops_per_token=corr_fl,
               forward_flops_per_token=fwd_fl, total_flops=total, est_hours=hours,
               original_accum_gib=pairs * (N * N + 2 * N) * 8 / g)
@@ -174,14 +197,42 @@ def arch_of(config) -> Arch:
 def format_plan(p: Plan) -> str:
   fit = ("fits" if p.fits else
          "DOES NOT FIT: add devices, set compensated=False or lower batch_rows")
+  compared = ("" if p.memory_source == "analytic" else
+              f"; analytic estimate {p.analytic_step_gib:.2f}")
   return (f"{p.name}: {p.models} models, {p.pairs} pairs, {p.n_layer}×{p.d_mlp} neurons, "
           f"{p.tokens:.3g} tokens on {p.devices}× {p.device} (mesh tok={p.mesh[0]} "
           f"neu={p.mesh[1]}), {p.tokens_per_step} tokens/step\n"
           f"  accumulators {p.state_gib_total:.1f} GiB total = {p.state_gib_per_device:.2f} "
-          f"GiB/device; + activations {p.acts_gib_per_device:.2f} + weights "
-          f"{p.weights_gib_per_device:.2f} → peak ≈ {p.peak_gib_per_device:.1f} GiB/device of "
-          f"{p.device_gib} ({fit})\n"
+          f"GiB/device; step program {p.step_gib_per_device:.2f} GiB/device "
+          f"({p.memory_source}{compared}) + weights {p.weights_gib_per_device:.2f} → peak ≈ "
+          f"{p.peak_gib_per_device:.1f} GiB/device of {p.device_gib} ({fit})\n"
           f"  FLOPs/token: correlations {p.corr_flops_per_token / 1e9:.2f} G + forwards "
           f"{p.forward_flops_per_token / 1e9:.2f} G; total {p.total_flops:.3g} → ≈ "
           f"{p.est_hours:.2f} h at 70% of fp32 peak (the original: "
           f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)")
+
+
+def local_kind():
+  """The DEVICES key of this host's accelerator (None if it is none of them)."""
+  import jax
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    return "cpu"
+  kind = d.device_kind.lower().replace(" lite", "e").replace("tpu ", "tpu-")
+  return next((k for k in DEVICES if k != "cpu" and k in kind), None)
+
+
+def compiled_step_bytes(n_models, arch: Arch, *, devices, tok, device, tokens_per_step,
+                        compensated=True, mode="reference", layer_mode="all"):
+  """The accumulate step's per-device need from XLA's memory analysis (compiled for abstract
+  shapes: nothing allocated), or None where the planned `device` kind × `devices` is not at
+  hand here (a CPU compile keeps other temporaries than a GPU's: no cross-platform figures)."""
+  import jax
+  from ucore.corr import memory, moments as M
+  if device != local_kind() or devices > jax.device_count() or devices % tok:
+    return None
+  mesh = M.make_mesh(tok, devices // tok, jax.devices()[:devices])
+  spec = M.make_spec([f"m{i}" for i in range(n_models)], [range(arch.n_layer)] * n_models,
+                     arch.d_mlp, mesh, mode=mode, layer_mode=layer_mode,
+                     compensated=compensated)
+  return memory.step_memory(spec, mesh, tokens_per_step).need

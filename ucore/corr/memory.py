@@ -1,0 +1,157 @@
+"""Does a correlate step fit the device? One home for the answer (issue 13 item 4).
+
+`step_memory` compiles the real accumulate step (ucore.corr.moments.make_step) for abstract
+shapes — nothing is allocated — and reads XLA's own buffer assignment: per device, arguments
++ outputs − donated (aliased) + temporaries + generated code. That figure is the platform's:
+a CPU compile keeps more temporaries than a GPU one, so plans for another device kind fall back
+to ucore.corr.plan's analytic estimate.
+
+`preflight` compares it (plus the captured activations held across the step) with the free
+memory before the first step and refuses with one line naming the remedies. `oom_as_user_error`
+turns an out-of-memory error mid-run into one line as well.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ucore.corr import moments as M
+from ucore.errors import UserError
+
+GIB = 2.0 ** 30
+REMEDIES = ("lower batch_rows, set compensated=False (halves the accumulators), use more "
+            "devices or a larger mesh.neu, or correlate fewer models per run")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+  """Per-device bytes of the compiled accumulate step (XLA's memory analysis)."""
+  argument: int
+  output: int
+  alias: int
+  temp: int
+  code: int
+
+  @property
+  def need(self) -> int:
+    # donated state: its output reuses the argument's buffers
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+
+def padded_tokens(mesh, tokens_per_step: int) -> int:
+  """Global tokens of one step after Accumulator.prepare's padding: each process pads its
+  share to a multiple of its devices."""
+  procs = jax.process_count()
+  local = max(mesh.size // procs, 1)
+  per_process = -(-max(int(tokens_per_step), 1) // procs)
+  return -(-per_process // local) * local * procs
+
+
+def step_args(spec: M.Spec, mesh, tokens_per_step: int):
+  """Abstract (state, xs, w) with Accumulator.prepare's layout and shardings."""
+  sh = M.state_shardings(spec, mesh)
+  state = {k: jax.ShapeDtypeStruct(s, dt, sharding=sh[k])
+           for k, (s, dt, _) in M.state_shapes(spec).items()}
+  tp = padded_tokens(mesh, tokens_per_step)
+  xsh = NamedSharding(mesh, M.X_SPEC)
+  xs = [jax.ShapeDtypeStruct((spec.n_layers[m], spec.d_pad, tp), jnp.float32, sharding=xsh)
+        for m in range(spec.n_models)]
+  w = jax.ShapeDtypeStruct((tp,), jnp.float32, sharding=NamedSharding(mesh, P((M.TOK, M.NEU))))
+  return state, xs, w
+
+
+def step_memory(spec: M.Spec, mesh, tokens_per_step: int) -> StepMemory:
+  """Compiles (does not run) the accumulate step and returns its per-device memory."""
+  compiled = M.make_step(spec, mesh).lower(*step_args(spec, mesh, tokens_per_step)).compile()
+  m = compiled.memory_analysis()
+  return StepMemory(argument=int(m.argument_size_in_bytes), output=int(m.output_size_in_bytes),
+                    alias=int(m.alias_size_in_bytes), temp=int(m.temp_size_in_bytes),
+                    code=int(m.generated_code_size_in_bytes))
+
+
+def captured_bytes(spec: M.Spec, mesh, tokens_per_step: int) -> int:
+  """Per device: the forwards' captured activations [T, L_m*d_mlp] float32, alive while the
+  step runs (the driver holds them until the update returns); rows split over local devices."""
+  per_token = sum(spec.n_layers) * spec.d_mlp * 4
+  return -(-int(tokens_per_step) * per_token // max(len(mesh.local_devices), 1))
+
+
+def free_bytes(device) -> int | None:
+  """What the device's allocator can still hand out (bytes_limit − bytes_in_use), or None
+  where the device keeps no statistics (CPU)."""
+  stats = device.memory_stats()
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def host_available_bytes() -> int | None:
+  """Linux MemAvailable (what new allocations can get without swapping), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def preflight(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0, *,
+              free: int | None = None) -> int:
+  """UserError (one line) unless one step fits every local device; returns the need in bytes.
+
+  Call before the accumulator state is allocated (the need counts the state). model_bytes:
+  per-device bytes the models will still take that the allocator does not count yet (0 when
+  their weights are already loaded). free: assume this many free bytes per device
+  (config.memory.device_gib) instead of asking the devices. On CPU (no allocator statistics)
+  the local devices share the host's available memory."""
+  sm = step_memory(spec, mesh, tokens_per_step)
+  need = sm.need + captured_bytes(spec, mesh, tokens_per_step) + int(model_bytes)
+  local = list(mesh.local_devices)
+  if free is not None:
+    where = "set by memory.device_gib"
+  else:
+    frees = [free_bytes(d) for d in local]
+    if all(f is not None for f in frees):
+      free, where = min(frees), f"free on each {local[0].device_kind}"
+    else:
+      host = host_available_bytes()
+      if host is None:
+        logging.debug("preflight: no memory statistics here; not checked")
+        return need
+      free = host // max(len(local), 1)
+      where = f"of host memory available per device ({len(local)} share it)"
+  logging.info("correlate: one step needs %.2f GiB per device (step %.2f, of it temporaries "
+               "%.2f; + captured activations), %.2f GiB %s", need / GIB, sm.need / GIB,
+               sm.temp / GIB, free / GIB, where)
+  if need > free:
+    raise UserError(f"one correlate step ({tokens_per_step} tokens) needs {need / GIB:.3g} GiB "
+                    f"per device, more than the {free / GIB:.3g} GiB {where}; {REMEDIES}")
+  return need
+
+
+def is_oom(e: BaseException) -> bool:
+  return isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e)
+
+
+@contextlib.contextmanager
+def oom_as_user_error(what: str, resume: str = ""):
+  """Re-raises an XLA out-of-memory error inside the block as a one-line UserError.
+  `what`: the work that ran out ("correlate step 12"); `resume`: where the last commit is."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if not is_oom(e):
+      raise
+    first = next((l.strip() for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), "")
+    kept = f"the last commit in {resume} is kept" if resume else "the last commit is kept"
+    raise UserError(f"{what}: out of device memory ({first[:160]}); {kept}: free the device "
+                    "(other processes) or raise XLA_PYTHON_CLIENT_MEM_FRACTION and rerun the "
+                    "same command to resume, or start a new workdir after you "
+                    f"{REMEDIES}") from e
