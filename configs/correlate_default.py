@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.exclude_ids = ()             # token ids not counted; () = the store's (BOS/EOS, newline)
   c.pad_id = -1                  # padding id not counted; -1 = none
   c.precision = "highest"        # C/S GEMMs: "highest" (fp32) | "bf16_3x" | "tf32" (GPU)
-  c.overlap = True               # read rows ahead, keep ≤2 steps in flight; False: sequential
+  c.overlap = True               # prepare step k+1 while step k runs; False: one at a time
   c.compensated = True           # Kahan-compensated float32 running sums (2× state memory)
   c.dead_rel_std = 1e-6          # dead neuron: std ≤ dead_rel_std·|mean| (float32 resolution)
   c.fill_dead = False            # False: dead/partner-less neurons are NaN in the tables

@@ -23,6 +23,7 @@ from absl import logging
 
 from ucore import atomic, jobs, workdir_lock
 from ucore.corr import finalize as F
+from ucore.corr import memory as MEM
 from ucore.corr import moments as M
 from ucore.corr import activations as S
 from ucore.corr import precision as precision_names
@@ -190,8 +191,25 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     check = _restore_check(config, spec, manifest, path)
-    return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
-                           jobs.normalize(ident), replace=True, check=check)
+    with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
+      return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
+                             jobs.normalize(ident), replace=True, check=check)
+  # weights on the forward's devices once (numpy weights would cross the host link per call)
+  for s in srcs:
+    if getattr(s, "model", None) is not None:
+      s.model.place(list(mesh.local_devices) if jax.process_count() == 1
+                    else list(mesh.local_devices)[:1])
+  pidx, pcount = jax.process_index(), jax.process_count()
+  per = config.batch_rows // pcount
+  # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
+  n_local = len(mesh.local_devices)
+  per_pad = -(-per // n_local) * n_local
+  overlap = bool(config.overlap)
+  # before any state exists or is allocated: refuse a step that cannot fit (one line). With
+  # overlap the next step's activations are captured while this one runs: counted twice.
+  gib = float(config.memory.device_gib)
+  MEM.preflight(spec, mesh, per_pad * ctx * pcount, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
+                steps_in_flight=2 if overlap else 1)
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)
@@ -225,11 +243,6 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     ST.save(state_dir, step, acc.state, jobs.normalize(man), keep=int(config.checkpoint.keep),
             hook=_hook, extra_files=extra)
 
-  pidx, pcount = jax.process_index(), jax.process_count()
-  per = config.batch_rows // pcount
-  # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
-  n_local = len(mesh.local_devices)
-  per_pad = -(-per // n_local) * n_local
   row_sharding = jax.sharding.NamedSharding(
       jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
       jax.sharding.PartitionSpec("rows", None))
@@ -239,67 +252,68 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   flops_step = M.step_flops(spec, tokens_step)
   vocab = min([int(s.model.config.vocab_size) for s in srcs
                if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
-  overlap = bool(config.overlap)
   batches = store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
                                process_index=pidx, process_count=pcount)
   if overlap:   # rows of step k+1 are read (and checked) while the device runs step k
     batches = read_ahead(batches, depth=2)
   last_save, t0, rows_done, steps_run = time.time(), time.time(), 0, 0
   split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
-  in_flight = collections.deque()   # tickets of dispatched steps (at most 2 ahead)
+  in_flight = collections.deque()   # tickets of dispatched steps
   t_wait = time.time()
-  for g, rows in batches:
-    split["host wait"] += time.time() - t_wait
-    n_valid = rows.shape[0]
-    if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
-      raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
-                      f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
-                      f"[0, {vocab}); use a token store made with the models' tokenizer")
-    a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
-    tokens = np.zeros((per_pad, ctx), np.int32)
-    tokens[:n_valid] = rows
-    mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
-    mask[n_valid:] = False
-    tf = time.time()
-    dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
-    acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
-            for src, lids in zip(srcs, layer_ids)]
-    ta = time.time()
-    split["forward"] += ta - tf
-    acc.update(acts, mask.reshape(-1))
+  with MEM.oom_as_user_error("correlate", resume=state_dir):
+    for g, rows in batches:
+      split["host wait"] += time.time() - t_wait
+      n_valid = rows.shape[0]
+      if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
+        raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
+                        f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
+                        f"[0, {vocab}); use a token store made with the models' tokenizer")
+      a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
+      tokens = np.zeros((per_pad, ctx), np.int32)
+      tokens[:n_valid] = rows
+      mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
+      mask[n_valid:] = False
+      tf = time.time()
+      dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
+      acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
+              for src, lids in zip(srcs, layer_ids)]
+      ta = time.time()
+      split["forward"] += ta - tf
+      acc.update(acts, mask.reshape(-1))
+      if worker is not None:
+        worker.submit(check.gather(acts), mask.reshape(-1))
+      # async dispatch: wait for the previous step only, so the host prepares (and dispatches
+      # the forward of) step k+1 while the device runs step k, and at most two steps'
+      # activations are alive; without overlap, wait for this step (sequential, for profiling)
+      in_flight.append(_ticket(acc.state["n"]))
+      while len(in_flight) > (1 if overlap else 0):
+        in_flight.popleft().block_until_ready()
+      split["accumulate"] += time.time() - ta
+      step += 1
+      steps_run += 1
+      cursor = min(g + config.batch_rows, stop_row)
+      rows_done += min(config.batch_rows, stop_row - g)
+      _hook("step")
+      if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
+        el = time.time() - t0
+        tps = rows_done * ctx / max(el, 1e-9)
+        eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
+        logging.info("correlate: step %d row %d/%d | %.0f tokens/s | %.1f GFLOP/s of "
+                     "correlation | forward %.0fs, accumulate %.0fs, host wait %.0fs | ETA %.0fs",
+                     step, cursor, stop_row, tps, flops_step * steps_run / max(el, 1e-9) / 1e9,
+                     split["forward"], split["accumulate"], split["host wait"], eta)
+      due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
+             time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
+      if due and cursor < stop_row:
+        save()
+        last_save = time.time()
+      t_wait = time.time()
+    save()
     if worker is not None:
-      worker.submit(check.gather(acts), mask.reshape(-1))
-    # async dispatch: block only on the step two back (bounded activations in flight);
-    # without overlap, on this step (the sequential loop, for profiling and comparison)
-    in_flight.append(_ticket(acc.state["n"]))
-    while len(in_flight) > (2 if overlap else 0):
-      in_flight.popleft().block_until_ready()
-    split["accumulate"] += time.time() - ta
-    step += 1
-    steps_run += 1
-    cursor = min(g + config.batch_rows, stop_row)
-    rows_done += min(config.batch_rows, stop_row - g)
-    _hook("step")
-    if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
-      el = time.time() - t0
-      tps = rows_done * ctx / max(el, 1e-9)
-      eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
-      logging.info("correlate: step %d row %d/%d | %.0f tokens/s | %.1f GFLOP/s of "
-                   "correlation | forward %.0fs, accumulate %.0fs, host wait %.0fs | ETA %.0fs",
-                   step, cursor, stop_row, tps, flops_step * steps_run / max(el, 1e-9) / 1e9,
-                   split["forward"], split["accumulate"], split["host wait"], eta)
-    due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
-           time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
-    if due and cursor < stop_row:
-      save()
-      last_save = time.time()
-    t_wait = time.time()
-  save()
-  if worker is not None:
-    worker.drain()
-    worker.close()
-  return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                         jobs.normalize(ident), check=check)
+      worker.drain()
+      worker.close()
+    return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
+                           jobs.normalize(ident), check=check)
 
 
 @jax.jit

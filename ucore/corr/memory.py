@@ -103,16 +103,18 @@ def host_available_bytes() -> int | None:
 
 
 def preflight(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0, *,
-              free: int | None = None) -> int:
+              free: int | None = None, steps_in_flight: int = 1) -> int:
   """UserError (one line) unless one step fits every local device; returns the need in bytes.
 
   Call before the accumulator state is allocated (the need counts the state). model_bytes:
   per-device bytes the models will still take that the allocator does not count yet (0 when
   their weights are already loaded). free: assume this many free bytes per device
   (config.memory.device_gib) instead of asking the devices. On CPU (no allocator statistics)
-  the local devices share the host's available memory."""
+  the local devices share the host's available memory. steps_in_flight: steps whose captured
+  activations are alive at once (2 in the driver's overlapped loop)."""
   sm = step_memory(spec, mesh, tokens_per_step)
-  need = sm.need + captured_bytes(spec, mesh, tokens_per_step) + int(model_bytes)
+  need = (sm.need + max(int(steps_in_flight), 1) * captured_bytes(spec, mesh, tokens_per_step)
+          + int(model_bytes))
   local = list(mesh.local_devices)
   if free is not None:
     where = "set by memory.device_gib"
