@@ -46,7 +46,8 @@ def run(argv):
                                 layer_mode=kw.get("layer_mode", "all"))
     return P.format_plan(P.plan(label, models, arch, devices=n_dev, tok=tok,
                                 device=DEVICE.value, tokens_per_step=tps,
-                                compensated=config.compensated, compiled_step_bytes=mem, **kw))
+                                compensated=config.compensated, compiled_step_bytes=mem,
+                                precision=str(config.precision), **kw))
 
   out = [one("this config", n_models, arch, tokens=tokens, mode=config.mode,
              layer_mode=config.layer_mode, ctx=ctx)]

@@ -30,6 +30,32 @@ DEVICES = {
     "tpu-v5p": (459 / 6, 95, "TPU v5p chip"),
 }
 
+# GEMM TFLOP/s at the faster precisions (ucore.corr.precision), used in place of DEVICES' fp32
+# figure. H100: XLA dots measured on the lent H100 (issue 13; BF16_BF16_F32_X3 156, TF32 275);
+# elsewhere dense bf16 peak / 3 and the TF32 peak from the vendors' sheets. None: the device
+# has no such dot (V100: no bf16/TF32 tensor cores; TPUs: no TF32).
+FAST_TFLOPS = {
+    "cpu": {"bf16_3x": 0.15, "tf32": None},
+    "v100": {"bf16_3x": None, "tf32": None},
+    "a100": {"bf16_3x": 312 / 3, "tf32": 156.0},
+    "h100": {"bf16_3x": 156.0, "tf32": 275.0},
+    "h200": {"bf16_3x": 156.0, "tf32": 275.0},
+    "tpu-v4": {"bf16_3x": 275 / 3, "tf32": None},
+    "tpu-v5e": {"bf16_3x": 197 / 3, "tf32": None},
+    "tpu-v5p": {"bf16_3x": 459 / 3, "tf32": None},
+}
+
+
+def gemm_tflops(device: str, precision: str = "highest") -> float:
+  """The correlation GEMMs' TFLOP/s on `device` at `precision`; UserError where it has none."""
+  if precision == "highest":
+    return DEVICES[device][0]
+  t = FAST_TFLOPS[device].get(precision)
+  if t is None:
+    raise UserError(f"plan: {device} has no {precision} dot; plan with "
+                    "--config.precision=highest")
+  return t
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +127,13 @@ class Plan:
   total_flops: float
   est_hours: float
   original_accum_gib: float
+  precision: str = "highest"
 
 
 def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
-         layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None) -> Plan:
+         layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None,
+         precision="highest") -> Plan:
   """compiled_step_bytes: the compiled step's per-device need (compiled_step_bytes()); used
   instead of the analytic step estimate when given."""
   if device not in DEVICES:
@@ -151,7 +179,9 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   fwd_fl = n_models * (2.0 * n_layer * (4 * d_model + 2 * d_mlp) * d_model
                        + 4.0 * n_layer * ctx * d_model)
   total = (corr_fl + fwd_fl) * tokens
-  hours = total / (devices * peak * 1e12 * efficiency) / 3600
+  # the forwards run at fp32 (HIGHEST) whatever the correlation GEMMs' precision
+  hours = (corr_fl / (gemm_tflops(device, precision) * 1e12) + fwd_fl / (peak * 1e12)) * tokens \
+      / (devices * efficiency) / 3600
   g = 2.0 ** 30
   return Plan(name=name, models=n_models, pairs=pairs, n_layer=n_layer, d_mlp=d_mlp,
               params_per_model=params,
@@ -163,7 +193,7 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
               peak_gib_per_device=per_dev / g,
               device_gib=mem, fits=per_dev / g <= 0.9 * mem, corr_flops_per_token=corr_fl,
               forward_flops_per_token=fwd_fl, total_flops=total, est_hours=hours,
-              original_accum_gib=pairs * (N * N + 2 * N) * 8 / g)
+              original_accum_gib=pairs * (N * N + 2 * N) * 8 / g, precision=precision)
 
 
 def arch_of(config) -> Arch:
@@ -208,7 +238,7 @@ def format_plan(p: Plan) -> str:
           f"{p.peak_gib_per_device:.1f} GiB/device of {p.device_gib} ({fit})\n"
           f"  FLOPs/token: correlations {p.corr_flops_per_token / 1e9:.2f} G + forwards "
           f"{p.forward_flops_per_token / 1e9:.2f} G; total {p.total_flops:.3g} → ≈ "
-          f"{p.est_hours:.2f} h at 70% of fp32 peak (the original: "
+          f"{p.est_hours:.2f} h at 70% of the {p.precision} GEMM rate (the original: "
           f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)")
 
 

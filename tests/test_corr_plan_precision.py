@@ -1,0 +1,20 @@
+"""plan estimates the correlation GEMMs at the config's precision (issue 13 item 1)."""
+import pytest
+
+from ucore.corr import plan as P
+from ucore.errors import UserError
+
+
+def test_plan_time_follows_the_gemm_rate_of_the_precision():
+  arch = P.ARCHS["gpt2-small"]
+  hi = P.plan("x", 5, arch, devices=1, device="h100", precision="highest")
+  bf = P.plan("x", 5, arch, devices=1, device="h100", precision="bf16_3x")
+  # same work and memory; the correlation part runs at 156 instead of 67 TFLOP/s, the
+  # forwards stay at fp32
+  assert bf.total_flops == hi.total_flops and bf.peak_gib_per_device == hi.peak_gib_per_device
+  want = (bf.corr_flops_per_token / 156e12 + bf.forward_flops_per_token / 67e12) * 1e8 / 0.7
+  assert bf.est_hours == pytest.approx(want / 3600, rel=1e-12)
+  assert hi.est_hours / bf.est_hours > 2
+  assert "bf16_3x GEMM rate" in P.format_plan(bf)
+  with pytest.raises(UserError, match="v100 has no bf16_3x"):
+    P.plan("x", 5, arch, devices=1, device="v100", precision="bf16_3x")
