@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +52,96 @@ def test_one_line_error(paths, case):
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, r.stderr[-2000:]
   assert not paths["wd"].exists()
+
+
+# `main.py tokenize` in a process whose n-th atomic write fails with an OS error, as a full
+# disk (or an unwritable workdir) makes it fail; the rest of the run is the real command.
+_FAILING = """
+import errno, sys
+from ucore import atomic
+n, code, argv = int(sys.argv[1]), getattr(errno, sys.argv[2]), sys.argv[3:]
+calls, write_bytes = [], atomic.write_bytes
+def failing(path, data):
+  calls.append(path)
+  if len(calls) == n:
+    raise OSError(code, __import__("os").strerror(code), path)
+  return write_bytes(path, data)
+atomic.write_bytes = failing
+sys.argv = ["main.py", *argv]
+import main
+from absl import app
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+TOK = ["tokenize", "--config=configs/tokenize_default.py:tiny", "--config.num_tokens=6000",
+       "--config.shard_rows=16"]
+
+
+def _main_failing(n, code, *args):
+  return subprocess.run([sys.executable, "-c", _FAILING, str(n), code, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+
+
+def _one_error_line(r, message):
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and "FATAL" not in r.stderr, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, r.stderr[-2000:]
+  return last
+
+
+@pytest.fixture(scope="module")
+def ref_store(tmp_path_factory):
+  ref = tmp_path_factory.mktemp("ref") / "tok"
+  r = _main(*TOK, f"--workdir={ref}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  return str(ref)
+
+
+@pytest.mark.parametrize("n,code", [(5, "ENOSPC"), (19, "EFBIG")])
+def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, code):
+  """Issue 10 item 6: a write failing for a full disk (5th write: a shard after the first
+  committed one; 19th: the final manifest) exits 2 with one line; nothing looks complete;
+  the same command after "freeing space" finishes the identical store."""
+  from ucore.data import build
+  from ucore.data.store import open_store
+  from ucore.errors import UserError
+  wd = tmp_path / "tok"
+  last = _one_error_line(_main_failing(n, code, *TOK, f"--workdir={wd}"), "the disk is full")
+  assert "rerun the same command" in last and os.strerror(getattr(__import__("errno"), code)) \
+      in last
+  assert (wd / build.BUILD_DIR / build.JOB).exists()   # the started job is kept, resumable
+  with pytest.raises(UserError):
+    open_store(str(wd))                                  # ... and not mistaken for a store
+  assert not [p for p in os.listdir(wd / build.BUILD_DIR) if p.startswith(".tmp-")]
+  r = _main(*TOK, f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  got, want = open_store(str(wd)), open_store(ref_store)
+  assert got.store_id == want.store_id and got.manifest == want.manifest
+  np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+  """EROFS / EACCES (a read-only or forbidden workdir; injected, the tests run as root)."""
+  for code, text in (("EROFS", "Read-only file system"), ("EACCES", "Permission denied")):
+    wd = tmp_path / code
+    last = _one_error_line(_main_failing(1, code, *TOK, f"--workdir={wd}"), text)
+    assert "--workdir" in last
+
+
+def test_environment_error_looks_through_causes_and_library_messages():
+  import errno
+  from ucore.errors import environment_error
+  try:
+    try:
+      raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/w/x")
+    except OSError as e:
+      raise RuntimeError("checkpoint save failed") from e
+  except RuntimeError as e:
+    assert "the disk is full" in environment_error(e) and "/w/x" in environment_error(e)
+  # tensorstore reports the OS error only in its message
+  ts = ValueError("Error writing local file \"/w/tokens/c/0\": [OS error: No space left on "
+                  "device]")
+  assert "No space left on device" in environment_error(ts)
+  assert environment_error(ValueError("bad shape")) is None
+  assert environment_error(OSError(errno.ENOENT, "No such file")) is None
