@@ -278,8 +278,23 @@ def run(config, workdir: str, analyses: str = "all") -> Run:
     timings[name] = round(time.time() - t0, 2)
   atomic.write_json(os.path.join(workdir, "sections.json"),
                     {"analyses": todo, "seconds": timings,
-                     "sections": [list(s) for s in sections]})
+                     # figure paths relative to the workdir, which can move
+                     "sections": [[s[0], _relative(s[1], workdir), *s[2:]] for s in sections]})
   return Run(sections, todo, inp.corr)
+
+
+def _relative(path, workdir):
+  if isinstance(path, str) and os.path.isabs(path) and \
+      os.path.abspath(path).startswith(os.path.abspath(workdir) + os.sep):
+    return os.path.relpath(path, workdir)
+  return path
+
+
+def read_sections(workdir: str) -> list:
+  """The [(title, png_path, caption)] of `<workdir>/sections.json`, paths under `workdir`."""
+  meta = atomic.read_json(os.path.join(workdir, "sections.json"))
+  return [(s[0], os.path.join(workdir, s[1]) if isinstance(s[1], str) else s[1], *s[2:])
+          for s in meta["sections"]]
 
 
 def run_all(config, workdir: str, analyses: str = "all") -> list:
