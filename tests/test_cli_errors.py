@@ -14,7 +14,7 @@ TINY = "--config=configs/correlate_tiny.py"
 
 def _main(*args):
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 @pytest.fixture
@@ -60,18 +60,20 @@ def test_one_line_error(paths, case):
   assert not paths["wd"].exists()
 
 
-# `main.py tokenize` in a process whose n-th atomic write fails with an OS error, as a full
+# `main.py ...` in a process whose n-th atomic write fails with an OS error, as a full
 # disk (or an unwritable workdir) makes it fail; the rest of the run is the real command.
 _FAILING = """
 import errno, sys
 from ucore import atomic
-n, code, argv = int(sys.argv[1]), getattr(errno, sys.argv[2]), sys.argv[3:]
+when, code, argv = sys.argv[1], getattr(errno, sys.argv[2]), sys.argv[3:]
 calls, write_bytes = [], atomic.write_bytes
-def failing(path, data):
+def failing(path, data):   # the n-th write, or the first whose path holds `when`
   calls.append(path)
-  if len(calls) == n:
+  if (len(calls) == int(when)) if when.isdigit() else (when in path and not failing.done):
+    failing.done = True
     raise OSError(code, __import__("os").strerror(code), path)
   return write_bytes(path, data)
+failing.done = False
 atomic.write_bytes = failing
 sys.argv = ["main.py", *argv]
 import main
@@ -84,7 +86,7 @@ TOK = ["tokenize", "--config=configs/tokenize_default.py:tiny", "--config.num_to
 
 def _main_failing(n, code, *args):
   return subprocess.run([sys.executable, "-c", _FAILING, str(n), code, *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120,
+                        capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
 
 
@@ -125,6 +127,32 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   got, want = open_store(str(wd)), open_store(ref_store)
   assert got.store_id == want.store_id and got.manifest == want.manifest
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
+
+
+def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store):
+  """The same for `main.py train`: the write of a kept checkpoint fails (its staging folder
+  is removed, so no half checkpoint is left); the rerun completes the run from its committed
+  state, each loss line once. (That a resumed run equals an uninterrupted one is
+  test_train_family's kill tests.)"""
+  import json
+  from ucore.model import load_model
+  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
+           "--config.num_steps=6", "--config.checkpoint_steps=0,3,6", "--config.eval_every=3",
+           "--config.state_every=3", "--config.log_every=3"]   # GPT-2's vocabulary: few steps
+  wd = tmp_path / "fam"
+  _one_error_line(_main_failing("checkpoint-3", "ENOSPC", *train, f"--workdir={wd}"),
+                  "the disk is full")
+  assert not (wd / "family.json").exists()
+  assert not (wd / "seed0" / "checkpoint-3").exists()
+  assert not list(wd.glob("seed*/checkpoint-*.partial-*"))
+  r = _main(*train, f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for seed in (0, 1):
+    for ck in ("checkpoint-0", "checkpoint-3", "final"):
+      load_model(str(wd / f"seed{seed}" / ck))
+  rows = [json.loads(line) for line in (wd / "losses.jsonl").read_text().splitlines()]
+  keys = [(r["step"], r["seed"], r["split"]) for r in rows]
+  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(7))
 
 
 def test_unwritable_workdir_is_one_line(tmp_path):
