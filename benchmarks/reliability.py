@@ -171,7 +171,8 @@ def digest(command, workdir):
                          sorted(os.listdir(os.path.join(workdir, "corr_steps")))]:
       out.update({f"{t}:{k}": v for k, v in
                   tables_digest(os.path.join(workdir, t, "tables")).items()})
-    out["pipeline.json"] = _h(_json_without_timing(os.path.join(workdir, "pipeline.json")))
+    text = _json_without_timing(os.path.join(workdir, "pipeline.json"))
+    out["pipeline.json"] = _h(text.replace(os.path.abspath(workdir), "<workdir>"))
     return out
   raise ValueError(command)
 
