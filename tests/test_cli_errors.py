@@ -39,6 +39,8 @@ CASES = {
                      "--workdir={wd}"], "unknown variant"),
     "list_element_type": (["train", "--config=configs/train_default.py", "--config.seeds=4,x",
                            "--workdir={wd}"], "every element must be an int"),
+    "list_token_ids": (["correlate", TINY, "--config.exclude_ids=x,2", "--workdir={wd}"],
+                       "every element must be an int"),
     "list_empty_element": (["correlate", TINY, "--config.models=a,,b", "--workdir={wd}"],
                            "empty element"),
     "list_literal": (["correlate", TINY, "--config.exclude_ids=(1,", "--workdir={wd}"],

@@ -4,7 +4,8 @@
 baseline.kinds, train.seeds ...) takes comma-separated elements; `--config.models=` is the
 empty list; a Python literal (`--config.exclude_ids='(1, 2)'`) also works. The elements take
 the type of the field's default elements (int, float or str); for an empty default they are
-ints when every element is an integer, else strings. A malformed value is a one-line error.
+ints when every element is an integer or the field is named *_ids (token ids), else strings.
+A malformed value is a one-line error.
 """
 import ast
 
@@ -84,8 +85,8 @@ def _typed(path: str, raw, default):
   """`raw` (strings) as elements of the type of `default`'s elements."""
   from ucore.errors import UserError
   kind = _element_type(default or ())
-  if not default and raw and all(_is_int(v) for v in raw):
-    kind = int
+  if not default and (path.endswith("_ids") or raw and all(_is_int(v) for v in raw)):
+    kind = int   # *_ids fields (exclude_ids, mask_exclude_ids) hold token ids
   try:
     if kind is bool:
       values = [{"true": True, "false": False}[v.lower()] for v in raw]
