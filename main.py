@@ -8,8 +8,8 @@
 Each subcommand lives in ucore/cli/<name>.py (a missing module is an import error) and
 registers its own flags there; a flag of another subcommand (`main.py train --plan_devices=3`)
 is refused. --config and --workdir (ucore/cli/common.py) are shared. This file only parses
-flags and dispatches. A ucore.errors.UserError becomes a one-line message on stderr and exit
-status 2.
+flags and dispatches. A ucore.errors.UserError, a full disk and an unwritable path
+(ucore.errors.environment_error) become a one-line message on stderr and exit status 2.
 """
 import importlib
 import logging as logging_std
@@ -50,7 +50,7 @@ class _QuietLibraries(logging_std.Filter):
 
 
 def main(argv):
-  from ucore.errors import UserError
+  from ucore.errors import UserError, environment_error
   logging.get_absl_handler().addFilter(_QuietLibraries())
   args = argv[1:]
   command = args[0] if args else DEFAULT_COMMAND
@@ -67,6 +67,13 @@ def main(argv):
   except UserError as e:
     logging.flush()
     sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+  except Exception as e:   # a full disk or an unwritable workdir: the environment's, not a bug
+    line = environment_error(e)
+    if line is None:
+      raise
+    logging.flush()
+    sys.stderr.write(f"error: {line}\n")
     sys.exit(2)
 
 

@@ -64,3 +64,17 @@ def test_family_summary_over_seeds(model, tmp_path):
     cfg = dataclasses.replace(other.config, d_mlp=16)
     from ucore.model import init_params
     prediction.run(model, str(tmp_path), family={"bad": HookedGPT2(cfg, init_params(cfg))})
+
+
+def test_family_model_names_are_safe_and_distinct():
+  """analyze's model names pass correlate's safe-name check; seed{s}/final directories
+  (the pipeline's) get distinct names instead of all being "final"."""
+  from ucore.analyses.runner import family_names
+  from ucore.errors import UserError
+  assert family_names(["ckpt/b", "ckpt/c/"]) == ["b", "c"]
+  assert family_names(["/w/family/seed1/final", "/w/family/seed2/final"]) == \
+      ["seed1-final", "seed2-final"]
+  with pytest.raises(UserError, match="not a safe name"):
+    family_names(["ckpt/b", "ckpt/bad name"])
+  with pytest.raises(UserError, match="more than once"):
+    family_names(["ckpt/b", "ckpt/b"])

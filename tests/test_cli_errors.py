@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,7 +14,7 @@ TINY = "--config=configs/correlate_tiny.py"
 
 def _main(*args):
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 @pytest.fixture
@@ -36,6 +37,14 @@ CASES = {
                         "--config.batch_rows=abc"),
     "bad_variant": (["pipeline", "--config=configs/pipeline_default.py:bogus",
                      "--workdir={wd}"], "unknown variant"),
+    "list_element_type": (["train", "--config=configs/train_default.py", "--config.seeds=4,x",
+                           "--workdir={wd}"], "every element must be an int"),
+    "list_token_ids": (["correlate", TINY, "--config.exclude_ids=x,2", "--workdir={wd}"],
+                       "every element must be an int"),
+    "list_empty_element": (["correlate", TINY, "--config.models=a,,b", "--workdir={wd}"],
+                           "empty element"),
+    "list_literal": (["correlate", TINY, "--config.exclude_ids=(1,", "--workdir={wd}"],
+                     "not a Python list/tuple literal"),
     "workdir_is_file": (["correlate", TINY, "--workdir={afile}"], "is a file"),
     "unknown_flag": (["correlate", TINY, "--nosuchflag=1", "--workdir={wd}"],
                      "Unknown command line flag"),
@@ -51,3 +60,124 @@ def test_one_line_error(paths, case):
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, r.stderr[-2000:]
   assert not paths["wd"].exists()
+
+
+# `main.py ...` in a process whose n-th atomic write fails with an OS error, as a full
+# disk (or an unwritable workdir) makes it fail; the rest of the run is the real command.
+_FAILING = """
+import errno, sys
+from ucore import atomic
+when, code, argv = sys.argv[1], getattr(errno, sys.argv[2]), sys.argv[3:]
+calls, write_bytes = [], atomic.write_bytes
+def failing(path, data):   # the n-th write, or the first whose path holds `when`
+  calls.append(path)
+  if (len(calls) == int(when)) if when.isdigit() else (when in path and not failing.done):
+    failing.done = True
+    raise OSError(code, __import__("os").strerror(code), path)
+  return write_bytes(path, data)
+failing.done = False
+atomic.write_bytes = failing
+sys.argv = ["main.py", *argv]
+import main
+from absl import app
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+TOK = ["tokenize", "--config=configs/tokenize_default.py:tiny", "--config.num_tokens=6000",
+       "--config.shard_rows=16"]
+
+
+def _main_failing(n, code, *args):
+  return subprocess.run([sys.executable, "-c", _FAILING, str(n), code, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+
+
+def _one_error_line(r, message):
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and "FATAL" not in r.stderr, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, r.stderr[-2000:]
+  return last
+
+
+@pytest.fixture(scope="module")
+def ref_store(tmp_path_factory):
+  ref = tmp_path_factory.mktemp("ref") / "tok"
+  r = _main(*TOK, f"--workdir={ref}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  return str(ref)
+
+
+@pytest.mark.parametrize("n,code", [(5, "ENOSPC"), (19, "EFBIG")])
+def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, code):
+  """Issue 10 item 6: a write failing for a full disk (5th write: a shard after the first
+  committed one; 19th: the final manifest) exits 2 with one line; nothing looks complete;
+  the same command after "freeing space" finishes the identical store."""
+  from ucore.data import build
+  from ucore.data.store import open_store
+  from ucore.errors import UserError
+  wd = tmp_path / "tok"
+  last = _one_error_line(_main_failing(n, code, *TOK, f"--workdir={wd}"), "the disk is full")
+  assert "rerun the same command" in last and os.strerror(getattr(__import__("errno"), code)) \
+      in last
+  assert (wd / build.BUILD_DIR / build.JOB).exists()   # the started job is kept, resumable
+  with pytest.raises(UserError):
+    open_store(str(wd))                                  # ... and not mistaken for a store
+  assert not [p for p in os.listdir(wd / build.BUILD_DIR) if p.startswith(".tmp-")]
+  r = _main(*TOK, f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  got, want = open_store(str(wd)), open_store(ref_store)
+  assert got.store_id == want.store_id and got.manifest == want.manifest
+  np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
+
+
+def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store):
+  """The same for `main.py train`: the write of a kept checkpoint fails (its staging folder
+  is removed, so no half checkpoint is left); the rerun completes the run from its committed
+  state, each loss line once. (That a resumed run equals an uninterrupted one is
+  test_train_family's kill tests.)"""
+  import json
+  from ucore.model import load_model
+  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
+           "--config.num_steps=6", "--config.checkpoint_steps=0,3,6", "--config.eval_every=3",
+           "--config.state_every=3", "--config.log_every=3"]   # GPT-2's vocabulary: few steps
+  wd = tmp_path / "fam"
+  _one_error_line(_main_failing("checkpoint-3", "ENOSPC", *train, f"--workdir={wd}"),
+                  "the disk is full")
+  assert not (wd / "family.json").exists()
+  assert not (wd / "seed0" / "checkpoint-3").exists()
+  assert not list(wd.glob("seed*/checkpoint-*.partial-*"))
+  r = _main(*train, f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for seed in (0, 1):
+    for ck in ("checkpoint-0", "checkpoint-3", "final"):
+      load_model(str(wd / f"seed{seed}" / ck))
+  rows = [json.loads(line) for line in (wd / "losses.jsonl").read_text().splitlines()]
+  keys = [(r["step"], r["seed"], r["split"]) for r in rows]
+  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(7))
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+  """EROFS / EACCES (a read-only or forbidden workdir; injected, the tests run as root)."""
+  for code, text in (("EROFS", "Read-only file system"), ("EACCES", "Permission denied")):
+    wd = tmp_path / code
+    last = _one_error_line(_main_failing(1, code, *TOK, f"--workdir={wd}"), text)
+    assert "--workdir" in last
+
+
+def test_environment_error_looks_through_causes_and_library_messages():
+  import errno
+  from ucore.errors import environment_error
+  try:
+    try:
+      raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/w/x")
+    except OSError as e:
+      raise RuntimeError("checkpoint save failed") from e
+  except RuntimeError as e:
+    assert "the disk is full" in environment_error(e) and "/w/x" in environment_error(e)
+  # tensorstore reports the OS error only in its message
+  ts = ValueError("Error writing local file \"/w/tokens/c/0\": [OS error: No space left on "
+                  "device]")
+  assert "No space left on device" in environment_error(ts)
+  assert environment_error(ValueError("bad shape")) is None
+  assert environment_error(OSError(errno.ENOENT, "No such file")) is None

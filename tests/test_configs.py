@@ -26,3 +26,42 @@ def test_config_loads_and_documents_its_command(name):
 def test_unknown_variant_is_refused():
   with pytest.raises(ValueError, match="quick"):
     config_files.load("pipeline_default", "fast")
+
+
+# The flags `main.py` parses, and the config the subcommand would get, printed as JSON.
+_PARSED = """
+import json, sys
+from absl import flags
+import main
+from ucore.cli import common
+flags.FLAGS(sys.argv)
+print(json.dumps(common.require_config().to_dict()))
+"""
+
+
+def _parsed(*argv):
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(config_files.CONFIG_DIR)
+  r = subprocess.run([sys.executable, "-c", _PARSED, *argv], cwd=root, capture_output=True,
+                     text=True, timeout=120, env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 0, r.stderr[-2000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_list_fields_from_the_command_line():
+  """Issue 10 item 8: comma-separated list/tuple overrides, typed like the default."""
+  c = _parsed("--config=configs/correlate_default.py", "--config.models=ckpt/a,ckpt/b",
+              "--config.model_names=x,y", "--config.baseline.kinds=haar",
+              "--config.exclude_ids=1,2")
+  assert c["models"] == ["ckpt/a", "ckpt/b"] and c["model_names"] == ["x", "y"]
+  assert c["baseline"]["kinds"] == ["haar"] and c["exclude_ids"] == [1, 2]
+  c = _parsed("--config=configs/correlate_default.py", "--config.models=only",
+              "--config.exclude_ids=(7, 8)")
+  assert c["models"] == ["only"] and c["exclude_ids"] == [7, 8]
+  c = _parsed("--config=configs/train_default.py", "--config.seeds=4,5",
+              "--config.checkpoint_steps=", "--config.optim.lr=0.5")
+  assert c["seeds"] == [4, 5] and c["checkpoint_steps"] == [] and c["optim"]["lr"] == 0.5
+  c = _parsed("--config=configs/analyze_default.py", "--config.entropy.fixed_values=1,2.5")
+  assert c["entropy"]["fixed_values"] == [1.0, 2.5]

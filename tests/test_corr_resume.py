@@ -114,3 +114,19 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
   assert _run(work).returncode == 0
   r = _run(work, "--config.synthetic.offset=3.0")
   assert r.returncode == 2 and "cannot resume" in r.stderr
+
+
+def test_moved_workdir_resumes(tmp_path):
+  """Issue 10 item 9: a killed correlate workdir moved to another path resumes there (the
+  run is identified by the store's id and the models' fingerprints, not by paths)."""
+  import shutil
+  ref = tmp_path / "ref"
+  assert _run(ref).returncode == 0
+  r = _run_killed(tmp_path / "a", "step:5")
+  assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+  shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+  assert _assert_committed_is_consistent(str(tmp_path / "b" / "state")) is not None
+  r = _run(tmp_path / "b")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "resum" in r.stderr.lower(), r.stderr[-2000:]
+  _same(_tables(ref), _tables(tmp_path / "b"))

@@ -145,3 +145,27 @@ def test_bad_pipeline_config_refused_before_any_work(tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1].startswith("error: persistence_steps [7]")
   assert not os.path.exists(workdir)
+
+
+def test_moved_workdir_resumes_without_redoing_stages(pipeline_run, tmp_path):
+  """Issue 10 item 9: a finished pipeline workdir copied elsewhere (the original out of
+  reach) is accepted there: no stage is redone and the results are the same."""
+  workdir, _ = pipeline_run
+  moved = str(tmp_path / "moved")
+  shutil.copytree(workdir, moved, symlinks=True)
+  away = workdir + ".away"
+  os.rename(workdir, away)   # nothing may still read the old place
+  try:
+    r = _main("pipeline", f"--config={CONFIG}", f"--workdir={moved}")
+  finally:
+    os.rename(away, workdir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(os.path.join(moved, "pipeline.json")))
+  assert summary["family"] == os.path.join(moved, "family")
+  assert summary["stage_seconds"]["train"] < 5 and summary["stage_seconds"]["analyze"] < 5
+  for f in ("corr/tables/neurons_seed0.parquet", "corr_steps/step10/tables/summary.json"):
+    assert os.path.getmtime(os.path.join(moved, f)) == os.path.getmtime(os.path.join(workdir, f))
+  pd.testing.assert_frame_equal(
+      pd.read_parquet(os.path.join(moved, "corr", "tables", "neurons_seed0.parquet")),
+      pd.read_parquet(os.path.join(workdir, "corr", "tables", "neurons_seed0.parquet")))
+  assert os.path.isfile(os.path.join(moved, "report", "index.html"))

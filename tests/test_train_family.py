@@ -101,6 +101,40 @@ def test_killed_and_resumed_run_is_identical(straight, tmp_path):
     assert m1.fingerprint == m2.fingerprint
 
 
+def test_moved_workdir_resumes_identically(straight, tmp_path):
+  """Issue 10 item 9: a killed run moved to another path (and its data given from another
+  path) resumes there; a finished one moved again reports its checkpoints where they are."""
+  import shutil
+  config = _tiny_config()
+  config.data.store = "/old/place/tokens"   # the data is identified by content, not path
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_8(event, step):
+    if step == 8:
+      raise Killed()
+
+  with pytest.raises(Killed):
+    train_family(config, str(tmp_path / "a"), _corpus(), _hook=kill_at_8)
+  shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+  config.data.store = "/new/place/tokens"
+  seen = []
+  train_family(config, str(tmp_path / "b"), _corpus(), _hook=lambda e, s: seen.append(s))
+  assert seen[0] == 7, seen
+  import ucore
+  for seed in (0, 1):
+    assert ucore.load_model(os.path.join(straight[0], f"seed{seed}", "final")).fingerprint == \
+        ucore.load_model(os.path.join(tmp_path / "b", f"seed{seed}", "final")).fingerprint
+  shutil.copytree(str(tmp_path / "b"), str(tmp_path / "c"), symlinks=True)
+  shutil.rmtree(str(tmp_path / "b"))
+  done = train_family(config, str(tmp_path / "c"), _corpus())
+  assert done["final"]["1"] == os.path.join(tmp_path / "c", "seed1", "final")
+  assert done["checkpoints"]["0"]["6"] == os.path.join(tmp_path / "c", "seed0", "checkpoint-6")
+  assert ucore.load_model(done["final"]["0"]).fingerprint == \
+      ucore.load_model(os.path.join(straight[0], "seed0", "final")).fingerprint
+
+
 def test_seeds_differ_in_weights_and_data_order(straight):
   wd, _ = straight
   import ucore
@@ -194,9 +228,10 @@ def test_changed_config_or_data_is_refused(straight, tmp_path):
     train_family(_tiny_config(), wd, _corpus(seed=1))
   # A complete run called again returns its summary without training.
   again = train_family(_tiny_config(), wd, _corpus())
-  assert again == json.load(open(os.path.join(wd, "family.json")))
+  written = json.load(open(os.path.join(wd, "family.json")))
+  assert written["final"] == {"0": os.path.join("seed0", "final"), "1": os.path.join("seed1", "final")}
   from ucore.train import read_family
-  assert read_family(wd) == again
+  assert read_family(wd) == again and again["final"]["0"] == os.path.join(wd, "seed0", "final")
   with pytest.raises(UserError, match="not a training run"):
     read_family(str(tmp_path))
   # A non-empty directory that is not a training run is refused.

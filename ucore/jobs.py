@@ -9,6 +9,8 @@ A job is described by a JSON-able dict (config, data identity, weights' fingerpr
   claim(path, job, msg)      resume-or-start: False after writing `job` to the fresh `path`,
                              True if `path` already holds `job`, UserError (check_same) if
                              it holds another job
+  relative_paths(obj, root)  `obj` with every path inside `root` written relative to it
+                             (also inside comma lists), so a job can move with its workdir
 Used by the token store build (ucore.data.build), training (ucore.train.loop), the
 correlation state (ucore.corr.driver/state) and the pipeline's stage stamps.
 """
@@ -79,3 +81,29 @@ def claim(path: str, job: dict, message: str, hint: str = "") -> bool:
     return True
   atomic.write_json(path, job)
   return False
+
+
+def relative_paths(obj, root: str):
+  """`obj` (normalized) with each string that is a path inside `root` (or a comma list of
+  such paths) replaced by "<root>/" + its path relative to `root`: a job that names files of
+  its own workdir stays the same job when the workdir is moved or copied."""
+  root = os.path.abspath(root)
+
+  def one(s):
+    if not s or not os.path.isabs(s):
+      return None
+    p = os.path.abspath(s)
+    if p != root and not p.startswith(root + os.sep):
+      return None
+    return "<root>/" + os.path.relpath(p, root)
+
+  def walk(o):
+    if isinstance(o, dict):
+      return {k: walk(v) for k, v in o.items()}
+    if isinstance(o, list):
+      return [walk(v) for v in o]
+    if isinstance(o, str):
+      parts = [one(p) for p in o.split(",")]
+      return ",".join(parts) if all(p is not None for p in parts) else o
+    return o
+  return walk(obj)

@@ -196,11 +196,13 @@ def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir)
     c.attention.positions = (min(lo, ctx // 4), ctx)
   from ucore.corr import tables
   stamp = {"config": c.to_dict(), "corr_tables": tables.read_summary(tables_dir)["identity"]}
+  # paths of the pipeline's own workdir relative to it: a moved workdir's analyses still count
+  stamp = jobs.relative_paths(jobs.normalize(stamp), os.path.dirname(os.path.abspath(out_dir)))
   stamp_path = os.path.join(out_dir, "pipeline_stamp.json")
   if os.path.exists(done) and os.path.exists(stamp_path) and \
-      atomic.read_json(stamp_path) == jobs.normalize(stamp):
+      atomic.read_json(stamp_path) == stamp:
     logging.info("analyses in %s are complete; skipping", out_dir)
-    return [tuple(s) for s in atomic.read_json(done)["sections"]]
+    return runner.read_sections(out_dir)
   if os.path.exists(stamp_path):
     os.unlink(stamp_path)
   sections = runner.run_all(c, out_dir, "all")

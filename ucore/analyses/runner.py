@@ -138,6 +138,23 @@ def _families(inp: Inputs, out: str) -> list:
                       alphabet_threshold=c.families.alphabet_threshold)
 
 
+def family_names(dirs: list) -> list:
+  """The names of the family's model directories: their basenames, or parent-basename when
+  basenames repeat (seed1/final, seed2/final -> seed1-final, seed2-final); each must be a
+  safe name (atomic.check_safe_name, as correlate's model names) and all distinct."""
+  def base(d, parts):
+    return "-".join(os.path.normpath(os.path.abspath(d)).split(os.sep)[-parts:])
+  names = [base(d, 1) for d in dirs]
+  if len(set(names)) != len(names):
+    names = [base(d, 2) for d in dirs]
+  for n in names:
+    atomic.check_safe_name(n, "family model name")
+  if len(set(names)) != len(names):
+    raise UserError(f"config.prediction.family_model_dirs names models {names} more than "
+                    "once; list each model directory once")
+  return names
+
+
 @analysis("prediction")
 def _prediction(inp: Inputs, out: str) -> list:
   from ucore.analyses import prediction
@@ -145,8 +162,8 @@ def _prediction(inp: Inputs, out: str) -> list:
   fam_models = None
   if c.family_model_dirs:
     from ucore.model import load_model
-    fam_models = {os.path.basename(os.path.normpath(d)): load_model(d)
-                  for d in str(c.family_model_dirs).split(",") if d.strip()}
+    dirs = [d.strip() for d in str(c.family_model_dirs).split(",") if d.strip()]
+    fam_models = {name: load_model(d) for name, d in zip(family_names(dirs), dirs)}
   return prediction.run(inp.model, out, stats=inp.results.get("stats"), corr=inp.corr,
                         kurt_threshold=c.kurt_threshold, partition_factor=c.partition_factor,
                         family=fam_models)
@@ -278,8 +295,23 @@ def run(config, workdir: str, analyses: str = "all") -> Run:
     timings[name] = round(time.time() - t0, 2)
   atomic.write_json(os.path.join(workdir, "sections.json"),
                     {"analyses": todo, "seconds": timings,
-                     "sections": [list(s) for s in sections]})
+                     # figure paths relative to the workdir, which can move
+                     "sections": [[s[0], _relative(s[1], workdir), *s[2:]] for s in sections]})
   return Run(sections, todo, inp.corr)
+
+
+def _relative(path, workdir):
+  if isinstance(path, str) and os.path.isabs(path) and \
+      os.path.abspath(path).startswith(os.path.abspath(workdir) + os.sep):
+    return os.path.relpath(path, workdir)
+  return path
+
+
+def read_sections(workdir: str) -> list:
+  """The [(title, png_path, caption)] of `<workdir>/sections.json`, paths under `workdir`."""
+  meta = atomic.read_json(os.path.join(workdir, "sections.json"))
+  return [(s[0], os.path.join(workdir, s[1]) if isinstance(s[1], str) else s[1], *s[2:])
+          for s in meta["sections"]]
 
 
 def run_all(config, workdir: str, analyses: str = "all") -> list:

@@ -10,7 +10,8 @@ Workdir layout (`train_family(config, workdir, rows, ...)`):
   seed{s}/checkpoint-{N}/      ucore.model.save_model directory (manifest written last):
                                params after N updates; loads with ucore.load_model
   seed{s}/final -> checkpoint-{num_steps}   relative symlink, made when training completes
-  family.json                  written last: seeds, steps, checkpoint paths, final losses
+  family.json                  written last: seeds, steps, checkpoint paths (relative to the
+                               workdir, which can move), final losses
 
 Step N means "after N updates"; checkpoint-0 is the initialisation. The train loss logged at
 step N is the loss of update N's batch computed with the params of step N-1 (before the
@@ -139,8 +140,44 @@ def _claim(workdir: str, job: dict):
     raise UserError(f"workdir {workdir} is not empty and holds no {JOB}; it is not a training "
                     "run — choose an empty or new --workdir")
   os.makedirs(workdir, exist_ok=True)
+  try:   # a job.json written before the store's path left the job (movable workdirs)
+    old = atomic.read_json(path) if os.path.exists(path) else None
+  except (OSError, ValueError):
+    old = None   # jobs.claim reports it
+  if isinstance(old, dict) and "store" in ((old.get("config") or {}).get("data") or {}):
+    old["config"]["data"].pop("store")
+    if old == job:
+      atomic.write_json(path, job)
   return jobs.claim(path, job, f"workdir {workdir} holds a training run with a different "
                     "config/data", "; use a new --workdir or the original config")
+
+
+def _portable(config) -> dict:
+  """The job's config without config.data.store: the data is identified by its content
+  (data_identity: the store's id or the rows' sha256), so a moved store or workdir resumes."""
+  d = config_dict(config)
+  if isinstance(d.get("data"), dict):
+    d["data"].pop("store", None)
+  return d
+
+
+def _relative_family(summary: dict, workdir: str) -> dict:
+  """family.json's checkpoint paths relative to the training workdir (so it can move)."""
+  out = dict(summary)
+  out["checkpoints"] = {s: {n: os.path.relpath(p, workdir) for n, p in by_step.items()}
+                        for s, by_step in summary["checkpoints"].items()}
+  out["final"] = {s: os.path.relpath(p, workdir) for s, p in summary["final"].items()}
+  return out
+
+
+def _resolved_family(summary: dict, workdir: str) -> dict:
+  """family.json with its paths under `workdir` (where the run is now; paths written by
+  older versions were absolute and stay as they are)."""
+  out = dict(summary)
+  out["checkpoints"] = {s: {n: os.path.join(workdir, p) for n, p in by_step.items()}
+                        for s, by_step in summary["checkpoints"].items()}
+  out["final"] = {s: os.path.join(workdir, p) for s, p in summary["final"].items()}
+  return out
 
 
 def read_losses(workdir: str):
@@ -236,14 +273,14 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     if arr.size and (arr.min() < 0 or arr.max() >= mcfg.vocab_size):
       raise UserError(f"{name} token ids span [{arr.min()}, {arr.max()}], outside the model's "
                       f"vocabulary [0, {mcfg.vocab_size})")
-  job = jobs.normalize({"config": config_dict(config), "data": data_identity,
+  job = jobs.normalize({"config": _portable(config), "data": data_identity,
                     "model_config": mcfg.to_dict()})
   workdir = os.path.abspath(workdir)
   resumed = _claim(workdir, job)
   family_path = os.path.join(workdir, FAMILY)
   if os.path.exists(family_path):
     logging.info("training in %s is already complete", workdir)
-    return atomic.read_json(family_path)
+    return _resolved_family(atomic.read_json(family_path), workdir)
   _remove_partials(workdir)
 
   num_steps = int(config.num_steps)
@@ -366,7 +403,7 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
       "tokens_per_seed": num_steps * int(config.batch_rows) * (ctx - 1),
       "last_session_seconds": time.time() - t_start,
   }
-  atomic.write_json(family_path, summary)
+  atomic.write_json(family_path, _relative_family(summary, workdir))
   return summary
 
 
@@ -383,4 +420,4 @@ def read_family(workdir: str) -> dict:
   family = atomic.read_json(path)
   if family.get("format") != FAMILY_FORMAT:
     raise UserError(f"{path} has format {family.get('format')!r}, expected {FAMILY_FORMAT!r}")
-  return family
+  return _resolved_family(family, os.path.dirname(path))
