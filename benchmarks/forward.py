@@ -1,5 +1,6 @@
 """Tokens/s of the jitted Flax forward capturing every mlp.hook_post vs transformers' eager
-PyTorch forward: same random GPT-2-small weights, float32, CPU, batch 8 x 512.
+PyTorch forward: same random GPT-2-small weights, float32, batch 8 x 512, on JAX's device (torch on
+the GPU too when JAX has one; TF32 off in both).
 
   .venv/bin/python benchmarks/forward.py [--batch=8] [--seq=512] [--reps=3]
 
@@ -51,7 +52,13 @@ def main():
   model.place()
   tokens = np.random.default_rng(0).integers(0, 50257, (args.batch, args.seq), dtype=np.int32)
   names = [f"blocks.{l}.mlp.hook_post" for l in range(12)]
-  torch_tokens = torch.tensor(tokens, dtype=torch.long)
+  # torch runs where JAX runs: the GPU when there is one (TF32 off: fp32 against fp32)
+  tdev = "cuda" if torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
+  torch.backends.cuda.matmul.allow_tf32 = False
+  torch.backends.cudnn.allow_tf32 = False
+  hf_model.to(tdev)
+  torch_tokens = torch.tensor(tokens, dtype=torch.long, device=tdev)
+  sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
 
   def flax_step():
     logits, cache = model.run_with_cache(tokens, names_filter=names)
@@ -60,6 +67,7 @@ def main():
   def torch_step():
     with torch.no_grad():
       hf_model(torch_tokens)
+    sync()
 
   def flax_capture():
     jax.block_until_ready(model.neuron_activations(tokens))
@@ -80,6 +88,7 @@ def main():
     captured.clear()
     with torch.no_grad():
       hf_model.transformer(torch_tokens)
+    sync()
     assert len(captured) == 12
 
   variants = {"flax full": flax_step, "torch full": torch_step,
@@ -93,7 +102,7 @@ def main():
       t = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t)
   n = args.batch * args.seq
   tps = {k: n / min(v) for k, v in times.items()}
-  print(f"torch threads {torch.get_num_threads()}, jax devices {jax.devices()[0].platform}, "
+  print(f"torch on {tdev} ({torch.get_num_threads()} threads), jax devices {jax.devices()[0].platform}, "
         f"batch {args.batch}x{args.seq}, best of {args.reps}")
   for k in variants:
     print(f"  {k:14s} {tps[k]:9,.0f} tokens/s ({min(times[k]):.2f}s)")

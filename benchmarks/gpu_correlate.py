@@ -393,19 +393,27 @@ def main(argv=None):
         f"(jax {jax.__version__}, {jax.device_count()} device(s), {os.cpu_count()} host cores)")
   sections = set(a.sections.split(","))
   rows = []
+  print("| section | what | figures |")
+  print("|---|---|---|", flush=True)
+  shown = [0]
+
+  def show():   # rows as each section finishes: a time-out keeps what was measured
+    for r in rows[shown[0]:]:
+      figs = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items() if k not in ("section", "what"))
+      print(f"| {r['section']} | {r['what']} | {figs} |", flush=True)
+    shown[0] = len(rows)
   if sections & {"1", "2"}:
     bench_ceiling_and_step(a, rows)
+    show()
   if "3" in sections:
     bench_precision(a, rows)
+    show()
   if "4" in sections:
     bench_original(a, rows)
+    show()
   if "5" in sections and a.models:
     bench_end_to_end(a, rows)
-  print("| section | what | figures |")
-  print("|---|---|---|")
-  for r in rows:
-    figs = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items() if k not in ("section", "what"))
-    print(f"| {r['section']} | {r['what']} | {figs} |")
+    show()
   if a.json:
     with open(a.json, "w") as f:
       json.dump(dict(device=str(dev), platform=dev.platform, rows=rows), f, indent=1)

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ("tokenize", "train", "correlate_synthetic", "correlate_models", "pipeline")
 DEFAULT = ORDER[:4]
 # Fields of summaries that time the run instead of describing its result.
-TIMING_KEYS = ("seconds", "last_session_seconds", "stage_seconds")
+TIMING_KEYS = ("seconds", "finalize_seconds", "last_session_seconds", "stage_seconds")
 
 
 def _args(command, refs):

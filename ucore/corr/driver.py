@@ -240,8 +240,10 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       data = check.to_bytes()
       extra[SC.FILE] = data
       man["selfcheck"] = {"settings": check.settings(), "sha256": SC.digest(data)}
+    t = time.time()
     ST.save(state_dir, step, acc.state, jobs.normalize(man), keep=int(config.checkpoint.keep),
             hook=_hook, extra_files=extra)
+    logging.info("correlate: committed step %d (row %d) in %.1fs", step, cursor, time.time() - t)
 
   row_sharding = jax.sharding.NamedSharding(
       jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
@@ -257,6 +259,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if overlap:   # rows of step k+1 are read (and checked) while the device runs step k
     batches = read_ahead(batches, depth=2)
   last_save, t0, rows_done, steps_run = time.time(), time.time(), 0, 0
+  last_line = (t0, 0)   # (time, rows done) at the previous progress line
   split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
   in_flight = collections.deque()   # tickets of dispatched steps
   t_wait = time.time()
@@ -295,12 +298,17 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       rows_done += min(config.batch_rows, stop_row - g)
       _hook("step")
       if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
-        el = time.time() - t0
+        now = time.time()
+        el = now - t0
         tps = rows_done * ctx / max(el, 1e-9)
-        eta = (stop_row - cursor) * ctx / max(tps, 1e-9)
-        logging.info("correlate: step %d row %d/%d | %.0f tokens/s | %.1f GFLOP/s of "
-                     "correlation | forward %.0fs, accumulate %.0fs, host wait %.0fs | ETA %.0fs",
-                     step, cursor, stop_row, tps, flops_step * steps_run / max(el, 1e-9) / 1e9,
+        # the rate since the previous line: the steady state, without the first step's compile
+        recent = (rows_done - last_line[1]) * ctx / max(now - last_line[0], 1e-9)
+        last_line = (now, rows_done)
+        eta = (stop_row - cursor) * ctx / max(recent, 1e-9)
+        logging.info("correlate: step %d row %d/%d | %.0f tokens/s (%.0f since the last line) | "
+                     "%.1f GFLOP/s of correlation | forward %.0fs, accumulate %.0fs, host wait "
+                     "%.0fs | ETA %.0fs", step, cursor, stop_row, tps, recent,
+                     flops_step * steps_run / max(el, 1e-9) / 1e9,
                      split["forward"], split["accumulate"], split["host wait"], eta)
       due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
              time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
@@ -431,7 +439,10 @@ def verify(config, spec, state, check) -> dict:
 def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
                     replace=False, check=None):
   checked = verify(config, spec, state, check if check is not None else "not run")
+  t = time.time()
   res = compute_tables(config, spec, mesh, state)
+  finalize_s = time.time() - t
+  logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
   if config.save_full_matrix:
     from ucore.corr import export
     export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
@@ -454,6 +465,7 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
           "identity": ident,
           "finalize": finalize_settings(config),
           "seconds": time.time() - t_start,
+          "finalize_seconds": finalize_s,   # compute_tables alone (baselines, top-k)
       }
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
