@@ -43,11 +43,13 @@ def run(argv):
     mem = P.compiled_step_bytes(models, arch, devices=n_dev, tok=tok, device=DEVICE.value,
                                 tokens_per_step=tps, compensated=config.compensated,
                                 mode=kw.get("mode", "reference"),
-                                layer_mode=kw.get("layer_mode", "all"))
+                                layer_mode=kw.get("layer_mode", "all"),
+                                precision=str(config.precision))
     return P.format_plan(P.plan(label, models, arch, devices=n_dev, tok=tok,
                                 device=DEVICE.value, tokens_per_step=tps,
                                 compensated=config.compensated, compiled_step_bytes=mem,
-                                precision=str(config.precision), **kw))
+                                precision=str(config.precision),
+                                overlap=bool(config.overlap), **kw))
 
   out = [one("this config", n_models, arch, tokens=tokens, mode=config.mode,
              layer_mode=config.layer_mode, ctx=ctx)]

@@ -116,6 +116,8 @@ class Plan:
   state_gib_per_device: float
   acts_gib_per_device: float
   weights_gib_per_device: float
+  captured_gib_per_device: float  # one step's captured activations (held across the step)
+  steps_in_flight: int           # 2 in the overlapped loop, 1 without
   step_gib_per_device: float     # the accumulate step program (compiled or analytic)
   analytic_step_gib: float       # the analytic estimate, shown beside a compiled figure
   memory_source: str             # "compiled for <kind>" or "analytic"
@@ -133,9 +135,10 @@ class Plan:
 def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
          layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None,
-         precision="highest") -> Plan:
+         precision="highest", overlap=True) -> Plan:
   """compiled_step_bytes: the compiled step's per-device need (compiled_step_bytes()); used
-  instead of the analytic step estimate when given."""
+  instead of the analytic step estimate when given. overlap: the driver's overlapped loop
+  holds two steps' captured activations (what correlate's preflight counts)."""
   if device not in DEVICES:
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
@@ -162,19 +165,24 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   # before the compensated merge (one H100, 5 × GPT-2 small: compiled 61.9 GiB, without this
   # term the estimate said 56.7)
   gemm = n_layer * d_pad / tok * band * d_pad / neu * 4
+  # captured activations [T, L*d] per model live across the step (rows split over devices),
+  # two steps' worth in the overlapped loop
+  captured = tokens_per_step * n_models * N * 4 / devices
+  in_flight = 2 if overlap else 1
+  # bf16_3x: the dots' operands split into bf16 parts, temporaries the fp32 dot has not. One
+  # H200 (jax 0.11.2), 5 × GPT-2 small, 4096 tokens/step: compiled 64.69 GiB vs 59.06 at
+  # highest's estimate; the gap is 2 × captured (issue 13)
+  split = 2 * captured if precision == "bf16_3x" else 0
   params = arch.n_params()
   weights = n_models * params * 4
   # finalize transient: one partner layer of rotated block per device
   fin = n_layer * d_pad * d_pad * 4 / tok
-  analytic_step = state / devices + acts + gemm
+  analytic_step = state / devices + acts + gemm + split
   if compiled_step_bytes is None:
     step, source = analytic_step, "analytic"
-    per_dev = step + weights + fin
   else:
     step, source = float(compiled_step_bytes), f"compiled for {device}"
-    # captured activations [T, L*d] per model live across the step (rows split over devices)
-    captured = tokens_per_step * n_models * N * 4 / devices
-    per_dev = weights + max(step + captured, state / devices + fin)
+  per_dev = weights + max(step + in_flight * captured, state / devices + fin)
   corr_fl = 2.0 * pairs * N * band * d_mlp + 2.0 * rotated * n_layer * d_mlp * d_mlp
   fwd_fl = n_models * (2.0 * n_layer * (4 * d_model + 2 * d_mlp) * d_model
                        + 4.0 * n_layer * ctx * d_model)
@@ -188,7 +196,8 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
               tokens=tokens, devices=devices, mesh=(tok, neu), device=device,
               tokens_per_step=tokens_per_step, state_gib_total=state / g,
               state_gib_per_device=state / devices / g, acts_gib_per_device=acts / g,
-              weights_gib_per_device=weights / g, step_gib_per_device=step / g,
+              weights_gib_per_device=weights / g, captured_gib_per_device=captured / g,
+              steps_in_flight=in_flight, step_gib_per_device=step / g,
               analytic_step_gib=analytic_step / g, memory_source=source,
               peak_gib_per_device=per_dev / g,
               device_gib=mem, fits=per_dev / g <= 0.9 * mem, corr_flops_per_token=corr_fl,
@@ -226,7 +235,8 @@ def arch_of(config) -> Arch:
 
 def format_plan(p: Plan) -> str:
   fit = ("fits" if p.fits else
-         "DOES NOT FIT: add devices, set compensated=False or lower batch_rows")
+         "DOES NOT FIT: add devices, lower batch_rows, set overlap=False or "
+         "compensated=False")
   compared = ("" if p.memory_source == "analytic" else
               f"; analytic estimate {p.analytic_step_gib:.2f}")
   return (f"{p.name}: {p.models} models, {p.pairs} pairs, {p.n_layer}×{p.d_mlp} neurons, "
@@ -234,7 +244,8 @@ def format_plan(p: Plan) -> str:
           f"neu={p.mesh[1]}), {p.tokens_per_step} tokens/step\n"
           f"  accumulators {p.state_gib_total:.1f} GiB total = {p.state_gib_per_device:.2f} "
           f"GiB/device; step program {p.step_gib_per_device:.2f} GiB/device "
-          f"({p.memory_source}{compared}) + weights {p.weights_gib_per_device:.2f} → peak ≈ "
+          f"({p.memory_source}{compared}) + captured activations {p.steps_in_flight} × "
+          f"{p.captured_gib_per_device:.2f} + weights {p.weights_gib_per_device:.2f} → peak ≈ "
           f"{p.peak_gib_per_device:.1f} GiB/device of {p.device_gib} ({fit})\n"
           f"  FLOPs/token: correlations {p.corr_flops_per_token / 1e9:.2f} G + forwards "
           f"{p.forward_flops_per_token / 1e9:.2f} G; total {p.total_flops:.3g} → ≈ "
@@ -253,7 +264,8 @@ def local_kind():
 
 
 def compiled_step_bytes(n_models, arch: Arch, *, devices, tok, device, tokens_per_step,
-                        compensated=True, mode="reference", layer_mode="all"):
+                        compensated=True, mode="reference", layer_mode="all",
+                        precision="highest"):
   """The accumulate step's per-device need from XLA's memory analysis (compiled for abstract
   shapes: nothing allocated), or None where the planned `device` kind × `devices` is not at
   hand here (a CPU compile keeps other temporaries than a GPU's: no cross-platform figures)."""
@@ -264,5 +276,5 @@ def compiled_step_bytes(n_models, arch: Arch, *, devices, tok, device, tokens_pe
   mesh = M.make_mesh(tok, devices // tok, jax.devices()[:devices])
   spec = M.make_spec([f"m{i}" for i in range(n_models)], [range(arch.n_layer)] * n_models,
                      arch.d_mlp, mesh, mode=mode, layer_mode=layer_mode,
-                     compensated=compensated)
+                     compensated=compensated, precision=precision)
   return memory.step_memory(spec, mesh, tokens_per_step).need
