@@ -21,10 +21,14 @@ def _main(*args):
 def paths(tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n")
+  bad_ids = tmp_path / "bad_ids.py"   # token ids as names, in a config file (not the CLI)
+  bad_ids.write_text("from ucore import config_files\n\ndef get_config():\n"
+                     "  c = config_files.load('correlate_tiny')\n"
+                     "  c.exclude_ids = ('eos', 198)\n  return c\n")
   afile = tmp_path / "afile"
   afile.write_text("x")
   # (A read-only workdir is not tested: the tests run as root, which writes anyway.)
-  yield dict(broken=broken, afile=afile, missing=tmp_path / "missing.py", wd=tmp_path / "wd")
+  yield dict(broken=broken, bad_ids=bad_ids, afile=afile, missing=tmp_path / "missing.py", wd=tmp_path / "wd")
 
 
 CASES = {
@@ -41,6 +45,8 @@ CASES = {
                            "--workdir={wd}"], "every element must be an int"),
     "list_token_ids": (["correlate", TINY, "--config.exclude_ids=x,2", "--workdir={wd}"],
                        "every element must be an int"),
+    "config_file_token_ids": (["correlate", "--config={bad_ids}", "--workdir={wd}"],
+                              "config.exclude_ids=('eos', 198) must be a list of token ids"),
     "list_empty_element": (["correlate", TINY, "--config.models=a,,b", "--workdir={wd}"],
                            "empty element"),
     "list_literal": (["correlate", TINY, "--config.exclude_ids=(1,", "--workdir={wd}"],

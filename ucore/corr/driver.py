@@ -124,6 +124,13 @@ def check_numbers(config):
       raise UserError(f"config.{key}={v} must be >= {lo}")
   if int(config.baseline.draws) < 1:
     raise UserError(f"config.baseline.draws={config.baseline.draws} must be >= 1")
+  ids = config.exclude_ids
+  if isinstance(ids, (str, bytes)) or not all(
+      isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in ids):
+    raise UserError(f"config.exclude_ids={ids!r} must be a list of token ids (integers >= 0), "
+                    "e.g. --config.exclude_ids=50256,198; () uses the token store's own")
+  if isinstance(config.pad_id, bool) or not isinstance(config.pad_id, (int, np.integer)):
+    raise UserError(f"config.pad_id={config.pad_id!r} must be an integer token id (-1 = none)")
   if int(config.selfcheck.sample) < 0:
     raise UserError(f"config.selfcheck.sample={config.selfcheck.sample} must be >= 0 "
                     "(0 turns the float64 self-check off)")
