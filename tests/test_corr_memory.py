@@ -99,10 +99,27 @@ def test_plan_matches_the_h200_preflight_at_bf16_3x():
   assert p.peak_gib_per_device - seq.peak_gib_per_device == pytest.approx(
       p.captured_gib_per_device, rel=1e-12)
   assert p.captured_gib_per_device == pytest.approx(4096 * 5 * 12 * 3072 * 4 / GIB, rel=1e-12)
-  # one 80 GB H100 (JAX gets 92% of it): the overlapped run does not fit, the sequential one does
+  # one 80 GB H100: two steps in flight do not fit, one does; correlate (and so plan) then
+  # runs one step at a time
   h100 = dict(devices=1, device="h100", tokens_per_step=4096, precision="bf16_3x")
-  assert not P.plan("x", 5, P.ARCHS["gpt2-small"], **h100).fits
-  assert P.plan("x", 5, P.ARCHS["gpt2-small"], overlap=False, **h100).fits
+  q = P.plan("x", 5, P.ARCHS["gpt2-small"], **h100)
+  assert q.fits and q.one_step_at_a_time and q.steps_in_flight == 1
+  assert q.overlapped_peak_gib == pytest.approx(p.peak_gib_per_device, rel=1e-12)
+  assert q.peak_gib_per_device == pytest.approx(seq.peak_gib_per_device, rel=1e-12)
+  assert "fits one step at a time" in P.format_plan(q)
+  assert not P.plan("x", 5, P.ARCHS["gpt2-small"], overlap=False, **h100).one_step_at_a_time
+  assert not p.one_step_at_a_time and p.steps_in_flight == 2   # the H200 has room for two
+
+
+def test_two_steps_in_flight_fall_back_to_one_when_only_one_fits():
+  spec, mesh = _spec(3, 2, 128, 1, 8)
+  one = memory.step_memory(spec, mesh, 1024).need + memory.captured_bytes(spec, mesh, 1024)
+  two = one + memory.captured_bytes(spec, mesh, 1024)
+  assert memory.steps_in_flight_that_fit(spec, mesh, 1024, free=two) == 2
+  assert memory.steps_in_flight_that_fit(spec, mesh, 1024, free=two - 1) == 1
+  assert memory.steps_in_flight_that_fit(spec, mesh, 1024, free=one, wanted=1) == 1
+  with pytest.raises(UserError, match="one correlate step"):
+    memory.steps_in_flight_that_fit(spec, mesh, 1024, free=one - 1)
 
 
 def test_preflight_refuses_a_step_that_cannot_fit_and_passes_one_that_can():

@@ -12,8 +12,8 @@ def test_plan_time_follows_the_gemm_rate_of_the_precision():
   # same work; the correlation part runs at 156 instead of 67 TFLOP/s, the forwards stay at
   # fp32; memory: the bf16 operand splits (two steps' captured activations' worth)
   assert bf.total_flops == hi.total_flops
-  assert bf.peak_gib_per_device == pytest.approx(
-      hi.peak_gib_per_device + 2 * hi.captured_gib_per_device, rel=1e-12)
+  assert bf.step_gib_per_device == pytest.approx(
+      hi.step_gib_per_device + 2 * hi.captured_gib_per_device, rel=1e-12)
   want = (bf.corr_flops_per_token / 156e12 + bf.forward_flops_per_token / 67e12) * 1e8 / 0.7
   assert bf.est_hours == pytest.approx(want / 3600, rel=1e-12)
   assert hi.est_hours / bf.est_hours > 2

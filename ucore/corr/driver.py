@@ -211,12 +211,13 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
   n_local = len(mesh.local_devices)
   per_pad = -(-per // n_local) * n_local
-  overlap = bool(config.overlap)
   # before any state exists or is allocated: refuse a step that cannot fit (one line). With
-  # overlap the next step's activations are captured while this one runs: counted twice.
+  # overlap the next step's activations are captured while this one runs: counted twice;
+  # where only one step fits, the loop runs sequentially (same tables)
   gib = float(config.memory.device_gib)
-  MEM.preflight(spec, mesh, per_pad * ctx * pcount, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
-                steps_in_flight=2 if overlap else 1)
+  overlap = MEM.steps_in_flight_that_fit(
+      spec, mesh, per_pad * ctx * pcount, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
+      wanted=2 if config.overlap else 1) > 1
   os.makedirs(state_dir, exist_ok=True)
 
   manifest, path = ST.latest(state_dir)

@@ -138,6 +138,25 @@ def preflight(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0, *,
   return need
 
 
+def steps_in_flight_that_fit(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0,
+                             *, free: int | None = None, wanted: int = 2) -> int:
+  """The steps the driver may keep in flight: `wanted` (2, the overlapped loop) when their
+  captured activations fit beside the step, else 1 when one step fits (the same tables, the
+  host's work no longer hidden behind the device's; a warning says so), else preflight's
+  one-line UserError. One 80 GB H100 with the paper's GPT-2-small config is such a case."""
+  try:
+    preflight(spec, mesh, tokens_per_step, model_bytes, free=free, steps_in_flight=wanted)
+    return int(wanted)
+  except UserError:
+    if int(wanted) <= 1:
+      raise
+  preflight(spec, mesh, tokens_per_step, model_bytes, free=free, steps_in_flight=1)
+  logging.warning("correlate: %d steps in flight do not fit; running one step at a time (as "
+                  "config.overlap=False: the same tables, the host's reading no longer "
+                  "overlapped with the device)", int(wanted))
+  return 1
+
+
 def is_oom(e: BaseException) -> bool:
   return isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e)
 

@@ -117,11 +117,13 @@ class Plan:
   acts_gib_per_device: float
   weights_gib_per_device: float
   captured_gib_per_device: float  # one step's captured activations (held across the step)
-  steps_in_flight: int           # 2 in the overlapped loop, 1 without
+  steps_in_flight: int           # 2 in the overlapped loop, 1 without (as planned)
   step_gib_per_device: float     # the accumulate step program (compiled or analytic)
   analytic_step_gib: float       # the analytic estimate, shown beside a compiled figure
   memory_source: str             # "compiled for <kind>" or "analytic"
   peak_gib_per_device: float
+  one_step_at_a_time: bool       # the overlapped loop would not fit; correlate runs sequentially
+  overlapped_peak_gib: float     # the peak with two steps in flight
   device_gib: float
   fits: bool
   corr_flops_per_token: float
@@ -183,6 +185,13 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   else:
     step, source = float(compiled_step_bytes), f"compiled for {device}"
   per_dev = weights + max(step + in_flight * captured, state / devices + fin)
+  # what correlate does (memory.steps_in_flight_that_fit): one step at a time where two
+  # steps' activations do not fit beside the step but one does
+  overlapped_peak, usable = per_dev, 0.9 * mem * 2.0 ** 30
+  one_step = weights + max(step + captured, state / devices + fin)
+  sequential = in_flight > 1 and per_dev > usable >= one_step
+  if sequential:
+    per_dev = one_step
   corr_fl = 2.0 * pairs * N * band * d_mlp + 2.0 * rotated * n_layer * d_mlp * d_mlp
   fwd_fl = n_models * (2.0 * n_layer * (4 * d_model + 2 * d_mlp) * d_model
                        + 4.0 * n_layer * ctx * d_model)
@@ -197,9 +206,10 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
               tokens_per_step=tokens_per_step, state_gib_total=state / g,
               state_gib_per_device=state / devices / g, acts_gib_per_device=acts / g,
               weights_gib_per_device=weights / g, captured_gib_per_device=captured / g,
-              steps_in_flight=in_flight, step_gib_per_device=step / g,
+              steps_in_flight=1 if sequential else in_flight, step_gib_per_device=step / g,
               analytic_step_gib=analytic_step / g, memory_source=source,
-              peak_gib_per_device=per_dev / g,
+              peak_gib_per_device=per_dev / g, one_step_at_a_time=sequential,
+              overlapped_peak_gib=overlapped_peak / g,
               device_gib=mem, fits=per_dev / g <= 0.9 * mem, corr_flops_per_token=corr_fl,
               forward_flops_per_token=fwd_fl, total_flops=total, est_hours=hours,
               original_accum_gib=pairs * (N * N + 2 * N) * 8 / g, precision=precision)
@@ -234,7 +244,8 @@ def arch_of(config) -> Arch:
 
 
 def format_plan(p: Plan) -> str:
-  fit = ("fits" if p.fits else
+  fit = (f"fits one step at a time; two in flight would need {p.overlapped_peak_gib:.1f}"
+         if p.one_step_at_a_time else "fits" if p.fits else
          "DOES NOT FIT: add devices, lower batch_rows, set overlap=False or "
          "compensated=False")
   compared = ("" if p.memory_source == "analytic" else
