@@ -65,3 +65,24 @@ def test_gpu_correlate_end_to_end_row_shells_out_to_correlate(tmp_path):
              "--e2e_tokens", "1000")
   assert "e2e> error: model m0: path" in out, out
   assert re.search(r"\| 5 end to end \| main.py correlate, 2 models, 1000 tokens .*\| rc 2,", out)
+
+
+def test_progress_rate_reads_a_real_correlate_log(tmp_path):
+  """benchmarks/progress_rate.py (the GPU session's steady-state figure) parses what
+  `main.py correlate` logs: every progress line, the steady rates after the first, and the
+  commit, self-check and finalize lines."""
+  from benchmarks.progress_rate import summarize
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
+  p = subprocess.run([sys.executable, "main.py", "correlate", "--config=configs/correlate_tiny.py",
+                      f"--workdir={tmp_path / 'w'}", "--config.log_every=1"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-2000:]
+  n_lines = p.stderr.count("correlate: step ")
+  s = summarize(p.stderr.splitlines())
+  assert n_lines >= 3 and s["progress_lines"] == n_lines
+  assert len(s["steady_tokens_per_s"]) == n_lines - 1
+  assert all(v > 0 for v in s["steady_tokens_per_s"]) and s["rows"] > 0
+  for what in ("committed step", "self-check", "tables computed", "wrote "):
+    assert any(what in n for n in s["notes"]), (what, s["notes"])
+  with open(tmp_path / "w" / "tables" / "summary.json") as f:
+    assert json.load(f)["finalize_seconds"] > 0
