@@ -138,7 +138,8 @@ def make_old_pair_result(rmat_fn=None):
   the host draw (to feed both paths the same matrices)."""
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from ucore.corr.finalize import PairResult, _inv_std, _to_host, _value, moments_host
+  from ucore.corr.finalize import (PairResult, _value, baseline_values, inv_stds,
+                                   moments_host, top_partners)
   corr_fn, baseline_fn = _old_kernels()
 
   def pair_result(spec, mesh, state, x, y, orient, *, top_k=5, baseline_kinds=("haar",),
@@ -147,25 +148,16 @@ def make_old_pair_result(rmat_fn=None):
       moments = moments_host(spec, state, dead_rel_std)[1]
     own, part = (x, y) if orient == "fwd" else (y, x)
     k = int(min(top_k, spec.band(own, part) * spec.d_pad))
-    rep = NamedSharding(mesh, P())
-    inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
-    inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
-    f = corr_fn(spec, mesh, x, y, orient, k)
-    cv, ci = f(_value(state, f"C/{x}_{y}"), inv_own, inv_part)
-    cv, ci = _to_host(cv)[:, :spec.d_mlp], _to_host(ci)[:, :spec.d_mlp]
+    inv_own, inv_part = inv_stds(mesh, moments, own, part)
+    f = corr_fn(spec, mesh, x, y, orient, k)   # the old kernels: per-call host round trips
+    cv, layer, neuron = top_partners(spec, moments, own, part,
+                                     *f(_value(state, f"C/{x}_{y}"), inv_own, inv_part))
     dead_own = moments[own]["dead"][:, :spec.d_mlp]
-    none = ~np.isfinite(cv) | dead_own[:, :, None]
-    cv = np.where(none, np.nan, cv).astype(np.float64)
-    b_pos, neuron = ci // spec.d_pad, ci % spec.d_pad
-    pl = spec.partner_layer(own, part)
-    lay_pos = np.take_along_axis(pl[:, None, :].repeat(cv.shape[1], 1), b_pos, axis=2)
-    lay_ids = np.asarray(spec.layer_ids[part])[np.maximum(lay_pos, 0)]
-    layer = np.where(none, -1, lay_ids)
-    neuron = np.where(none, -1, neuron)
     baselines = {}
     if baseline_kinds:
       fb = baseline_fn(spec, mesh, x, y, orient)
       cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
+      rep = NamedSharding(mesh, P())
       for kind in baseline_kinds:
         res = []
         for draw in range(draws):
@@ -174,9 +166,8 @@ def make_old_pair_result(rmat_fn=None):
                                      seed=seed, draw=draw, model=part)
           else:
             rmat = rmat_fn(kind, part, draw, seed)
-          b = _to_host(fb(cval, sval, jax.device_put(rmat, rep), inv_own))
-          b = b[:, :spec.d_mlp].astype(np.float64)
-          res.append(np.where(~np.isfinite(b) | dead_own, np.nan, b))
+          res.append(baseline_values(spec, dead_own,
+                                     fb(cval, sval, jax.device_put(rmat, rep), inv_own)))
         baselines[kind] = np.stack(res)
     return PairResult(own=own, partner=part, corr=cv, layer=layer, neuron=neuron,
                       baselines=baselines)

@@ -36,6 +36,8 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from ucore.corr import tables as TB  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ("tokenize", "train", "correlate_synthetic", "correlate_models", "pipeline")
 DEFAULT = ORDER[:4]
@@ -162,7 +164,7 @@ def digest(command, workdir):
   if command == "train":
     return family_digest(workdir)
   if command.startswith("correlate"):
-    return tables_digest(os.path.join(workdir, "tables"))
+    return tables_digest(os.path.join(workdir, TB.TABLES_DIR))
   if command == "pipeline":
     out = {f"tokens:{k}": v for k, v in store_digest(os.path.join(workdir, "tokens")).items()}
     out.update({f"family:{k}": v for k, v in
@@ -170,7 +172,7 @@ def digest(command, workdir):
     for t in ["corr"] + [os.path.join("corr_steps", d) for d in
                          sorted(os.listdir(os.path.join(workdir, "corr_steps")))]:
       out.update({f"{t}:{k}": v for k, v in
-                  tables_digest(os.path.join(workdir, t, "tables")).items()})
+                  tables_digest(os.path.join(workdir, t, TB.TABLES_DIR)).items()})
     text = _json_without_timing(os.path.join(workdir, "pipeline.json"))
     out["pipeline.json"] = _h(text.replace(os.path.abspath(workdir), "<workdir>"))
     return out

@@ -51,6 +51,21 @@ def acc_inputs(a):
   return [jnp.asarray(x) for x in a]
 
 
+
+def _stop_at_step(config, workdir, n):
+  """Runs correlate into `workdir` and interrupts it as the n-th step finishes."""
+  class Stop(Exception):
+    pass
+
+  def hook(phase, seen=[0]):
+    if phase == "step":
+      seen[0] += 1
+      if seen[0] == n:
+        raise Stop()
+
+  with pytest.raises(Stop):
+    driver.run(config, workdir, _hook=hook)
+
 def test_reference_matches_numpy_corrcoef_and_engine():
   acts = _family(0)
   mask = np.random.default_rng(1).random(acts[0].shape[0]) > 0.1
@@ -129,18 +144,8 @@ def test_overlapped_loop_equals_sequential_and_resume_keeps_the_check(tmp_path):
   assert s_seq == s_ovl and s_seq["status"] == "ok" and s_seq["tokens"] > 0
 
   # interrupted after the step-4 commit, resumed: the same check over the same tokens
-  class Stop(Exception):
-    pass
-
-  def hook(phase, n=[0]):
-    if phase == "step":
-      n[0] += 1
-      if n[0] == 5:
-        raise Stop()
-
   wd = str(tmp_path / "resumed")
-  with pytest.raises(Stop):
-    driver.run(c, wd, _hook=hook)
+  _stop_at_step(c, wd, 5)
   assert not os.path.exists(os.path.join(wd, "tables"))
   driver.run(c, wd)
   s_res = atomic.read_json(os.path.join(wd, "tables", "summary.json"))["selfcheck"]
@@ -179,19 +184,8 @@ def test_resume_from_a_checkpoint_without_reference_sums_says_so(tmp_path):
   summary says the check is unavailable instead of reporting a partial reference."""
   c = config_files.load("correlate_tiny")
   c.selfcheck.sample = 0
-
-  class Stop(Exception):
-    pass
-
-  def hook(phase, n=[0]):
-    if phase == "step":
-      n[0] += 1
-      if n[0] == 3:
-        raise Stop()
-
   wd = str(tmp_path / "run")
-  with pytest.raises(Stop):
-    driver.run(c, wd, _hook=hook)
+  _stop_at_step(c, wd, 3)
   c.selfcheck.sample = 256
   driver.run(c, wd)
   s = atomic.read_json(os.path.join(wd, "tables", "summary.json"))["selfcheck"]

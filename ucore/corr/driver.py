@@ -30,7 +30,7 @@ from ucore.corr import precision as precision_names
 from ucore.corr import selfcheck as SC
 from ucore.corr import state as ST
 from ucore.corr import tables as TB
-from ucore.data.mask import token_mask
+from ucore.data.mask import DEFAULT_EXCLUDE_IDS, token_mask
 from ucore.data.read_ahead import read_ahead
 from ucore.data.store import check_store_matches_model, process_rows
 from ucore.errors import UserError
@@ -128,7 +128,9 @@ def check_numbers(config):
   if isinstance(ids, (str, bytes)) or not all(
       isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in ids):
     raise UserError(f"config.exclude_ids={ids!r} must be a list of token ids (integers >= 0), "
-                    "e.g. --config.exclude_ids=50256,198; () uses the token store's own")
+                    "e.g. --config.exclude_ids="
+                    f"{','.join(map(str, DEFAULT_EXCLUDE_IDS))} (GPT-2's); () uses the token "
+                    "store's own")
   if isinstance(config.pad_id, bool) or not isinstance(config.pad_id, (int, np.integer)):
     raise UserError(f"config.pad_id={config.pad_id!r} must be an integer token id (-1 = none)")
   if int(config.selfcheck.sample) < 0:
@@ -171,7 +173,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
                     f"{store.num_rows} rows.")
   ident = identity(config, spec, srcs, store, mesh, stop_row)
   state_dir = os.path.join(workdir, "state")
-  tables_dir = os.path.join(workdir, "tables")
+  tables_dir = os.path.join(workdir, TB.TABLES_DIR)
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
   if jax.process_index() == 0:   # left by a kill during the final table write
     atomic.remove_partials(tables_dir)
@@ -368,10 +370,11 @@ def _restore_check(config, spec, manifest, path):
   return check
 
 
-def compute_tables(config, spec, mesh, state):
-  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}."""
+def compute_tables(config, spec, mesh, state, moments=None):
+  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}.
+  moments: F.moments_host's (n, per-model moments) when the caller has them."""
   dead_value = float(config.dead_value) if config.fill_dead else None
-  n, moms = F.moments_host(spec, state, float(config.dead_rel_std))
+  n, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
   kinds = tuple(config.baseline.kinds)
   if kinds and config.baseline.primary not in kinds:
     raise UserError(f"baseline.primary={config.baseline.primary!r} is not in baseline.kinds.")
@@ -419,14 +422,14 @@ def finalize_settings(config) -> dict:
   return jobs.normalize(out)
 
 
-def verify(config, spec, state, check) -> dict:
+def verify(config, spec, state, check, moments=None) -> dict:
   """The self-check's measured errors (summary.json's "selfcheck"); UserError, before any
   table is written, when they exceed config.selfcheck.fail_above (the moments stay committed:
   rerun with a higher bound, or another precision, to get tables)."""
   if not isinstance(check, SC.SelfCheck):
     return {"status": check, "precision": spec.precision}
   t = time.time()
-  _, moms = F.moments_host(spec, state, float(config.dead_rel_std))
+  _, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
   res = dict(check.measure(state, moms), precision=spec.precision,
              fail_above=float(config.selfcheck.fail_above))
   worst = max(res["max_abs_corr"], res["max_abs_rotated"])
@@ -446,9 +449,10 @@ def verify(config, spec, state, check) -> dict:
 
 def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
                     replace=False, check=None):
-  checked = verify(config, spec, state, check if check is not None else "not run")
+  moments = F.moments_host(spec, state, float(config.dead_rel_std))   # once, for both
+  checked = verify(config, spec, state, check if check is not None else "not run", moments)
   t = time.time()
-  res = compute_tables(config, spec, mesh, state)
+  res = compute_tables(config, spec, mesh, state, moments)
   finalize_s = time.time() - t
   logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
   if config.save_full_matrix:

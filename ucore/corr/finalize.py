@@ -218,6 +218,31 @@ def _inv_std(mom):
   return np.where(mom["dead"], 0.0, 1.0 / np.sqrt(np.where(mom["dead"], 1.0, mom["m2"])))
 
 
+def inv_stds(mesh, moments, own, part):
+  """1/std of both models' neurons (0 for dead), replicated on the mesh."""
+  rep = NamedSharding(mesh, P())
+  return tuple(jax.device_put(_inv_std(moments[m]).astype(np.float32), rep) for m in (own, part))
+
+
+def top_partners(spec: Spec, moments, own, part, values, index):
+  """The top-k kernel's (values, flat partner index) on the host -> (corr, layer, neuron),
+  [L_own, d_mlp, k] each; NaN / -1 where the own neuron is dead or has no partner."""
+  cv, ci = _to_host(values)[:, :spec.d_mlp], _to_host(index)[:, :spec.d_mlp]
+  none = ~np.isfinite(cv) | moments[own]["dead"][:, :spec.d_mlp][:, :, None]
+  cv = np.where(none, np.nan, cv).astype(np.float64)
+  b_pos, neuron = ci // spec.d_pad, ci % spec.d_pad
+  pl = spec.partner_layer(own, part)                          # [L_own, B]
+  lay_pos = np.take_along_axis(pl[:, None, :].repeat(cv.shape[1], 1), b_pos, axis=2)
+  lay_ids = np.asarray(spec.layer_ids[part])[np.maximum(lay_pos, 0)]
+  return cv, np.where(none, -1, lay_ids), np.where(none, -1, neuron)
+
+
+def baseline_values(spec: Spec, dead_own, b):
+  """One baseline draw on the host, float64, NaN for dead own neurons."""
+  b = _to_host(b)[:, :spec.d_mlp].astype(np.float64)
+  return np.where(~np.isfinite(b) | dead_own, np.nan, b)
+
+
 def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kinds=("haar",),
                 draws=1, seed=0, dead_rel_std=1e-6, moments=None) -> PairResult:
   """Statistics for the rows of one model ('fwd': x, 'bwd': y) against the other."""
@@ -227,22 +252,12 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
     moments = moments_host(spec, state, dead_rel_std)[1]
   own, part = (x, y) if orient == "fwd" else (y, x)
   k = int(min(top_k, spec.band(own, part) * spec.d_pad))
-  rep = NamedSharding(mesh, P())
-  inv_own = jax.device_put(_inv_std(moments[own]).astype(np.float32), rep)
-  inv_part = jax.device_put(_inv_std(moments[part]).astype(np.float32), rep)
+  inv_own, inv_part = inv_stds(mesh, moments, own, part)
   geo = _geo(spec, x, y, orient)
   f = _corr_fn(geo, mesh, k)
-  cv, ci = f(_value(state, f"C/{x}_{y}"), inv_own, inv_part)
-  cv, ci = _to_host(cv)[:, :spec.d_mlp], _to_host(ci)[:, :spec.d_mlp]
+  cv, layer, neuron = top_partners(spec, moments, own, part,
+                                   *f(_value(state, f"C/{x}_{y}"), inv_own, inv_part))
   dead_own = moments[own]["dead"][:, :spec.d_mlp]
-  none = ~np.isfinite(cv) | dead_own[:, :, None]
-  cv = np.where(none, np.nan, cv).astype(np.float64)
-  b_pos, neuron = ci // spec.d_pad, ci % spec.d_pad
-  pl = spec.partner_layer(own, part)                          # [L_own, B]
-  lay_pos = np.take_along_axis(pl[:, None, :].repeat(cv.shape[1], 1), b_pos, axis=2)
-  lay_ids = np.asarray(spec.layer_ids[part])[np.maximum(lay_pos, 0)]
-  layer = np.where(none, -1, lay_ids)
-  neuron = np.where(none, -1, neuron)
   baselines = {}
   if baseline_kinds:
     if part not in spec.rotated:
@@ -255,9 +270,7 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
       for draw in range(draws):
         rmat = bl.mixing_stack(kind, spec.d_mlp, spec.d_pad, spec.layer_ids[part], seed=seed,
                                draw=draw, model=part, mesh=mesh)
-        b = _to_host(fb(cval, sval, rmat, inv_own))
-        b = b[:, :spec.d_mlp].astype(np.float64)
-        res.append(np.where(~np.isfinite(b) | dead_own, np.nan, b))
+        res.append(baseline_values(spec, dead_own, fb(cval, sval, rmat, inv_own)))
       baselines[kind] = np.stack(res)
   return PairResult(own=own, partner=part, corr=cv, layer=layer, neuron=neuron,
                     baselines=baselines)

@@ -35,6 +35,7 @@ import pandas as pd
 from ucore import atomic
 from ucore.errors import UserError
 
+TABLES_DIR = "tables"                          # <correlate workdir>/tables/: what follows
 NEURONS = "neurons_{}.parquet"                 # per row model: aggregated neuron table
 LAYER_COUNTS = "layer_counts_{}.parquet"       # per row model: per-layer counts
 PARTNER_LAYERS = "partner_layers_{}.parquet"   # per row model: long partner-layer table
