@@ -8,8 +8,8 @@
 Each subcommand lives in ucore/cli/<name>.py (a missing module is an import error) and
 registers its own flags there; a flag of another subcommand (`main.py train --plan_devices=3`)
 is refused. --config and --workdir (ucore/cli/common.py) are shared. This file only parses
-flags and dispatches. A ucore.errors.UserError, a full disk and an unwritable path
-(ucore.errors.environment_error) become a one-line message on stderr and exit status 2.
+flags and dispatches. A ucore.jobs.errors.UserError, a full disk and an unwritable path
+(ucore.jobs.errors.environment_error) become a one-line message on stderr and exit status 2.
 """
 import importlib
 import logging as logging_std
@@ -50,7 +50,7 @@ class _QuietLibraries(logging_std.Filter):
 
 
 def main(argv):
-  from ucore.errors import UserError, environment_error
+  from ucore.jobs.errors import UserError, environment_error
   logging.get_absl_handler().addFilter(_QuietLibraries())
   args = argv[1:]
   command = args[0] if args else DEFAULT_COMMAND
@@ -85,7 +85,7 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (flags.Error, SyntaxError, OSError, AttributeError, KeyError, TypeError,
           ValueError) as e:
-    from ucore.errors import UserError
+    from ucore.jobs.errors import UserError
     what = str(e)
     if "Traceback (most recent call last)" in what:   # a config file's get_config raised
       what = f"--config: {what.strip().splitlines()[-1].strip()}"

@@ -225,7 +225,7 @@ def synthetic_state(spec, mesh, rank=64, seed=0):
 # ----------------------------------------------------------------------------- bench
 
 def _config(a):
-  from ucore import config_files
+  from ucore.jobs import config_files
   c = config_files.load("correlate_default")
   c.mode = a.mode
   c.baseline.kinds = ("haar", "gaussian_rows")

@@ -138,7 +138,7 @@ def store_digest(path):
 
 
 def family_digest(path):
-  from ucore.model import load_model
+  from ucore.models.hooked import load_model
   out = {"family.json": _h(_json_without_timing(os.path.join(path, "family.json")))}
   with open(os.path.join(path, "losses.jsonl"), encoding="utf-8") as f:
     out["losses.jsonl"] = _h("".join(sorted(f)))

@@ -39,7 +39,7 @@ def main(argv):
       "tokenize_default", os.path.join(repo, "configs", "tokenize_default.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  from ucore import tokenizer as tokmod
+  from ucore.models import tokenizer as tokmod
   from ucore.data import build, sources
 
   cfg = mod.get_config()

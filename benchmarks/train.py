@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 
 def _load_config(path):
-  from ucore import config_files
+  from ucore.jobs import config_files
   return config_files.load(path)
 
 

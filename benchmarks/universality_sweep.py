@@ -97,7 +97,7 @@ def _set(config, dotted, value):
 
 
 def recipe_config(name):
-  from ucore.config_files import load
+  from ucore.jobs.config_files import load
   if name not in RECIPES:
     raise SystemExit(f"error: unknown recipe {name!r}; known: {', '.join(RECIPES)}")
   c = load("pipeline_default")

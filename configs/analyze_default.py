@@ -3,20 +3,21 @@
   python main.py analyze --config=configs/analyze_default.py --workdir=runs/analyze \
       --config.model_dir=ckpt/stanford-gpt2-small-a --config.token_store=data/pile_test_10m \
       --config.corr_table=runs/corr_small/tables/neurons_stanford-gpt2-small-a.parquet
-  python main.py analyze --config=configs/analyze_default.py:planted --workdir=/tmp/an  # offline
+  python main.py analyze --config=configs/analyze_default.py:quick --workdir=/tmp/an \
+      --config.model_dir=runs/default/family/seed0/checkpoint-150 --config.token_store=runs/default/tokens
 
 Pick analyses with --analysis=stats,properties,views,families,prediction,entropy,attention,roles,
-ablation,cards (default all; "all" skips those needing corr_table when none is given). Variant `planted`: the hand-set tiny model of
-ucore.analyses.planted with synthetic rows (seconds, no files needed).
+ablation,cards (default all; "all" skips those needing corr_table when none is given). Variant
+`quick`: every analysis shrunk to seconds on a tiny model (smoke runs, tests).
 """
 import ml_collections
 
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  # Converted checkpoint directory (python main.py convert ...); "planted" = synthetic model.
+  # Converted or trained checkpoint directory (python main.py convert / train).
   c.model_dir = ""
-  # Token store directory (python main.py tokenize ...); "planted" = synthetic rows.
+  # Token store directory (python main.py tokenize ...).
   c.token_store = ""
   # Correlation results: neurons_<model>.parquet (or the directory holding it); "" = none
   # (then no universal-vs-other comparison and no ablation).
@@ -33,9 +34,6 @@ def get_config(arg: str = ""):
   c.seed = 0
   # Write an HTML report in <workdir>/report (needs corr_table).
   c.report = True
-  # Synthetic inputs (model_dir/token_store = "planted"): rows and context.
-  c.planted_rows = 32
-  c.planted_ctx = 32
 
   # The universality sections (properties, views, roles, ablation, cards) are about the
   # universal neurons; when none clears the threshold, about the fallback_k neurons of highest
@@ -90,9 +88,7 @@ def get_config(arg: str = ""):
   c.ablation.n_random = 5               # random sets with the universal set's per-layer counts
   c.ablation.fixed_value = 0.0          # value for mode "fixed"
 
-  if "planted" in arg.split(","):
-    c.model_dir = "planted"
-    c.token_store = "planted"
+  if "quick" in arg.split(","):
     c.batch_rows = 8
     c.families.n_unigrams = 50
     c.entropy.n_random = 4

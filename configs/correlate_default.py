@@ -3,7 +3,7 @@
   python main.py plan --config=configs/correlate_default.py --plan_devices=8
 
 A run needs `models`: set them in a config file (configs/correlate_*.py and the pipeline
-start from this one, ucore.config_files.load("correlate_default"), and override fields) or
+start from this one, ucore.jobs.config_files.load("correlate_default"), and override fields) or
 on the command line, where list fields take comma-separated values, e.g.
   python main.py correlate --config=configs/correlate_tiny.py --workdir=runs/corr_tiny
   python main.py correlate --config=configs/correlate_default.py --workdir=runs/corr_ab \

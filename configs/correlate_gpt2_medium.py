@@ -4,7 +4,7 @@
       --config.token_store=data/pile_test_100m
   python main.py plan --config=configs/correlate_gpt2_medium.py --plan_device=tpu-v5p --plan_devices=32
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 SEEDS = ("a", "b", "c", "d", "e")
 

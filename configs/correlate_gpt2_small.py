@@ -6,7 +6,7 @@
   python main.py plan --config=configs/correlate_gpt2_small.py --plan_device=h100 --plan_devices=8
 Multi-host: see BUILD.md ("Correlation").
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 SEEDS = ("a", "b", "c", "d", "e")
 

@@ -9,7 +9,7 @@ test tokens (paper §4.1 / App.: 465 of 36,864 neurons universal, 1.26%).
 Pythia has its own tokenizer (the converted checkpoint's tokenizer/tokenizer.json): the token
 store must be built with it, not with GPT-2's. Multi-host: see BUILD.md ("Correlation").
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 MODELS = ("pythia-160m", "pythia-160m-seed1", "pythia-160m-seed2", "pythia-160m-seed3")
 

@@ -3,7 +3,7 @@
   python main.py correlate --config=configs/correlate_tiny.py --workdir=/tmp/corr_tiny
   python main.py plan --config=configs/correlate_tiny.py
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 
 def get_config():

@@ -15,7 +15,7 @@ The default family departs from GPT-2 in its MLP activation (ReLU); see configs/
 """
 import ml_collections
 
-from ucore.config_files import load as _config_of
+from ucore.jobs.config_files import load as _config_of
 
 
 def get_config(arg: str = ""):

@@ -9,7 +9,7 @@ Variants: `:1e7` (token count), `:pythia` (Pythia's tokenizer.json from ckpt/pyt
 combine as `:pythia,1e7`).
 Every row keeps its subset name (`meta.pile_set_name`) as its label.
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 
 def get_config(arg: str = ""):

@@ -7,7 +7,7 @@
 --config.tokenizer=bpe --config.bpe_vocab_size=512 --workdir=runs/tok_tiny`). It shrinks the
 default family config (configs/train_default.py) rather than keeping a second list of fields.
 """
-from ucore import config_files
+from ucore.jobs import config_files
 
 
 def get_config(arg: str = ""):

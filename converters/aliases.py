@@ -3,7 +3,7 @@ import dataclasses
 import os
 import re
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 STANFORD = {
     "small": ("alias-gpt2-small-x21", "battlestar-gpt2-small-x49", "caprica-gpt2-small-x81",

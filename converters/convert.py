@@ -8,11 +8,12 @@ import time
 import numpy as np
 
 from converters import aliases, gpt2_keymap, hf_files, neox_keymap
-from ucore import tokenizer as tok
-from ucore.errors import UserError
-from ucore.model_config import LMConfig, config_from_hf_dict
-from ucore.model import save_model
-from ucore.processing import TRANSFORMER_LENS_STEPS
+from ucore.models import tokenizer as tok
+from ucore.jobs.errors import UserError
+from ucore.models.config import LMConfig
+from ucore.models.registry import config_from_hf_dict
+from ucore.models.hooked import save_model
+from ucore.models.processing import TRANSFORMER_LENS_STEPS
 
 PROCESSING = ("none", "transformer_lens")
 
@@ -133,7 +134,7 @@ def convert(model: str, workdir: str, process: str = "none") -> dict:
   params = params_from_hf(config, hf_files.read_weights(files))
   tokenizer_files = _tokenizer_for(files, config)
   if process == "transformer_lens":
-    from ucore.processing import process_transformer_lens
+    from ucore.models.processing import process_transformer_lens
     config, params = process_transformer_lens(config, params)
   manifest = {
       "source": {"reference": model, "kind": ref.kind, "location": ref.location,

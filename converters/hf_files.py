@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from converters.aliases import ModelRef
-from ucore.atomic import sha256_file
-from ucore.errors import UserError
+from ucore.jobs.atomic import sha256_file
+from ucore.jobs.errors import UserError
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

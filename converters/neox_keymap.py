@@ -1,6 +1,6 @@
 """The HF GPT-NeoX (Pythia) -> Flax key map: one declarative table, plus the keys ignored.
 
-The Flax tree uses the same names as GPT-2 (ucore/transformer.py), so torch Linear weights
+The Flax tree uses the same names as GPT-2 (ucore/models/transformer.py), so torch Linear weights
 [out, in] are transposed, and query_key_value — packed per head as [head, (q, k, v), d_head]
 along its output axis — is reordered into GPT-2's [q | k | v] head-major packing.
 Keys may carry a `gpt_neox.` prefix (GPTNeoXForCausalLM) or not (GPTNeoXModel).

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model():
-  """The planted tiny GPT-2 of ucore.analyses.planted (one per test module: tests may not
+  """The planted tiny GPT-2 of tests/planted.py (one per test module: tests may not
   share a mutated model across modules)."""
-  from ucore.analyses import planted
+  from tests import planted
   return planted.planted_model()

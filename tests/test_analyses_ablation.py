@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from ucore.data import batches as batches_mod
-from ucore.analyses import ablation, common, planted
-from ucore.errors import UserError
+from tests import planted
+from ucore.analyses import ablation, common
+from ucore.jobs.errors import UserError
 from ucore.interventions import zero_neurons
-from ucore.model import HookedGPT2
+from ucore.models.hooked import HookedTransformer
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_effects_match_numpy(model, batches):
 def test_neuron_writing_nothing_changes_nothing(model, batches):
   params = jax.tree_util.tree_map(np.array, model.params)
   params["h_1"]["mlp"]["c_proj"]["kernel"][4] = 0
-  m2 = HookedGPT2(model.config, params)
+  m2 = HookedTransformer(model.config, params)
   means = ablation.mean_activations(m2, batches)
   res = ablation.ablation_effects(m2, batches, {
       k: ablation.interventions_for([(1, 4)], k, means, 3.0) for k in ablation.MODES})

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from ucore.data import batches as batches_mod
-from ucore.analyses import attention, common, planted
-from ucore.errors import UserError
+from tests import planted
+from ucore.analyses import attention, common
+from ucore.jobs.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +23,10 @@ def test_planted_query_neuron_has_top_score(model):
   assert top == planted.PLANTED["query"] + planted.HEAD
   assert s.loc[top, "z"] > 4
   # independent computation of the score from processed weights
-  from ucore.processing import process_transformer_lens
+  from ucore.models.processing import process_transformer_lens
   cfg, p = process_transformer_lens(model.config, model.params)
-  from ucore.model import HookedGPT2
-  _, c = HookedGPT2(cfg, p).run_with_cache(np.array([[planted.BOS]]), ["blocks.1.attn.hook_k"])
+  from ucore.models.hooked import HookedTransformer
+  _, c = HookedTransformer(cfg, p).run_with_cache(np.array([[planted.BOS]]), ["blocks.1.attn.hook_k"])
   k = np.asarray(c["blocks.1.attn.hook_k"], np.float64)[0, 0, 0]          # head 0
   wq = np.asarray(p["h_1"]["attn"]["c_attn"]["kernel"], np.float64)[:, :cfg.d_head]
   w = np.asarray(p["h_0"]["mlp"]["c_proj"]["kernel"], np.float64)[5]
@@ -95,8 +96,8 @@ def test_runner_and_bad_input(model, batches, tmp_path):
 def test_scores_rank_by_paper_score_and_keep_the_model_score(model):
   """The paper's score has no 1/(layer+1); an inverse-layer-scaled model keeps it beside."""
   import dataclasses
-  from ucore.model import HookedGPT2
-  scaled = HookedGPT2(dataclasses.replace(model.config, scale_attn_by_inverse_layer_idx=True),
+  from ucore.models.hooked import HookedTransformer
+  scaled = HookedTransformer(dataclasses.replace(model.config, scale_attn_by_inverse_layer_idx=True),
                       model.params)
   plain = attention.attention_scores(model, planted.BOS, n_random=50)
   s = attention.attention_scores(scaled, planted.BOS, n_random=50)

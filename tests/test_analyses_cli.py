@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ucore import config_files
-from ucore import tokenizer as tokmod
-from ucore.analyses import common, planted, runner
+from ucore.jobs import config_files
+from ucore.models import tokenizer as tokmod
+from tests import planted
+from ucore import analyze as runner
+from ucore.analyses import common
 from ucore.data import build
-from ucore.errors import UserError
-from ucore.model import save_model
+from ucore.jobs.errors import UserError
+from ucore.models.hooked import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the dog river mountain quick brown fox jumps over lazy a b c 1984 She said (it) "
@@ -66,7 +68,7 @@ def inputs(tmp_path_factory):
 
 
 def _cfg(inputs, **kw):
-  c = _config("analyze_default", "planted")
+  c = _config("analyze_default", "quick")
   c.model_dir, c.token_store, c.corr_table = inputs["model_dir"], inputs["store"].path, inputs["corr"]
   c.max_rows = 8
   c.entropy.n_random, c.entropy.fixed_values = 2, (0.0, 6.0)   # shrink the default for speed

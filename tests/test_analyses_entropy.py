@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from ucore.data import batches as batches_mod
-from ucore.analyses import common, entropy, planted
+from tests import planted
+from ucore.analyses import common, entropy
 from ucore.interventions import fix_neurons
 
 

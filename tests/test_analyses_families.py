@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from ucore.data import batches as batches_mod
-from ucore import tokenizer as tok
-from ucore.analyses import common, families, planted, vocab
-from ucore.errors import UserError
+from ucore.models import tokenizer as tok
+from tests import planted
+from ucore.analyses import common, families, vocab
+from ucore.jobs.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ucore.analyses import common, planted, prediction, stats
+from tests import planted
+from ucore.analyses import common, prediction, stats
 
 
 def test_planted_prediction_and_suppression(model, tmp_path):
@@ -57,20 +58,20 @@ def test_family_summary_over_seeds(model, tmp_path):
                            s1.xs(1, level="layer")["vocab_skew"].dropna()])
   assert pct.loc[(1, "vocab_skew"), "p50"] == pytest.approx(np.median(pooled))
   assert len(figs) == 2
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   with pytest.raises(UserError, match="neurons"):
-    from ucore.model import HookedGPT2
+    from ucore.models.hooked import HookedTransformer
     import dataclasses
     cfg = dataclasses.replace(other.config, d_mlp=16)
-    from ucore.model import init_params
-    prediction.run(model, str(tmp_path), family={"bad": HookedGPT2(cfg, init_params(cfg))})
+    from ucore.models.hooked import init_params
+    prediction.run(model, str(tmp_path), family={"bad": HookedTransformer(cfg, init_params(cfg))})
 
 
 def test_family_model_names_are_safe_and_distinct():
   """analyze's model names pass correlate's safe-name check; seed{s}/final directories
   (the pipeline's) get distinct names instead of all being "final"."""
-  from ucore.analyses.runner import family_names
-  from ucore.errors import UserError
+  from ucore.analyze import family_names
+  from ucore.jobs.errors import UserError
   assert family_names(["ckpt/b", "ckpt/c/"]) == ["b", "c"]
   assert family_names(["/w/family/seed1/final", "/w/family/seed2/final"]) == \
       ["seed1-final", "seed2-final"]

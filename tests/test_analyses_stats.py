@@ -6,9 +6,10 @@ import pytest
 import scipy.stats as st
 
 from ucore.data import batches as batches_mod
-from ucore.analyses import common, planted, stats
+from tests import planted
+from ucore.analyses import common, stats
 from ucore.analyses.moments import StreamingMoments
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 RTOL = 1e-6
 
@@ -87,7 +88,7 @@ def test_activation_stats_match_scipy_on_same_activations(model, tokens):
 
 
 def test_weight_stats_against_loops_on_processed_weights(model):
-  from ucore.processing import process_transformer_lens
+  from ucore.models.processing import process_transformer_lens
   cfg, p = process_transformer_lens(model.config, model.params)
   df = stats.weight_stats(common.processed_weights(model))
   w_u = np.asarray(p["lm_head"]["kernel"], np.float64)
@@ -112,9 +113,9 @@ def test_weight_stats_against_loops_on_processed_weights(model):
   assert df.loc[(0, 0), "w_out_norm"] == 0 and np.isnan(df.loc[(0, 0), "in_out_sim"])
   assert np.isnan(df.loc[(0, 0), "vocab_kurt"])
   # a checkpoint already processed gives the same table
-  from ucore.model import HookedGPT2
-  from ucore.processing import TRANSFORMER_LENS_STEPS
-  pm = HookedGPT2(cfg, p, manifest={"processing": "transformer_lens",
+  from ucore.models.hooked import HookedTransformer
+  from ucore.models.processing import TRANSFORMER_LENS_STEPS
+  pm = HookedTransformer(cfg, p, manifest={"processing": "transformer_lens",
                                     "processing_steps": list(TRANSFORMER_LENS_STEPS)})
   pd.testing.assert_frame_equal(stats.weight_stats(common.processed_weights(pm)), df)
   # the planted prediction neuron has a heavy-tailed, positively skewed vocab distribution

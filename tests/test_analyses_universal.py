@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ucore.analyses import cards, common, focus, properties, roles, views
-from ucore.errors import UserError
+from ucore.analyses import common, focus, properties, roles
+from ucore.report import cards, views
+from ucore.jobs.errors import UserError
 
 L, F = 3, 40
 

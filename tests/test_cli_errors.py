@@ -72,7 +72,7 @@ def test_one_line_error(paths, case):
 # disk (or an unwritable workdir) makes it fail; the rest of the run is the real command.
 _FAILING = """
 import errno, sys
-from ucore import atomic
+from ucore.jobs import atomic
 when, code, argv = sys.argv[1], getattr(errno, sys.argv[2]), sys.argv[3:]
 calls, write_bytes = [], atomic.write_bytes
 def failing(path, data):   # the n-th write, or the first whose path holds `when`
@@ -121,7 +121,7 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   the same command after "freeing space" finishes the identical store."""
   from ucore.data import build
   from ucore.data.store import open_store
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   wd = tmp_path / "tok"
   last = _one_error_line(_main_failing(n, code, *TOK, f"--workdir={wd}"), "the disk is full")
   assert "rerun the same command" in last and os.strerror(getattr(__import__("errno"), code)) \
@@ -143,7 +143,7 @@ def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store):
   state, each loss line once. (That a resumed run equals an uninterrupted one is
   test_train_family's kill tests.)"""
   import json
-  from ucore.model import load_model
+  from ucore.models.hooked import load_model
   train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
            "--config.num_steps=6", "--config.checkpoint_steps=0,3,6", "--config.eval_every=3",
            "--config.state_every=3", "--config.log_every=3"]   # GPT-2's vocabulary: few steps
@@ -173,7 +173,7 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 def test_environment_error_looks_through_causes_and_library_messages():
   import errno
-  from ucore.errors import environment_error
+  from ucore.jobs.errors import environment_error
   try:
     try:
       raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/w/x")

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from ucore import config_files
+from ucore.jobs import config_files
 
 VARIANTS = {"tokenize_default": ["tiny", "bpe", "tiny,bpe"], "tokenize_pile": ["1e7", "pythia", "pythia,1e7"],
             "pipeline_default": ["quick", "gpt2", "gpu", "gpu,quick"],
-            "train_default": ["gpt2"], "analyze_default": ["planted"]}
+            "train_default": ["gpt2"], "analyze_default": ["quick"]}
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(config_files.CONFIG_DIR,
                                                                          "*.py")))
 

@@ -12,7 +12,7 @@ import pytest
 from converters.convert import convert
 from tests import hf_fixtures
 from ucore import load_model
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

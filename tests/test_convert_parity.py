@@ -146,6 +146,6 @@ def test_manifest_records_sources_and_hashes(tmp_path):
   assert model.manifest["source"]["kind"] == "local"
   assert model.fingerprint == manifest["params_fingerprint"]
   # GPT-2 vocabulary: the offline tokenizer files are written beside the params.
-  from ucore import tokenizer
+  from ucore.models import tokenizer
   files = tokenizer.files_in_dir(str(tmp_path / "out" / "tokenizer"))
   assert tokenizer.load(files).encode("Hello world").ids == [15496, 995]

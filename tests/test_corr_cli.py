@@ -42,10 +42,10 @@ def test_plan_numbers_match_paper_sizes():
 
 
 def test_plan_reads_the_weight_terms_from_the_model_config(tmp_path):
-  from ucore import config_files
-  from ucore.errors import UserError
-  from ucore.gpt2_config import GPT2Config
-  from ucore.neox_config import NeoXConfig
+  from ucore.jobs import config_files
+  from ucore.jobs.errors import UserError
+  from ucore.models.gpt2 import GPT2Config
+  from ucore.models.neox import NeoXConfig
   assert P.Arch.of_model_config(GPT2Config()) == P.ARCHS["gpt2-small"]
   assert P.Arch.of_model_config(NeoXConfig()) == P.ARCHS["pythia-160m"]
   c = config_files.load("correlate_default")

@@ -6,12 +6,12 @@ import os
 import pytest
 
 from tests.test_analyses_cli import _store
-from ucore import config_files
-from ucore import tokenizer as tokmod
+from ucore.jobs import config_files
+from ucore.models import tokenizer as tokmod
 from ucore.corr import driver
-from ucore.errors import UserError
-from ucore.gpt2_config import GPT2Config
-from ucore.model import init_params, save_model
+from ucore.jobs.errors import UserError
+from ucore.models.gpt2 import GPT2Config
+from ucore.models.hooked import init_params, save_model
 
 
 @pytest.fixture(scope="module")

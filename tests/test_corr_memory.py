@@ -6,7 +6,7 @@ import pytest
 import jax
 
 from ucore.corr import memory, moments as M, plan as P
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 GIB = 2.0 ** 30
 

@@ -1,5 +1,5 @@
 """The driver wired to real (tiny, random) converted models: every model's forward runs once
-per batch through `HookedGPT2.neuron_activations`, and the tables match float64 numpy on the
+per batch through `HookedTransformer.neuron_activations`, and the tables match float64 numpy on the
 same activations."""
 import numpy as np
 import pandas as pd
@@ -7,12 +7,12 @@ import pytest
 
 from tests.corr_ref import corr64, rowmax
 from ucore.corr import driver
-from ucore import config_files
+from ucore.jobs import config_files
 from ucore.corr.synthetic import SyntheticTokens
 from ucore.data.mask import token_mask
-from ucore.gpt2_config import GPT2Config
-from ucore.neox_config import NeoXConfig
-from ucore.model import init_params, load_model, save_model
+from ucore.models.gpt2 import GPT2Config
+from ucore.models.neox import NeoXConfig
+from ucore.models.hooked import init_params, load_model, save_model
 
 
 @pytest.mark.parametrize("config_class", [GPT2Config, NeoXConfig])

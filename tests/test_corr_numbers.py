@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from ucore import config_files
+from ucore.jobs import config_files
 from ucore.corr import driver
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @pytest.mark.parametrize("key,value", [("batch_rows", -8), ("batch_rows", 0), ("top_k", 0),

@@ -2,7 +2,7 @@
 it (issue 10 item 7), whether it recomputes the tables or finds them finished."""
 import os
 
-from ucore import config_files
+from ucore.jobs import config_files
 from ucore.corr import driver
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from ucore.corr import plan as P
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def test_plan_time_follows_the_gemm_rate_of_the_precision():

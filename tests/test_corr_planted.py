@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ucore.corr import driver
-from ucore import config_files
+from ucore.jobs import config_files
 from ucore.corr.synthetic import SyntheticFamily
 
 

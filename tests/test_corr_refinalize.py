@@ -6,9 +6,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from ucore import atomic, config_files
+from ucore.jobs import atomic, config_files
 from ucore.corr import driver
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def test_changed_threshold_refinalizes(tmp_path):

@@ -22,7 +22,7 @@ BASE = ["--config=configs/correlate_tiny.py", "--config.checkpoint.every_steps=1
 # cleanup runs) the n-th time the driver reaches `phase` (ucore.corr.driver.run's _hook).
 _KILLED = """
 import os, signal, sys
-from ucore import config_files
+from ucore.jobs import config_files
 from ucore.corr import driver
 phase, n, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = config_files.load("correlate_tiny")

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ucore import atomic, config_files
+from ucore.jobs import atomic, config_files
 from ucore.corr import driver, finalize as F, moments as M, selfcheck as SC
 from ucore.corr import precision
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def _tables(wd):

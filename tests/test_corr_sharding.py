@@ -84,7 +84,7 @@ def test_one_vs_eight_devices():
 
 
 def test_mesh_must_match_devices():
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   with pytest.raises(UserError, match="does not match"):
     M.make_mesh(3, 3, jax.devices()[:1])
 

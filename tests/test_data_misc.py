@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tests.test_data_store import REPO, default_config, make_config, random_corpus, write_jsonl
-from ucore import tokenizer as tokmod
+from ucore.models import tokenizer as tokmod
 from ucore.data import build, sources
 from ucore.data.mask import DEFAULT_EXCLUDE_IDS, exclude_ids_for, token_mask
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 CORPUS = os.path.join(REPO, "data", "corpus", "corpus.jsonl.zst")
 

@@ -11,12 +11,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from ucore import config_files
-from ucore import tokenizer as tokmod
+from ucore.jobs import config_files
+from ucore.models import tokenizer as tokmod
 from ucore.data import build, store as storemod
 from ucore.data.mask import GPT2_EOS_ID
 from ucore.data.store import open_store
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E = GPT2_EOS_ID
@@ -390,5 +390,5 @@ def test_cli_builds_embedded_corpus_then_reports_complete(tmp_path):
 
 
 def tokmod_sha(path):
-  from ucore.atomic import sha256_file
+  from ucore.jobs.atomic import sha256_file
   return sha256_file(path)

@@ -7,7 +7,7 @@ from converters.convert import convert
 from tests import hf_fixtures
 from ucore import interventions as iv
 from ucore import load_model
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,8 @@ def test_fix_scale_add_patch_semantics(converted):
 
 def test_bfloat16_option_close_to_float32(converted):
   model, _, tokens = converted
-  from ucore.model import HookedGPT2
-  bf16 = HookedGPT2(model.config, model.params, dtype=jnp.bfloat16)
+  from ucore.models.hooked import HookedTransformer
+  bf16 = HookedTransformer(model.config, model.params, dtype=jnp.bfloat16)
   a, b = np.asarray(model(tokens)), np.asarray(bf16(tokens))
   assert b.dtype == np.float32
   # bfloat16 has an 8-bit mantissa: agreement to ~1e-2 relative is the expected precision.

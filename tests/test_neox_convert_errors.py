@@ -13,8 +13,8 @@ from tests import hf_fixtures
 from tests.test_convert_errors import (_assert_no_result, _fake_hub_cache, _rewrite_safetensors,
                                        _run_cli)
 from ucore import load_model
-from ucore.errors import UserError
-from ucore.neox_config import NeoXConfig
+from ucore.jobs.errors import UserError
+from ucore.models.neox import NeoXConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pandas as pd
 
 from converters.convert import convert
 from tests import hf_fixtures
-from ucore import config_files, load_model
-from ucore.analyses import runner
+from ucore.jobs import config_files
+from ucore import load_model
+from ucore import analyze as runner
 from ucore.corr import driver
 from ucore.data import build
 

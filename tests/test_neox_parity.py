@@ -100,7 +100,7 @@ def test_parity_sharded_safetensors_and_tokenizer_json_copied(tmp_path):
   manifest = convert(src, str(tmp_path / "out"))
   assert manifest["architecture"] == "gpt_neox"
   model = _assert_parity(str(tmp_path / "out"), hf_model, _tokens(cfg, (2, 32), 3))
-  from ucore import tokenizer
+  from ucore.models import tokenizer
   files = tokenizer.files_in_dir(os.path.join(model.path, "tokenizer"))
   assert files.tokenizer_json and open(files.tokenizer_json).read() == open(tj).read()
   assert model.manifest["tokenizer_sha256"] == tokenizer.TokenizerFiles(None, None, tj).sha256()

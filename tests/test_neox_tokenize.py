@@ -6,7 +6,7 @@ import numpy as np
 
 from tests.test_data_store import make_config, write_jsonl
 from tests.test_neox_parity import _write_tokenizer_json
-from ucore import tokenizer as tokmod
+from ucore.models import tokenizer as tokmod
 from ucore.data import build
 
 

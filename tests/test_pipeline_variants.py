@@ -7,7 +7,7 @@ import sys
 
 import pandas as pd
 
-from ucore import config_files
+from ucore.jobs import config_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from tests import hf_fixtures
-from ucore.model import HookedTransformer, init_params
-from ucore.model_config import config_from_hf_dict
-from ucore.processing import process_transformer_lens
+from ucore.models.hooked import HookedTransformer, init_params
+from ucore.models.registry import config_from_hf_dict
+from ucore.models.processing import process_transformer_lens
 
 TOL = 1e-5
 
@@ -99,7 +99,7 @@ def test_is_processed_requires_every_transformer_lens_step():
   step list) is processed again in memory; one holding every step is used as it is."""
   import types
   from ucore.analyses.common import is_processed
-  from ucore.processing import TRANSFORMER_LENS_STEPS
+  from ucore.models.processing import TRANSFORMER_LENS_STEPS
   def model(manifest):
     return types.SimpleNamespace(manifest=manifest)
   assert not is_processed(model({"processing": "transformer_lens"}))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ucore.analyses.persistence import persistence_table
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 from ucore.report import (Section, partner_layer_shares, per_layer_stats, table_summary,
                           write_report)
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.test_analyses_cli import _store
 from ucore.data.store import open_store
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from ucore import interventions as iv
-from ucore.errors import UserError
-from ucore.gpt2_config import GPT2Config
-from ucore.model import HookedTransformer, init_params
-from ucore.neox_config import NeoXConfig
+from ucore.jobs.errors import UserError
+from ucore.models.gpt2 import GPT2Config
+from ucore.models.hooked import HookedTransformer, init_params
+from ucore.models.neox import NeoXConfig
 
 CONFIGS = {
     "gpt2": GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, d_mlp=48, vocab_size=97),

@@ -1,6 +1,6 @@
 import numpy as np
 
-from ucore.analyses import planted
+from tests import planted
 from ucore.data.batches import make_batches
 from ucore.analyses.top_examples import top_activating_examples
 

@@ -75,7 +75,7 @@ def test_cli_trains_from_a_token_store_and_refuses_changes(bpe_store, tmp_path):
     assert m.config.vocab_size == bpe_store.manifest["tokenizer"]["vocab_size"]
     assert m.config.n_positions == bpe_store.ctx
     # The store's tokenizer travels with the checkpoint (same files, same sha256).
-    from ucore import tokenizer as tokmod
+    from ucore.models import tokenizer as tokmod
     files = tokmod.files_in_dir(os.path.join(m.path, "tokenizer"))
     assert files is not None and files.sha256() == bpe_store.tokenizer_sha256
     logits = np.asarray(m(bpe_store.read_rows(0, 2)))

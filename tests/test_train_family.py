@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 from ucore.train import core, read_losses, train_family
 
 VOCAB = 48
@@ -175,9 +175,9 @@ def test_trained_checkpoints_load_and_match_in_memory_params(straight):
     assert model.config == mcfg
     # checkpoint-0 is exactly the initialisation from gpt2_init.
     init = core.gpt2_init(mcfg, seed, config.init_std)
-    assert ucore.model.params_fingerprint(init) == model.fingerprint
-    from ucore.gpt2 import GPT2LM
-    expected = GPT2LM(mcfg).apply({"params": init}, rows)
+    assert ucore.models.hooked.params_fingerprint(init) == model.fingerprint
+    from ucore.models.transformer import TransformerLM
+    expected = TransformerLM(mcfg).apply({"params": init}, rows)
     np.testing.assert_allclose(np.asarray(model(rows)), np.asarray(expected), rtol=0, atol=1e-6)
   # final -> checkpoint-12, whose manifest records the step and the held-out loss logged.
   final = ucore.load_model(os.path.join(wd, "seed1", "final"))
@@ -207,13 +207,13 @@ def test_in_memory_params_after_training_match_checkpoint(tmp_path, monkeypatch)
   import ucore
   monkeypatch.setattr(core, "make_family_step", spy)
   train_family(config, str(tmp_path / "w"), _corpus())
-  from ucore.gpt2 import GPT2LM
+  from ucore.models.transformer import TransformerLM
   rows = _corpus()[:3]
   for k, seed in enumerate((0, 1)):
     model = ucore.load_model(str(tmp_path / "w" / f"seed{seed}" / "final"))
     mem = core.unstack(captured["params"], k)
-    assert ucore.model.params_fingerprint(mem) == model.fingerprint   # bit-identical weights
-    expected = GPT2LM(model.config).apply({"params": mem}, rows)
+    assert ucore.models.hooked.params_fingerprint(mem) == model.fingerprint   # bit-identical weights
+    expected = TransformerLM(model.config).apply({"params": mem}, rows)
     # Eager apply vs the model's jitted forward: XLA fuses differently -> float32 rounding.
     np.testing.assert_allclose(np.asarray(model(rows)), np.asarray(expected), rtol=0, atol=1e-6)
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ucore import workdir_lock
-from ucore.errors import UserError
+from ucore.jobs import workdir_lock
+from ucore.jobs.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ("import sys, time; from ucore import workdir_lock\n"

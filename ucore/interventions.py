@@ -90,7 +90,7 @@ class TLHooks:
 
 def from_fwd_hooks(fwd_hooks, hook_names) -> dict:
   """[(name or callable name filter, fn(x, hook))] -> {hook name: TLHooks}."""
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   per_name = {}
   for item in fwd_hooks:
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and callable(item[1])):

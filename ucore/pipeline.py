@@ -17,8 +17,8 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs, workdir_lock
-from ucore.errors import UserError
+from ucore.jobs import atomic, identity, workdir_lock
+from ucore.jobs.errors import UserError
 
 SUMMARY = "pipeline.json"
 
@@ -183,7 +183,7 @@ def run(config, workdir: str) -> dict:
 
 def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir):
   """The analyses on the reference seed; skipped when a previous run finished them."""
-  from ucore.analyses import runner
+  from ucore import analyze as runner
   done = os.path.join(out_dir, "sections.json")
   c = _copy(config.analyze)
   c.model_dir = family["final"][seeds[0]]
@@ -197,7 +197,7 @@ def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir)
   from ucore.corr import tables
   stamp = {"config": c.to_dict(), "corr_tables": tables.read_summary(tables_dir)["identity"]}
   # paths of the pipeline's own workdir relative to it: a moved workdir's analyses still count
-  stamp = jobs.relative_paths(jobs.normalize(stamp), os.path.dirname(os.path.abspath(out_dir)))
+  stamp = identity.relative_paths(identity.normalize(stamp), os.path.dirname(os.path.abspath(out_dir)))
   stamp_path = os.path.join(out_dir, "pipeline_stamp.json")
   if os.path.exists(done) and os.path.exists(stamp_path) and \
       atomic.read_json(stamp_path) == stamp:
@@ -213,7 +213,7 @@ def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir)
 def _examples(config, model_dir, tokens_dir, start_row, neurons):
   """Top-activating held-out contexts of the top universal neurons (for the report)."""
   from ucore import load_model
-  from ucore import tokenizer as tokmod
+  from ucore.models import tokenizer as tokmod
   from ucore.data.batches import store_batches
   from ucore.analyses.top_examples import top_activating_examples
   from ucore.data.store import open_store

@@ -1,5 +1,5 @@
 """The paper's neuron analyses (§5–§8), each a library function on plain arrays/model objects
-plus a thin runner that reads a model directory + token store and writes parquet + PNGs.
+on plain arrays / model objects, writing parquet + PNGs.
 
   moments     exact streaming moments (Chan/Pébay merge, float64): mean, var, skew, kurt
   stats       per-neuron activation + weight statistics, within-layer percentiles (Fig. 3/9/14)
@@ -9,13 +9,12 @@ plus a thin runner that reads a model directory + token store and writes parquet
   entropy     entropy-neuron candidates; fixed-activation sweep (Fig. 7)
   attention   attention (de)activation scores and query-only path ablation (Fig. 8)
   ablation    zero / mean / fixed ablation of neuron sets, loss and KL vs the clean run
-  runner      a registry of analyses (stats, families, prediction, entropy, attention,
-              ablation); run(config, workdir, analyses): model dir + token store + corr
-              table -> <workdir>/<analysis>/, sections.json; report(...) for the CLI
-              (`python main.py analyze`)
+  properties, roles, focus, top_examples, common, canvas   shared pieces of the above
   persistence universality over training: persistence_table, excess_by_step
-  planted     a tiny GPT-2 with hand-set neurons of each kind (tests, offline smoke run)
 
 Every module's run returns a list of (title, png_path, caption) for the report (stats.run
-also its table).
+also its table). Their runner (model dir + token store + corr table -> <workdir>/<analysis>/)
+is ucore.analyze.
+
+May import: ucore.jobs, ucore.models, ucore.data, ucore.corr (tables).
 """

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 MODES = ("zero", "mean", "fixed")
 

@@ -1,9 +1,9 @@
 """Shared plumbing of the analyses: neuron indices, weights, input checks, the correlation
-table reader and figures (on ucore.report.canvas, like the report's).
+table reader and figures (on ucore.analyses.canvas, like the report's).
 
 Neuron ids are (layer, neuron), shown as L{layer}.{neuron}; flat index = layer * d_mlp +
 neuron (the TransformerLens convention). Token batches are ucore.data.batches; parquet
-tables are written with ucore.atomic.write_parquet.
+tables are written with ucore.jobs.atomic.write_parquet.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 # ---- neuron indices ------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def is_processed(model) -> bool:
   """True when the checkpoint holds every TransformerLens processing step (checkpoints
   converted before value-bias folding existed lack it and are processed again in memory;
   every step leaves already-processed weights unchanged)."""
-  from ucore.processing import TRANSFORMER_LENS_STEPS
+  from ucore.models.processing import TRANSFORMER_LENS_STEPS
   manifest = getattr(model, "manifest", None) or {}
   return (manifest.get("processing") == "transformer_lens"
           and set(TRANSFORMER_LENS_STEPS) <= set(manifest.get("processing_steps") or ()))
@@ -72,7 +72,7 @@ def processed_weights(model) -> Weights:
   processing in memory unless the checkpoint was converted with --process=transformer_lens."""
   if is_processed(model):
     return weights_of(model.config, model.params, True)
-  from ucore.processing import process_transformer_lens
+  from ucore.models.processing import process_transformer_lens
   config, params = process_transformer_lens(model.config, model.params)
   return weights_of(config, params, True)
 
@@ -81,8 +81,8 @@ def processed_model(model):
   """The model with processed weights (same function, different parametrisation)."""
   if is_processed(model):
     return model
-  from ucore.model import HookedTransformer
-  from ucore.processing import TRANSFORMER_LENS_STEPS, process_transformer_lens
+  from ucore.models.hooked import HookedTransformer
+  from ucore.models.processing import TRANSFORMER_LENS_STEPS, process_transformer_lens
   config, params = process_transformer_lens(model.config, model.params)
   return HookedTransformer(config, params,
                            manifest=dict(model.manifest or {}, processing="transformer_lens",
@@ -93,7 +93,7 @@ def processed_model(model):
 # ---- inputs ---------------------------------------------------------------------------------
 def vocab_file_of(model=None, store=None) -> str:
   """vocab.json of the model's tokenizer (else the store's, else GPT-2's offline copy)."""
-  from ucore import tokenizer as tok
+  from ucore.models import tokenizer as tok
   for d in ([os.path.join(model.path, "tokenizer")] if model is not None and
             getattr(model, "path", None) else []) + (
             [store.tokenizer_dir] if store is not None else []):
@@ -174,14 +174,14 @@ def read_corr_table(path: str, config, fingerprint: Optional[str] = None) -> pd.
 
 
 def new_figure(*args, **kwargs):
-  """(fig, axes) like pyplot.subplots, on ucore.report.canvas (no pyplot state)."""
-  from ucore.report import canvas
+  """(fig, axes) like pyplot.subplots, on ucore.analyses.canvas (no pyplot state)."""
+  from ucore.analyses import canvas
   return canvas.subplots(*args, **kwargs)
 
 
 def save_figure(fig, path: str) -> str:
-  """The analyses' PNGs: ucore.report.canvas.save at 110 dpi."""
-  from ucore.report import canvas
+  """The analyses' PNGs: ucore.analyses.canvas.save at 110 dpi."""
+  from ucore.analyses import canvas
   return canvas.save(fig, path, dpi=110)
 
 

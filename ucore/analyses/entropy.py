@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 DEFAULT_VALUES = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 METRICS = ("ln_scale", "entropy", "reciprocal_rank", "loss")

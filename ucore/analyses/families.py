@@ -23,11 +23,11 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
 from ucore.analyses.moments import StreamingMoments
 from ucore.analyses.vocab import LabelSet
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 FAMILIES = ("unigram", "alphabet", "previous_token", "token_feature", "context", "position",
             "none")

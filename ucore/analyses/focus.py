@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
 
 # statistic -> (direction of universal vs other: +1 higher, -1 lower, 0 none stated; paper text)

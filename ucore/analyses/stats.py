@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
 from ucore.analyses.moments import StreamingMoments
 
@@ -42,7 +42,7 @@ def activation_stats(model, batches: Iterable, hook: str = "mlp.hook_pre",
       a = np.asarray(acts[..., i * cfg.d_mlp:(i + 1) * cfg.d_mlp]).reshape(-1, cfg.d_mlp)
       acc[i].update(a[keep])
   if acc[0].n == 0:
-    from ucore.errors import UserError
+    from ucore.jobs.errors import UserError
     raise UserError("no kept tokens in the token stream (all masked or empty); use more rows")
   cols = {k: np.concatenate([a.result()[k] for a in acc]) for k in ACTIVATION_COLUMNS}
   index = pd.MultiIndex.from_product([layers, range(cfg.d_mlp)], names=["layer", "neuron"])

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def top_activating_examples(model, batches, neurons, decode, per_neuron: int = 3,

@@ -20,7 +20,7 @@ import string
 
 import numpy as np
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def _bytes_to_unicode():

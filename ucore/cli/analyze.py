@@ -1,6 +1,6 @@
 """`python main.py analyze --config=configs/analyze_default.py --workdir=DIR [--analysis=...]`
 
-The paper's neuron analyses (ucore.analyses.runner.run_all): statistics, families, vocabulary
+The paper's neuron analyses (ucore.analyze.run_all): statistics, families, vocabulary
 roles, entropy neurons, attention deactivation, ablations. Inputs are config fields
 (--config.model_dir, --config.token_store, --config.corr_table).
 """
@@ -14,12 +14,12 @@ ANALYSIS = flags.DEFINE_string(
 
 
 def run(argv):
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if argv:
     raise UserError(f"analyze takes no positional arguments, got {argv}; use --config.field=value")
   config = common.require_config()
   workdir = common.require_workdir()
-  from ucore.analyses import runner
+  from ucore import analyze as runner
   r = runner.run(config, workdir, ANALYSIS.value)
   html = runner.report(config, workdir, r) if config.get("report", True) else None
   print(f"analyses written to {workdir}: {len(r.sections)} figures (sections.json)"

@@ -64,7 +64,7 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this job's outputs
 
 
 def require_workdir() -> str:
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if not WORKDIR.value:
     raise UserError("--workdir is required: pass the directory where outputs and state go.")
   return WORKDIR.value
@@ -83,7 +83,7 @@ def _element_type(default):
 
 def _typed(path: str, raw, default):
   """`raw` (strings) as elements of the type of `default`'s elements."""
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   kind = _element_type(default or ())
   if not default and (path.endswith("_ids") or raw and all(_is_int(v) for v in raw)):
     kind = int   # *_ids fields (exclude_ids, mask_exclude_ids) hold token ids
@@ -122,7 +122,7 @@ def _type_overrides(config, prefix=""):
 def config_value():
   """--config's ConfigDict or None; a config file that failed to load is a UserError (the
   flag library reports that only when the value is first used)."""
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   try:
     config = CONFIG.value
     if config is not None:
@@ -134,7 +134,7 @@ def config_value():
 
 
 def require_config():
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   config = config_value()
   if config is None:
     raise UserError("--config is required: pass one of configs/*.py (see README).")

@@ -15,7 +15,7 @@ PROCESS = flags.DEFINE_enum("process", "none", ["none", "transformer_lens"],
 
 def run(argv):
   from converters.convert import convert
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if argv:
     raise UserError(f"convert takes no positional arguments; got {argv}")
   if not MODEL.value:

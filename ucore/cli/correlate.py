@@ -22,7 +22,7 @@ DISTRIBUTED_AUTO = flags.DEFINE_bool(
 
 def init_distributed():
   import jax
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   given = [v is not None for v in (COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)]
   if DISTRIBUTED_AUTO.value:
     if any(given):
@@ -44,7 +44,7 @@ def init_distributed():
 
 
 def run(argv):
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if argv:
     raise UserError(f"correlate takes no positional arguments, got {argv}.")
   config = common.require_config()

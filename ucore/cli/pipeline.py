@@ -7,8 +7,9 @@ DEFAULT_WORKDIR = "runs/default"
 
 
 def run(argv):
-  from ucore import config_files, pipeline
-  from ucore.errors import UserError
+  from ucore.jobs import config_files
+  from ucore import pipeline
+  from ucore.jobs.errors import UserError
   if argv:
     raise UserError(f"pipeline takes no positional arguments; got {argv}")
   config = common.config_value()

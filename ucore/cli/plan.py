@@ -17,7 +17,7 @@ TOKENS = flags.DEFINE_float("plan_tokens", None, "plan: tokens (default: config.
 
 def run(argv):
   from ucore.corr import plan as P
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if argv:
     raise UserError(f"plan takes no positional arguments, got {argv}.")
   config = common.require_config()

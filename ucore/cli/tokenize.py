@@ -6,7 +6,7 @@ a kill resumes and gives the identical store; a finished store is reported, not 
 from absl import logging
 
 from ucore.cli import common
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def run(argv):

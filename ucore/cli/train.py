@@ -8,7 +8,7 @@ from ucore.cli import common
 
 
 def run(argv):
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   from ucore.train.store_input import train_from_store
   if argv:
     raise UserError(f"train takes no positional arguments; got {argv}")

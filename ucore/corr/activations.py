@@ -7,14 +7,14 @@ int32 [b, ctx] (numpy, or a device-sharded jax array) and `rows` the store row i
 `tokens[:len(rows)]`; rows b > len(rows) are padding, masked out by the driver, whose values
 do not matter. The driver treats every source alike.
 
-`ModelSource` wraps ucore.model.load_model; the planted synthetic family (tests, dry runs)
+`ModelSource` wraps ucore.models.hooked.load_model; the planted synthetic family (tests, dry runs)
 is ucore.corr.synthetic.
 """
 from __future__ import annotations
 
 import os
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 def hook_suffix(hook: str) -> str:
@@ -28,9 +28,9 @@ def hook_suffix(hook: str) -> str:
 class ModelSource:
   def __init__(self, path: str, name: str, hook: str):
     try:
-      from ucore.model import load_model
+      from ucore.models.hooked import load_model
     except ImportError as e:
-      raise UserError(f"cannot load models: ucore.model is unavailable ({e}).")
+      raise UserError(f"cannot load models: ucore.models.hooked is unavailable ({e}).")
     if not os.path.exists(path):
       raise UserError(f"model {name}: path {path!r} does not exist; convert it first "
                       "(python main.py convert ...).")

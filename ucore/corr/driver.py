@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs, workdir_lock
+from ucore.jobs import atomic, identity, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import memory as MEM
 from ucore.corr import moments as M
@@ -33,7 +33,7 @@ from ucore.corr import tables as TB
 from ucore.data.mask import DEFAULT_EXCLUDE_IDS, token_mask
 from ucore.data.read_ahead import read_ahead
 from ucore.data.store import check_store_matches_model, process_rows
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 NUMERICS = ("float32 per-batch centred co-moments (two-pass batch means), GEMMs at "
             "{gemm}, merged with Chan's pairwise formulas into float32 running sums{comp}; "
@@ -98,7 +98,7 @@ def exclude_ids(config, store) -> tuple:
   return ids or tuple(int(i) for i in store.mask_exclude_ids)
 
 
-def identity(config, spec, srcs, store, mesh, stop_row):
+def job_identity(config, spec, srcs, store, mesh, stop_row):
   """Everything that defines the result; a resumed run must match it exactly."""
   return {
       "spec": spec.to_json(),
@@ -171,7 +171,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if stop_row <= config.start_row:
     raise UserError(f"no rows to read: start_row={config.start_row}, store has "
                     f"{store.num_rows} rows.")
-  ident = identity(config, spec, srcs, store, mesh, stop_row)
+  ident = job_identity(config, spec, srcs, store, mesh, stop_row)
   state_dir = os.path.join(workdir, "state")
   tables_dir = os.path.join(workdir, TB.TABLES_DIR)
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
@@ -179,14 +179,14 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
     atomic.remove_partials(tables_dir)
   if os.path.exists(summary_path):
     done = atomic.read_json(summary_path)
-    ST.check_identity(done.get("identity"), jobs.normalize(ident), tables_dir)
+    ST.check_identity(done.get("identity"), identity.normalize(ident), tables_dir)
     if done.get("finalize") == finalize_settings(config):
       logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
                    "the tables from the last committed state).", tables_dir)
       return tables_dir
     # finalize-only settings changed: new tables from the committed moments (no new pass)
     manifest, path = ST.latest(state_dir)
-    changed = jobs.diff(done.get("finalize"), finalize_settings(config))
+    changed = identity.diff(done.get("finalize"), finalize_settings(config))
     if manifest is None and "finalize" not in done:   # tables from before the record
       logging.warning("correlate: %s predates the finalize-settings record and its state "
                       "is gone; kept as is (delete it to recompute)", tables_dir)
@@ -195,14 +195,14 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
                       f"and the committed moments in {state_dir} are gone; delete "
                       f"{tables_dir} to recompute")
-    ST.check_identity(manifest["identity"], jobs.normalize(ident), path)
+    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
     logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     check = _restore_check(config, spec, manifest, path)
     with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
       return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
-                             jobs.normalize(ident), replace=True, check=check)
+                             identity.normalize(ident), replace=True, check=check)
   # weights on the forward's devices once (numpy weights would cross the host link per call)
   for s in srcs:
     if getattr(s, "model", None) is not None:
@@ -224,7 +224,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
 
   manifest, path = ST.latest(state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], jobs.normalize(ident), path)
+    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
@@ -251,7 +251,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       extra[SC.FILE] = data
       man["selfcheck"] = {"settings": check.settings(), "sha256": SC.digest(data)}
     t = time.time()
-    ST.save(state_dir, step, acc.state, jobs.normalize(man), keep=int(config.checkpoint.keep),
+    ST.save(state_dir, step, acc.state, identity.normalize(man), keep=int(config.checkpoint.keep),
             hook=_hook, extra_files=extra)
     logging.info("correlate: committed step %d (row %d) in %.1fs", step, cursor, time.time() - t)
 
@@ -331,7 +331,7 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
       worker.drain()
       worker.close()
     return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                           jobs.normalize(ident), check=check)
+                           identity.normalize(ident), check=check)
 
 
 @jax.jit
@@ -363,9 +363,9 @@ def _restore_check(config, spec, manifest, path):
   rec = manifest.get("selfcheck")
   if rec is None:
     return f"unavailable (resumed from {path}, committed without a self-check)"
-  if rec.get("settings") != jobs.normalize(check.settings()):
+  if rec.get("settings") != identity.normalize(check.settings()):
     return (f"unavailable (config.selfcheck changed since the run started: "
-            f"{'; '.join(jobs.diff(rec.get('settings'), jobs.normalize(check.settings()))[:2])})")
+            f"{'; '.join(identity.diff(rec.get('settings'), identity.normalize(check.settings()))[:2])})")
   check.load_bytes(ST.read_extra(path, SC.FILE, rec["sha256"]), path)
   return check
 
@@ -419,7 +419,7 @@ def finalize_settings(config) -> dict:
     for part in key.split("."):
       node = node[part]
     out[key] = node
-  return jobs.normalize(out)
+  return identity.normalize(out)
 
 
 def verify(config, spec, state, check, moments=None) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.corr import finalize as F
 
 

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ucore.corr import moments as M
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 GIB = 2.0 ** 30
 REMEDIES = ("lower batch_rows, set compensated=False (halves the accumulators), use more "

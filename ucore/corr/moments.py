@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ucore.corr import precision as precision_names
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 TOK, NEU = "tok", "neu"
 PRECISION = jax.lax.Precision.HIGHEST

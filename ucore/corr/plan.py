@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 # name: (fp32-at-HIGHEST TFLOP/s, memory GiB, description)
 DEVICES = {
@@ -78,7 +78,7 @@ class Arch:
 
   @classmethod
   def of_model_config(cls, c) -> "Arch":
-    """From a ucore.model_config.LMConfig (any architecture)."""
+    """From a ucore.models.config.LMConfig (any architecture)."""
     return cls(c.n_layer, c.d_mlp, c.n_embd, c.vocab_size, c.n_positions,
                bool(c.tie_word_embeddings), c.positional == "learned")
 
@@ -220,7 +220,7 @@ def arch_of(config) -> Arch:
   synthetic family's, else by a size named in the model names (a warning says when none
   tells and GPT-2 small is assumed). UserError if the config file exists but is not a
   converted model's."""
-  from ucore.model_config import config_from_dict
+  from ucore.models.registry import config_from_dict
   for path in list(config.models)[:1]:
     p = os.path.join(path, "config.json")
     if os.path.exists(p):

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 NAMES = ("highest", "bf16_3x", "tf32")
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 FILE = "selfcheck.npz"
 ROTATION = "haar rows (QR of a seeded Gaussian d × n per layer)"

@@ -25,8 +25,8 @@ import numpy as np
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
-from ucore import atomic, jobs
-from ucore.errors import UserError
+from ucore.jobs import atomic, identity
+from ucore.jobs.errors import UserError
 
 _CKPT = re.compile(r"^ckpt-(\d{10})$")
 
@@ -169,6 +169,6 @@ def restore(path: str, shapes: dict, shardings: dict, count: int):
 
 def check_identity(saved: dict, current: dict, path: str) -> None:
   """Refuses to resume when anything that defines the result changed (`current` normalized:
-  ucore.jobs.normalize)."""
-  jobs.check_same(saved, current, f"cannot resume from {path}: the inputs changed",
+  ucore.jobs.identity.normalize)."""
+  identity.check_same(saved, current, f"cannot resume from {path}: the inputs changed",
                   ". Use a new --workdir, or restore the original inputs.")

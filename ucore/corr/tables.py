@@ -21,7 +21,7 @@ Dead or partner-less neurons are NaN unless `dead_value` is set.
 This module is the one home of the tables directory's layout: the writer (`write_tables`)
 and the readers (`read_neurons`, `read_neuron_table`, `read_partner_layers`,
 `partner_layer_counts`, `read_summary`, `neuron_models`) sit side by side, and nobody else
-spells a file name. It imports no engine code (numpy, pandas and ucore.atomic only), so the
+spells a file name. It imports no engine code (numpy, pandas and ucore.jobs.atomic only), so the
 analyses and the report can read tables without loading JAX.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
-from ucore.errors import UserError
+from ucore.jobs import atomic
+from ucore.jobs.errors import UserError
 
 TABLES_DIR = "tables"                          # <correlate workdir>/tables/: what follows
 NEURONS = "neurons_{}.parquet"                 # per row model: aggregated neuron table

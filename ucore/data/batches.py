@@ -1,6 +1,6 @@
 """Token batches of the analyses: rows + dataset labels + the token mask (ucore.data.mask).
 
-  make_batches(tokens, batch_rows)   in-memory rows (tests, the planted model)
+  make_batches(tokens, batch_rows)   in-memory rows (tests)
   store_batches(store, batch_rows)   a TokenStore's rows, masked with the store's own ids
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @dataclasses.dataclass

@@ -24,11 +24,11 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs, workdir_lock
-from ucore import tokenizer as tokmod
-from ucore.atomic import read_json, write_json
+from ucore.jobs import atomic, identity, workdir_lock
+from ucore.models import tokenizer as tokmod
+from ucore.jobs.atomic import read_json, write_json
 from ucore.data import mask, sources, store as storemod
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 BUILD_DIR = ".build"
 JOB = "job.json"
@@ -94,7 +94,7 @@ def _claim_workdir(wd: _Workdir, job: dict) -> str:
   manifest_path = os.path.join(wd.path, storemod.MANIFEST)
   if os.path.exists(manifest_path):
     manifest = storemod.read_manifest(wd.path)
-    jobs.check_same(manifest.get("job") or {}, job, f"{wd.path} holds a finished token store "
+    identity.check_same(manifest.get("job") or {}, job, f"{wd.path} holds a finished token store "
                     "built from a different config", "; use a new --workdir", limit=3)
     return "complete"
   if not os.path.exists(wd.b(JOB)):
@@ -104,7 +104,7 @@ def _claim_workdir(wd: _Workdir, job: dict) -> str:
       raise UserError(f"--workdir {wd.path} is not empty and holds no token job; "
                       "use a new or empty directory")
     os.makedirs(wd.build, exist_ok=True)
-  resumed = jobs.claim(wd.b(JOB), job, f"{wd.path} holds an unfinished token job with a "
+  resumed = identity.claim(wd.b(JOB), job, f"{wd.path} holds an unfinished token job with a "
                        "different config or source",
                        "; rerun with the original config, or use a new --workdir")
   return "resume" if resumed else "fresh"
@@ -425,7 +425,7 @@ def build_store(config, workdir: str, _hook=None):
   for key in ("bos_id", "eos_id", "model_vocab_size"):
     tok_spec[key] = int(config.get(key, -1))
   tok_spec["mask_exclude_ids"] = [int(i) for i in config.get("mask_exclude_ids", ())]
-  job = jobs.normalize({"source": src.identity(), "recipe": recipe, "tokenizer": tok_spec})
+  job = identity.normalize({"source": src.identity(), "recipe": recipe, "tokenizer": tok_spec})
   wd = _Workdir(workdir)
   state = _claim_workdir(wd, job)
   if state == "complete":

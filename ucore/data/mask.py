@@ -5,7 +5,7 @@ decided in exactly one place. The ids are configurable: a token store records th
 own tokenizer (`recommended_exclude_ids` when it is built, `exclude_ids_for(manifest)` when it
 is read, `TokenStore.mask_exclude_ids`); readers take them from the store, never from a
 fallback. GPT-2's ids live here and nowhere else: `DEFAULT_EXCLUDE_IDS` is the default of
-`token_mask` for in-memory GPT-2 token arrays (tests, the planted model, synthetic tokens).
+`token_mask` for in-memory GPT-2 token arrays (tests, synthetic tokens).
 """
 import numpy as np
 

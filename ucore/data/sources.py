@@ -9,8 +9,8 @@ import dataclasses
 import glob
 import os
 
-from ucore.atomic import sha256_file
-from ucore.errors import UserError
+from ucore.jobs.atomic import sha256_file
+from ucore.jobs.errors import UserError
 
 # file suffix -> datasets builder
 _BUILDERS = (

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 FORMAT = "ucore.token_store"
 VERSION = 1
@@ -184,7 +184,7 @@ class TokenStore:
 def model_tokenizer_sha256(model) -> str | None:
   """sha256 of the tokenizer a model was made with: its manifest's record, else the files in
   <model dir>/tokenizer, else None (unknown)."""
-  from ucore import tokenizer as tok
+  from ucore.models import tokenizer as tok
   sha = (getattr(model, "manifest", None) or {}).get("tokenizer_sha256")
   if sha:
     return sha

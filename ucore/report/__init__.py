@@ -1,5 +1,11 @@
 """Figures and the HTML report of the universality analysis.
 
+  figures, html, sections   the report's figures, its HTML page and the pipeline's sections
+  cards                     a card per focus neuron (contexts, histogram, logit effects)
+  views                     threshold-free views of universality
+
+May import: ucore.jobs, ucore.models, ucore.data, ucore.analyses.
+
   from ucore.report import write_report
   html_path = write_report(out_dir, {"small-a": neuron_table}, partner_layers={"small-a": hist})
 """

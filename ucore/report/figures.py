@@ -1,7 +1,7 @@
 """Figures of the universality analysis (paper Fig. 2 and friends) as PNG files.
 
 Every function takes plain data (a neuron table, an array) and an output path, writes one PNG
-with ucore.report.canvas (Agg, no pyplot, no global backend state) and returns the path.
+with ucore.analyses.canvas (Agg, no pyplot, no global backend state) and returns the path.
 
 Neuron table contract: a pandas DataFrame indexed by (layer, neuron) with at least the columns
 mean_corr, max_corr, min_corr, mean_baseline, excess_corr and universal (bool).
@@ -9,7 +9,7 @@ mean_corr, max_corr, min_corr, mean_baseline, excess_corr and universal (bool).
 import numpy as np
 import pandas as pd
 
-from ucore.report.canvas import figure as _figure, save as _save
+from ucore.analyses.canvas import figure as _figure, save as _save
 
 REQUIRED_COLUMNS = ("mean_corr", "max_corr", "min_corr", "mean_baseline", "excess_corr",
                     "universal")
@@ -19,7 +19,7 @@ OTHER_COLOR = "#7f7f7f"
 
 def check_table(table: pd.DataFrame, name: str = "table") -> pd.DataFrame:
   """UserError unless `table` follows the neuron-table contract."""
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if not isinstance(table, pd.DataFrame):
     raise UserError(f"{name} must be a pandas DataFrame; got {type(table).__name__}")
   missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -89,7 +89,7 @@ def partner_layer_shares(hist) -> np.ndarray:
   l_ref's neurons whose best partner lies in layer l_other (rows with no neurons stay 0)."""
   hist = np.asarray(hist, np.float64)
   if hist.ndim != 2:
-    from ucore.errors import UserError
+    from ucore.jobs.errors import UserError
     raise UserError(f"partner-layer histogram must be 2-D [n_layer, n_layer]; got {hist.shape}")
   totals = hist.sum(axis=1, keepdims=True)
   return np.divide(hist, totals, out=np.zeros_like(hist), where=totals > 0)
@@ -171,7 +171,7 @@ def training_curves(losses: pd.DataFrame, path: str) -> str:
   ucore.train.read_losses(workdir) (columns step, seed, split, loss)."""
   missing = [c for c in ("step", "seed", "split", "loss") if c not in losses.columns]
   if missing:
-    from ucore.errors import UserError
+    from ucore.jobs.errors import UserError
     raise UserError(f"losses table lacks columns {missing} (use ucore.train.read_losses)")
   fig = _figure(6.0, 3.8)
   ax = fig.add_subplot(1, 1, 1)

@@ -21,8 +21,8 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
-from ucore.errors import UserError
+from ucore.jobs import atomic
+from ucore.jobs.errors import UserError
 from ucore.report import figures as F
 
 FIGURES_DIR = "figures"

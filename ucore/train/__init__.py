@@ -4,6 +4,8 @@
   summary = train_family(config, workdir, rows)   # rows: int32 [num_rows, ctx] or a TokenStore
 
 See ucore/train/loop.py for the workdir layout and ucore/train/core.py for the vmapped step.
+
+May import: ucore.jobs, ucore.models, ucore.data.
 """
 from ucore.train.core import (batch_row_indices, family_batch, gpt2_init, lr_schedule,
                               make_family_eval, make_family_step, make_optimizer,

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ucore.gpt2 import GPT2LM
-from ucore.gpt2_config import GPT2Config
-from ucore.model import abstract_params
+from ucore.models.transformer import TransformerLM
+from ucore.models.gpt2 import GPT2Config
+from ucore.models.hooked import abstract_params
 
 
 # ---------------------------------------------------------------- initialisation
@@ -108,7 +108,7 @@ def lm_nll_sum(module, params, rows):
 def single_update(config: GPT2Config, tx):
   """The update of ONE model: (params, opt_state, rows [B, ctx]) -> (params, opt_state, stats).
   stats: loss (before the update), grad_norm (before clipping)."""
-  module = GPT2LM(config)
+  module = TransformerLM(config)
 
   def update(params, opt_state, rows):
     loss, grads = jax.value_and_grad(functools.partial(lm_loss, module))(params, rows)
@@ -133,7 +133,7 @@ def make_single_step(config: GPT2Config, tx):
 def make_family_eval(config: GPT2Config):
   """(stacked params, rows [B, ctx]) -> (nll sums [K], token count): every member of the
   family on the same held-out rows."""
-  module = GPT2LM(config)
+  module = TransformerLM(config)
   return jax.jit(jax.vmap(functools.partial(lm_nll_sum, module), in_axes=(0, None),
                           out_axes=(0, None)))
 

@@ -7,7 +7,7 @@ Workdir layout (`train_family(config, workdir, rows, ...)`):
                                (orbax finalizes a step directory last: its commit marker)
   losses.jsonl                 one line per (step, seed, split): {"step", "seed", "split":
                                "train"|"heldout", "loss", "lr"?, "grad_norm"?}
-  seed{s}/checkpoint-{N}/      ucore.model.save_model directory (manifest written last):
+  seed{s}/checkpoint-{N}/      ucore.models.hooked.save_model directory (manifest written last):
                                params after N updates; loads with ucore.load_model
   seed{s}/final -> checkpoint-{num_steps}   relative symlink, made when training completes
   family.json                  written last: seeds, steps, checkpoint paths (relative to the
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ucore import atomic, jobs, workdir_lock
-from ucore.errors import UserError
-from ucore.gpt2_config import GPT2Config
+from ucore.jobs import atomic, identity, workdir_lock
+from ucore.jobs.errors import UserError
+from ucore.models.gpt2 import GPT2Config
 from ucore.train import core
 
 JOB = "job.json"
@@ -46,7 +46,7 @@ FAMILY_FORMAT = "ucore-train-family/1"
 # ---------------------------------------------------------------- config
 def config_dict(config) -> dict:
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return jobs.normalize(d)
+  return identity.normalize(d)
 
 
 def model_config(config, vocab_size: int, ctx: int) -> GPT2Config:
@@ -143,12 +143,12 @@ def _claim(workdir: str, job: dict):
   try:   # a job.json written before the store's path left the job (movable workdirs)
     old = atomic.read_json(path) if os.path.exists(path) else None
   except (OSError, ValueError):
-    old = None   # jobs.claim reports it
+    old = None   # identity.claim reports it
   if isinstance(old, dict) and "store" in ((old.get("config") or {}).get("data") or {}):
     old["config"]["data"].pop("store")
     if old == job:
       atomic.write_json(path, job)
-  return jobs.claim(path, job, f"workdir {workdir} holds a training run with a different "
+  return identity.claim(path, job, f"workdir {workdir} holds a training run with a different "
                     "config/data", "; use a new --workdir or the original config")
 
 
@@ -209,7 +209,7 @@ class _LossLog:
     self.pending = []
 
   def add(self, **row):
-    self.pending.append(jobs.normalize(row))
+    self.pending.append(identity.normalize(row))
 
   def flush(self):
     if self.pending:
@@ -247,13 +247,13 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     config.data.max_rows rows (0 = all), the last config.heldout_rows are held out and the
     rest are training rows (loaded into host memory: 4 bytes per token).
   vocab_size: the tokenizer's vocabulary (used when config.model.vocab_size is 0).
-  tokenizer_files: ucore.tokenizer.TokenizerFiles copied into every checkpoint, or None.
+  tokenizer_files: ucore.models.tokenizer.TokenizerFiles copied into every checkpoint, or None.
   data_identity: what identifies the data in job.json (default: sha256 of the rows).
   _hook(event, step): test hook, called with "step" after every update (may raise to simulate
     a kill).
   Returns the family summary (also written to <workdir>/family.json).
   """
-  from ucore.model import save_model
+  from ucore.models.hooked import save_model
   t_start = time.time()
   num_rows, ctx = _num_rows_ctx(rows)
   max_rows = int(config.data.get("max_rows", 0) or 0) if "data" in config else 0
@@ -273,7 +273,7 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     if arr.size and (arr.min() < 0 or arr.max() >= mcfg.vocab_size):
       raise UserError(f"{name} token ids span [{arr.min()}, {arr.max()}], outside the model's "
                       f"vocabulary [0, {mcfg.vocab_size})")
-  job = jobs.normalize({"config": _portable(config), "data": data_identity,
+  job = identity.normalize({"config": _portable(config), "data": data_identity,
                     "model_config": mcfg.to_dict()})
   workdir = os.path.abspath(workdir)
   resumed = _claim(workdir, job)

@@ -1,6 +1,7 @@
 """Train a family on a token store: the wiring shared by `main.py train` and the pipeline."""
-from ucore import tokenizer as tokmod, workdir_lock
-from ucore.errors import UserError
+from ucore.models import tokenizer as tokmod
+from ucore.jobs import workdir_lock
+from ucore.jobs.errors import UserError
 
 
 @workdir_lock.locked

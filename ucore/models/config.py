@@ -1,6 +1,6 @@
-"""The model configuration every architecture shares, and the dispatch by architecture.
+"""The model configuration every architecture shares.
 
-One Flax transformer (ucore/transformer.py) runs every architecture; an architecture is a
+One Flax transformer (ucore/models/transformer.py) runs every architecture; an architecture is a
 config class that fixes how that transformer computes. Every config exposes the same
 attributes, whether they are stored fields or constants of the architecture:
 
@@ -10,13 +10,14 @@ attributes, whether they are stored fields or constants of the architecture:
   attention_bias  scale_attn_weights  scale_attn_by_inverse_layer_idx  reorder_and_upcast_attn
 
 A converted checkpoint's config.json holds `to_dict()`: the stored fields plus
-`architecture`; a config.json without `architecture` is a GPT-2 (written before NeoX).
+`architecture`. Reading a config.json into the right architecture is ucore.models.registry's
+job (this module is the base the architectures import; it imports none of them).
 """
 import dataclasses
 import logging
 from typing import ClassVar
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish",
                "quick_gelu", "tanh")
@@ -126,30 +127,3 @@ def read_hf_fields(hf: dict, mapping: dict, *, handled=(), ignored=frozenset(),
   if unknown:
     logging.warning("config.json fields not used by the %s forward pass: %s", name, unknown)
   return kwargs
-
-
-def _registry() -> dict:
-  from ucore.gpt2_config import GPT2Config
-  from ucore.neox_config import NeoXConfig
-  return {c.ARCHITECTURE: c for c in (GPT2Config, NeoXConfig)}
-
-
-def config_from_dict(d: dict) -> LMConfig:
-  """config.json of a converted/trained checkpoint -> the architecture's config."""
-  arch = d.get("architecture", "gpt2")
-  classes = _registry()
-  if arch not in classes:
-    raise UserError(f"model config has unknown architecture {arch!r}; known: "
-                    f"{', '.join(sorted(classes))}")
-  return classes[arch].from_dict(d)
-
-
-def config_from_hf_dict(hf: dict) -> LMConfig:
-  """A HuggingFace config.json -> the config of the architecture its model_type names."""
-  model_type = hf.get("model_type", "gpt2")
-  for cls in _registry().values():
-    if model_type in cls.MODEL_TYPES:
-      return cls.from_hf_dict(hf)
-  supported = sorted(t for c in _registry().values() for t in c.MODEL_TYPES)
-  raise UserError(f"config.json has model_type={model_type!r}; supported: "
-                  f"{', '.join(supported)} (GPT-2 and GPT-NeoX/Pythia checkpoints)")

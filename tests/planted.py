@@ -1,6 +1,6 @@
 """A tiny GPT-2 with hand-set neurons of every kind the analyses look for (planted ground truth).
 
-Used by the tests and by `configs/analyze_default.py`'s offline smoke run. Vocabulary: the real
+Used by the tests (ground truth for the analyses). Vocabulary: the real
 GPT-2 BPE (50257 ids), so the vocabulary labels are the real ones. Residual dimensions:
   0,1   unigram feature: only token UNIGRAM_TOKEN has (+a, -a) there
   2,3   BOS feature: only BOS/EOS (ucore.data.mask.GPT2_EOS_ID) has (+a, -a) there
@@ -34,14 +34,14 @@ HEAD = (1, 0)
 
 
 def planted_config(n_positions: int = 32):
-  from ucore.gpt2_config import GPT2Config
+  from ucore.models.gpt2 import GPT2Config
   return GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, d_mlp=32,
                     vocab_size=50257)
 
 
 def planted_params(config, seed: int = 0):
   import jax
-  from ucore.model import init_params
+  from ucore.models.hooked import init_params
   rng = np.random.default_rng(seed)
   p = jax.tree_util.tree_map(lambda x: np.array(x, np.float32), init_params(config, seed))
   D, V, P, F = config.n_embd, config.vocab_size, config.n_positions, config.d_mlp
@@ -107,9 +107,9 @@ def planted_params(config, seed: int = 0):
 
 
 def planted_model(n_positions: int = 32, seed: int = 0):
-  from ucore.model import HookedGPT2
+  from ucore.models.hooked import HookedTransformer
   config = planted_config(n_positions)
-  return HookedGPT2(config, planted_params(config, seed))
+  return HookedTransformer(config, planted_params(config, seed))
 
 
 def planted_tokens(rows: int, ctx: int, seed: int = 0, unigram_rate: float = 0.08):

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)

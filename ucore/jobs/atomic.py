@@ -91,7 +91,7 @@ def staged_dir(final_path: str, replace: bool = False):
 def remove_partials(final_pattern: str) -> list:
   """Removes the `<final>.partial-*` staging folders left by killed staged_dir writers, for
   every final path matching the glob `final_pattern`; returns what it removed. Call only
-  while holding the workdir (ucore.workdir_lock), so no live writer owns one."""
+  while holding the workdir (ucore.jobs.workdir_lock), so no live writer owns one."""
   import glob
   gone = sorted(glob.glob(f"{final_pattern}.partial-*"))
   for p in gone:
@@ -106,7 +106,7 @@ def check_safe_name(name, what: str) -> str:
   """`name` if it can be a file-name component (letters, digits and . _ - + @ =, starting
   with a letter or digit: no '/', no '..', nothing absolute); else a UserError naming
   `what`. For names from configs that end up in file names."""
-  from ucore.errors import UserError
+  from ucore.jobs.errors import UserError
   if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
     raise UserError(f"{what} {name!r} is not a safe name: use letters, digits and . _ - + @ = "
                     "(starting with a letter or digit)")

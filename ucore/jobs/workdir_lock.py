@@ -9,7 +9,7 @@ never leaves a stale lock. Within one process the lock is re-entrant, and nested
 different inodes: the pipeline holds its workdir while each stage holds its own sub-workdir.
 Taken by every command's library entry point: ucore.data.build.build_store,
 ucore.train (train_from_store, train_family), ucore.corr.driver.run (process 0 of a
-multi-process run), ucore.analyses.runner.run and ucore.pipeline.run.
+multi-process run), ucore.analyze.run and ucore.pipeline.run.
 flock works on local filesystems; on NFS it is emulated and may not cover directories.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import fcntl
 import os
 import threading
 
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 _HELD: dict = {}   # (st_dev, st_ino) -> [fd, depth]
 _MUTEX = threading.Lock()

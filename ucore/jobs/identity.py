@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 
-from ucore import atomic
-from ucore.errors import UserError
+from ucore.jobs import atomic
+from ucore.jobs.errors import UserError
 
 
 def _default(o):

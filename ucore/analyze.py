@@ -4,8 +4,7 @@ correlation results; writes `<workdir>/<analysis>/*.parquet|png` and `<workdir>/
 (`python main.py analyze` through `report`, the pipeline with its own sections), each with one
 call of ucore.report.write_report.
 
-config fields: see configs/analyze_default.py. `model_dir="planted"` / `token_store="planted"`
-use the hand-set tiny model of ucore.analyses.planted (offline smoke run).
+config fields: see configs/analyze_default.py.
 
 Extension point — adding an analysis:
   @analysis("name", needs_corr=False)
@@ -30,11 +29,11 @@ from typing import Callable, Optional
 import pandas as pd
 from absl import logging
 
-from ucore import workdir_lock
+from ucore.jobs import workdir_lock
 from ucore.data import batches as batches_mod
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
-from ucore.errors import UserError
+from ucore.jobs.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Inputs:
   """What every analysis may read. `batches(max_rows=None)` -> list of batches_mod.Batch."""
   config: object
   model: object
-  store: object             # TokenStore, or None for the planted rows
+  store: object             # TokenStore
   batches: Callable
   label_names: list
   bos_id: int
@@ -79,9 +78,8 @@ class Inputs:
 
   def vocab_texts(self) -> list:
     from ucore.analyses import vocab
-    return vocab.decode_vocab(common.vocab_file_of(
-        self.model if self.config.model_dir != "planted" else None, self.store),
-        self.model.config.vocab_size)
+    return vocab.decode_vocab(common.vocab_file_of(self.model, self.store),
+                              self.model.config.vocab_size)
 
 
 def parse_analyses(spec: str, have_corr: bool) -> list:
@@ -118,7 +116,7 @@ def _properties(inp: Inputs, out: str) -> list:
 
 @analysis("views", needs_corr=True)
 def _views(inp: Inputs, out: str) -> list:
-  from ucore.analyses import views
+  from ucore.report import views
   return views.run(inp.corr, inp.results.get("stats"), inp.focus(), out,
                    threshold=float(inp.config.universal.threshold))
 
@@ -161,7 +159,7 @@ def _prediction(inp: Inputs, out: str) -> list:
   c = inp.config.prediction
   fam_models = None
   if c.family_model_dirs:
-    from ucore.model import load_model
+    from ucore.models.hooked import load_model
     dirs = [d.strip() for d in str(c.family_model_dirs).split(",") if d.strip()]
     fam_models = {name: load_model(d) for name, d in zip(family_names(dirs), dirs)}
   return prediction.run(inp.model, out, stats=inp.results.get("stats"), corr=inp.corr,
@@ -213,7 +211,7 @@ def _ablation(inp: Inputs, out: str) -> list:
 
 @analysis("cards", needs_corr=True)
 def _cards(inp: Inputs, out: str) -> list:
-  from ucore.analyses import cards
+  from ucore.report import cards
   c = inp.config
   fam_path = inp.table_path("families", "families.parquet")
   fam = pd.read_parquet(fam_path) if fam_path and os.path.isfile(fam_path) else None
@@ -226,22 +224,11 @@ ANALYSES = tuple(REGISTRY)
 
 # ---- inputs and the loop -------------------------------------------------------------------
 def _load(config):
-  from ucore.analyses import planted
-  if config.model_dir == "planted":
-    model = planted.planted_model(n_positions=max(32, int(config.get("planted_ctx", 32))))
-  else:
-    if not config.model_dir:
-      raise UserError("model_dir is required (a converted checkpoint directory); "
-                      "set --config.model_dir=...")
-    from ucore.model import load_model
-    model = load_model(config.model_dir)
-  if config.token_store == "planted":
-    ctx = model.config.n_positions
-    toks = planted.planted_tokens(int(config.get("planted_rows", 32)), ctx, seed=config.seed)
-    rows = toks.shape[0]
-    factory = lambda max_rows=None: batches_mod.make_batches(
-        toks[:max_rows or rows], config.batch_rows, row_labels=[0] * min(rows, max_rows or rows))
-    return Inputs(config, model, None, factory, ["planted"], planted.BOS, None)
+  if not config.model_dir:
+    raise UserError("model_dir is required (a converted checkpoint directory); "
+                    "set --config.model_dir=...")
+  from ucore.models.hooked import load_model
+  model = load_model(config.model_dir)
   if not config.token_store:
     raise UserError("token_store is required: set --config.token_store=<store dir>")
   from ucore.data.store import check_store_matches_model, open_store

@@ -1,6 +1,6 @@
 """One decoder-only transformer as Flax (linen) modules, with TransformerLens hook points.
 
-The config decides the architecture (ucore.model_config): GPT-2 (learned positions, sequential
+The config decides the architecture (ucore.models.config): GPT-2 (learned positions, sequential
 residual) or GPT-NeoX/Pythia (rotary on a fraction of each head, parallel or sequential
 residual, attention biases on/off, untied unembedding). Exact or tanh GELU and the LayerNorm
 epsilon come from the config for both.
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from ucore.model_config import LMConfig
+from ucore.models.config import LMConfig
 
 
 def no_hook(name, x):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ucore import atomic
+from ucore.jobs import atomic
 from ucore.analyses import common
 
 PARTNER_PREFIX = "corr__"

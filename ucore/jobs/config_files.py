@@ -2,7 +2,9 @@
 import importlib.util
 import os
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# <repo>/configs (this file is <repo>/ucore/jobs/config_files.py).
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def load(name_or_path: str, arg: str = ""):
