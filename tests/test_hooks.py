@@ -129,6 +129,14 @@ def test_bfloat16_option_close_to_float32(converted):
   # bfloat16 has an 8-bit mantissa: agreement to ~1e-2 relative is the expected precision.
   assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
   assert np.abs(a - b).max() > 0  # it really computed in bfloat16
+  # Scores and softmax stay float32 in a bf16 forward: the pattern is a float32 distribution,
+  # and the fused path (no attention hooks wanted) computes the same attention as the
+  # explicit one up to bf16 rounding of its output.
+  logits_hooked, cache = bf16.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_pattern"])
+  pattern = np.asarray(cache["blocks.0.attn.hook_pattern"])
+  assert pattern.dtype == np.float32
+  np.testing.assert_allclose(pattern.sum(-1), 1.0, atol=1e-6)
+  assert np.abs(np.asarray(logits_hooked) - b).max() < 0.02 * np.abs(a).max()
 
 
 def test_bad_tokens_refused(converted):

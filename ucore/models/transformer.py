@@ -165,14 +165,13 @@ class Attention(nn.Module):
     if cfg.rotary_dim:
       q = hook(p + "hook_rot_q", rotary(q, cfg.rotary_dim, cfg.rotary_base))
       k = hook(p + "hook_rot_k", rotary(k, cfg.rotary_dim, cfg.rotary_base))
-    # reorder_and_upcast_attn: scores and softmax in float32 whatever the compute dtype.
-    score_dtype = jnp.float32 if (cfg.reorder_and_upcast_attn or self.dtype == jnp.float32) \
-        else self.dtype
-    if score_dtype == jnp.float32 and not (wants(hook, p + "hook_attn_scores") or
-                                           wants(hook, p + "hook_pattern")):
+    # Scores and softmax in float32 whatever the compute dtype (a 16-bit forward keeps its
+    # normalisations in float32: LayerNorm above, softmax here; HF's reorder_and_upcast_attn
+    # asks for the same). Products of bf16/fp16 q, k are exact in float32.
+    if not (wants(hook, p + "hook_attn_scores") or wants(hook, p + "hook_pattern")):
       z = self._fused(q, k, v, prec)
     else:
-      z = self._explicit(q, k, v, hook, p, score_dtype, prec)
+      z = self._explicit(q, k, v, hook, p, prec)
     z = hook(p + "hook_z", z)
     w_o, b_o = DenseParams(D, D, cfg.attention_bias, name="c_proj")()
     w_o = w_o.astype(self.dtype)
@@ -201,15 +200,15 @@ class Attention(nn.Module):
     with scope:
       return jax.nn.dot_product_attention(q, k, v, scale=self._scale(), is_causal=True)
 
-  def _explicit(self, q, k, v, hook, p, score_dtype, prec):
-    """Scores, mask and softmax spelled out: the hook points attn_scores and pattern."""
+  def _explicit(self, q, k, v, hook, p, prec):
+    """Scores, mask and softmax spelled out (float32): the hook points attn_scores and pattern."""
     cfg = self.config
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(score_dtype), k.astype(score_dtype),
-                        precision=prec)
+    f32 = jnp.float32
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(f32), k.astype(f32), precision=prec)
     if cfg.scale_attn_weights:
-      scores = scores / jnp.asarray(float(cfg.d_head) ** 0.5, score_dtype)
+      scores = scores / jnp.asarray(float(cfg.d_head) ** 0.5, f32)
     if cfg.scale_attn_by_inverse_layer_idx:
-      scores = scores / jnp.asarray(float(self.layer_idx + 1), score_dtype)
+      scores = scores / jnp.asarray(float(self.layer_idx + 1), f32)
     pos = scores.shape[-1]
     causal = jnp.tril(jnp.ones((pos, pos), dtype=bool))
     scores = jnp.where(causal, scores, -jnp.inf)   # TransformerLens: masked scores are -inf
