@@ -334,7 +334,7 @@ def bench_end_to_end(a, rows):
   with tempfile.TemporaryDirectory() as tmp:
     cfg = os.path.join(tmp, "corr_bench_cfg.py")
     with open(cfg, "w") as f:
-      f.write("from ucore import config_files\n\n\ndef get_config():\n"
+      f.write("from ucore.jobs import config_files\n\n\ndef get_config():\n"
               f"  c = config_files.load({a.e2e_config!r})\n"
               f"  c.models = {list(a.models)!r}\n"
               f"  c.model_names = {[os.path.basename(m.rstrip('/')) for m in a.models]!r}\n"

@@ -22,7 +22,7 @@ def paths(tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n")
   bad_ids = tmp_path / "bad_ids.py"   # token ids as names, in a config file (not the CLI)
-  bad_ids.write_text("from ucore import config_files\n\ndef get_config():\n"
+  bad_ids.write_text("from ucore.jobs import config_files\n\ndef get_config():\n"
                      "  c = config_files.load('correlate_tiny')\n"
                      "  c.exclude_ids = ('eos', 198)\n  return c\n")
   afile = tmp_path / "afile"

@@ -12,7 +12,7 @@ from ucore.jobs import workdir_lock
 from ucore.jobs.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOLD = ("import sys, time; from ucore import workdir_lock\n"
+HOLD = ("import sys, time; from ucore.jobs import workdir_lock\n"
         "with workdir_lock.hold(sys.argv[1]):\n"
         "  print('held', flush=True); time.sleep(600)\n")
 
