@@ -12,6 +12,7 @@ universal = excess_corr > threshold): ucore's baselines have their own float64 t
 (tests/test_corr_baselines.py)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,7 +42,9 @@ def _sweep_cmd(workdir, family, store, cache, checkpoints):
           f"--config.cache_dir={cache}", f"--config.correlate.token_store={store}",
           f"--config.correlate.max_tokens={ROWS * CTX}", "--config.correlate.batch_rows=4",
           "--config.correlate.precision=highest", "--config.correlate.top_k=2",
-          "--config.correlate.checkpoint.every_steps=1", "--config.fallback_k=5"]
+          "--config.correlate.checkpoint.every_steps=2", "--config.fallback_k=5",
+          # brute-forced below instead; one baseline kind is enough for the columns' checks
+          "--config.correlate.selfcheck.sample=0", "--config.correlate.baseline.kinds=haar"]
 
 
 def _run(cmd, log):
@@ -97,6 +100,7 @@ def family(tmp_path_factory):
       hf[(step, s)] = m.double().eval()
   tc = config_files.load("tokenize_default")
   tc.source, tc.ctx, tc.num_tokens, tc.log_every_s = corpus, CTX, 0, 0.0
+  tc.label_field = ""
   tc.tokenizer, tc.model_vocab_size = str(tmp / "family" / "seed0" / "checkpoint-100"), VOCAB
   store = build.build_store(tc, str(tmp / "store"))
   assert store.num_rows >= ROWS
@@ -198,50 +202,101 @@ def test_resumed_sweep_matches_brute_force_float64(family, swept):
 
 
 def test_conversion_cache_is_keyed_by_content_and_reused(family, swept):
+  """Another sweep of the same checkpoint files (copied elsewhere) finds every conversion in
+  the cache: the key is the files' content, not their place."""
+  import shutil
+  from ucore import sweep
   from ucore.models.hooked import read_manifest
   entries = sorted(os.listdir(swept["cache"]))
   assert len(entries) == len(SEEDS) * len(STEPS)   # one per checkpoint file set, no partials
-  assert all(read_manifest(os.path.join(swept["cache"], e))["source"]["kind"] == "local"
-             for e in entries)
-  # the same checkpoint bytes under another path, in another sweep: no conversion
-  import shutil
   moved = str(family["tmp"] / "family_copy")
   shutil.copytree(family["family"], moved)
-  workdir = str(family["tmp"] / "run2")
-  r = _run(_sweep_cmd(workdir, moved, family["store"].path, swept["cache"], ["checkpoint-300"]),
-           str(family["tmp"] / "run2.log"))
-  assert r.returncode == 0, open(family["tmp"] / "run2.log").read()[-3000:]
-  assert "converting" not in r.stdout and sorted(os.listdir(swept["cache"])) == entries
-  pd.testing.assert_frame_equal(
-      pd.read_parquet(os.path.join(workdir, "corr", "step300", "tables", "neurons_seed0.parquet")),
-      pd.read_parquet(os.path.join(swept["workdir"], "corr", "step300", "tables",
-                                   "neurons_seed0.parquet")))
+  for step in STEPS:
+    for s in SEEDS:
+      src = sweep.source_of(os.path.join(moved, f"seed{s}", f"checkpoint-{step}"))
+      assert src.kind == "hf_dir"
+      entry = sweep.cache_entry(src, swept["cache"])
+      before = os.path.getmtime(os.path.join(entry, "manifest.json"))
+      assert sweep.converted_dir(src, swept["cache"]) == entry
+      assert os.path.getmtime(os.path.join(entry, "manifest.json")) == before
+      assert read_manifest(entry)["source"]["location"] == os.path.join(
+          family["family"], f"seed{s}", f"checkpoint-{step}")   # converted from the original
+  assert sorted(os.listdir(swept["cache"])) == entries
+  # other processing is another key: converted anew, not served from the entry above
+  other = sweep.source_of(os.path.join(moved, "seed0", "checkpoint-300"), "transformer_lens")
+  assert sweep.cache_entry(other, swept["cache"]) not in [
+      os.path.join(swept["cache"], e) for e in entries]
 
 
-def test_a_rerun_of_a_finished_sweep_redoes_nothing_and_other_settings_are_refused(swept):
+def test_a_rerun_of_a_finished_sweep_redoes_nothing(swept):
   r = _run(swept["cmd"], os.devnull)
   assert r.returncode == 0
   assert r.stdout.count("finished before") == 3 and "converting" not in r.stdout
-  r = _run(swept["cmd"] + ["--config.correlate.max_tokens=64"], os.devnull)
-  assert r.returncode == 2
+
+
+
+def test_a_sweep_with_other_settings_is_refused_in_its_workdir(family, swept):
+  from ucore import sweep
+  from ucore.jobs.errors import UserError
+  c = _config(family, swept["cache"], correlate_max_tokens=64)
+  with pytest.raises(UserError, match="holds a sweep of another family or settings") as e:
+    sweep.run(c, swept["workdir"])
+  assert f"(correlate.max_tokens: {ROWS * CTX} -> 64)" in str(e.value)
+
+
+def _config(family, cache, **overrides):
+  from ucore.jobs import config_files
+  c = config_files.load("sweep_default")
+  c.models = [os.path.join(family["family"], f"seed{s}") for s in SEEDS]
+  c.checkpoints = [f"checkpoint-{s}" for s in STEPS]
+  c.cache_dir, c.correlate.token_store = cache, family["store"].path
+  c.fallback_k, c.correlate.max_tokens, c.correlate.batch_rows = 5, ROWS * CTX, 4
+  c.correlate.precision, c.correlate.top_k, c.correlate.checkpoint.every_steps = "highest", 2, 2
+  c.correlate.selfcheck.sample, c.correlate.baseline.kinds = 0, ("haar",)   # as _sweep_cmd
+  for k, v in overrides.items():
+    if k.startswith("correlate_"):
+      c.correlate[k[len("correlate_"):]] = v
+    else:
+      c[k] = v
+  return c
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["--config.checkpoints=@step1000"], "is a hub revision but model"),
-    (["--config.checkpoints=checkpoint-999"], "does not exist"),
-    (["--config.checkpoints=final"], "carry no step in their name"),
-    (["--config.models=pythia-70m,pythia-70m-seed1", "--config.checkpoints=@step1500"],
+    ({"checkpoints": ["@step1000"]}, "is a hub revision but model"),
+    ({"checkpoints": ["checkpoint-999"]}, "does not exist"),
+    ({"checkpoints": ["checkpoint-100", "checkpoint-100"]}, "repeat an entry"),
+    ({"steps": (1, 2)}, "config.steps has 2 steps for 3 checkpoints"),
+    ({"steps": (5, 5, 6)}, "must be distinct"),
+    ({"model_names": ["a", "a", "b", "c"]}, "repeat; set config.model_names"),
+    ({"models": ["pythia-70m", "pythia-70m-seed1"], "checkpoints": ["@step1500"]},
      "step 1500 is not a kept Pythia checkpoint; nearest: step1000, step2000"),
-    (["--config.models=pythia-70m,pythia-70m-seed1", "--config.checkpoints=checkpoint-10"],
+    ({"models": ["pythia-70m", "pythia-70m-seed1"], "checkpoints": ["checkpoint-10"]},
      "is not a local directory"),
-    (["--config.correlate.token_store="], "token_store is required"),
+    ({"models": ["pythia-70m@step1000", "pythia-70m-seed1"], "checkpoints": ["@step2000"]},
+     "carries a revision"),
+    ({"correlate_token_store": ""}, "token_store is required"),
+    ({"correlate_models": ["x", "y"]}, "set per checkpoint by the sweep"),
+    ({"correlate_mode": "all_pairs"}, "mode 'reference'"),
+    ({"correlate_batch_rows": 0}, "batch_rows=0 must be >= 1"),
+    ({"process": "fold"}, "choose one of none, transformer_lens"),
 ])
-def test_bad_sweeps_refused_in_one_line_before_writing(family, tmp_path, overrides, message):
+def test_bad_sweeps_refused_before_writing(family, tmp_path, overrides, message):
+  from ucore import sweep
+  from ucore.jobs.errors import UserError
+  workdir = str(tmp_path / "run")
+  with pytest.raises(UserError, match=re.escape(message)):
+    sweep.run(_config(family, str(tmp_path / "cache"), **overrides), workdir)
+  assert not os.path.exists(workdir) and not os.path.exists(tmp_path / "cache")
+
+
+def test_checkpoint_without_a_step_in_its_name_is_refused_on_the_command_line(family, tmp_path):
   workdir = str(tmp_path / "run")
   cmd = _sweep_cmd(workdir, family["family"], family["store"].path, str(tmp_path / "cache"),
-                   [f"checkpoint-{s}" for s in STEPS]) + overrides
+                   ["checkpoint-100", "final"])
   with open(tmp_path / "err.log", "w") as err:
     r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=300)
   last = open(tmp_path / "err.log").read().strip().splitlines()[-1]
-  assert r.returncode == 2 and last.startswith("error: ") and message in last, last
-  assert not os.path.exists(workdir) and not os.path.exists(tmp_path / "cache")
+  assert r.returncode == 2 and last == (
+      "error: checkpoints ['final'] carry no step in their name; give every checkpoint's "
+      "training step in config.steps")
+  assert not os.path.exists(workdir)
