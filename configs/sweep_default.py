@@ -31,6 +31,8 @@ def get_config():
   # Display names (table column suffixes); default: the alias / last path component.
   c.model_names = []
   # Checkpoints: @<revision> of every hub model, or a subdirectory of every local model.
+  # (Pythia steps are checked against its schedule up front; other revisions by the hub when
+  # converted: a missing one stops the sweep with a one-line error, finished steps kept.)
   c.checkpoints = [f"@checkpoint-{n}" for n in
                    (1000, 2000, 5000, 10000, 20000, 50000, 100000, 400000)]
   # Training step of each checkpoint; () = read from the names (step<N>, checkpoint-<N>).

@@ -89,12 +89,13 @@ def cache_entry(source: Source, cache_dir: str) -> str:
   return os.path.join(os.path.abspath(cache_dir), digest[:32])
 
 
-def converted_dir(source: Source, cache_dir: str) -> str:
+def converted_dir(source: Source, cache_dir: str | None) -> str:
   """A ucore checkpoint directory for `source`: in place, from the cache, or converted now
   (into the cache, atomically: a killed conversion leaves no entry)."""
   from ucore.models.hooked import MANIFEST, read_manifest
   if source.kind == "ucore_dir":
     return source.location
+  cache_dir = cache_dir or default_cache_dir()
   entry = cache_entry(source, cache_dir)
   if not os.path.isfile(os.path.join(entry, MANIFEST)):
     from converters.convert import convert
@@ -167,6 +168,7 @@ def write_over_training(result, out_dir: str, reference: str, extra: dict | None
   from ucore.report import figures as F
   frames = {"persistence": result.persistence, "excess_by_step": result.excess_by_step,
             "share_by_layer": result.share_by_layer, "focus_by_step": result.focus_by_step}
+  atomic.remove_partials(out_dir)   # left by a kill between staged_dir's two renames
   with atomic.staged_dir(out_dir, replace=True) as tmp:
     for name, df in frames.items():
       atomic.write_parquet(df, os.path.join(tmp, f"{name}.parquet"))
