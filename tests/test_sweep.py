@@ -300,3 +300,46 @@ def test_checkpoint_without_a_step_in_its_name_is_refused_on_the_command_line(fa
       "error: checkpoints ['final'] carry no step in their name; give every checkpoint's "
       "training step in config.steps")
   assert not os.path.exists(workdir)
+
+
+_HUB_CONVERT = """
+import json, sys
+from ucore import sweep
+cache, refs = sys.argv[1], sys.argv[2:]
+out = {}
+for r in refs:
+  src = sweep.source_of(r)
+  out[r] = {"kind": src.kind, "key": src.key, "entry": sweep.converted_dir(src, cache)}
+print(json.dumps(out))
+"""
+
+
+def test_hub_checkpoints_are_converted_into_the_cache_by_id_and_revision(family, swept, tmp_path):
+  """PolyPythias aliases at @step<N> through the hub path (a hand-built offline HF cache of
+  the local checkpoints): one cache entry per hub id@revision, the same weights as the local
+  conversion of those files, and a second lookup converts nothing."""
+  from tests.test_convert_errors import _fake_hub_cache
+  from ucore.models.hooked import read_manifest
+  hub = str(tmp_path / "hub")
+  for j, s in enumerate((0, 1)):
+    _fake_hub_cache(hub, f"EleutherAI/pythia-70m-seed{s + 1}", {
+        "step512": (f"{j}" * 40, os.path.join(family["family"], f"seed{s}", "checkpoint-300"))})
+  cache = str(tmp_path / "cache")
+  refs = ["pythia-70m-seed1@step512", "pythia-70m-seed2@step512"]
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=hub)
+  runs = [subprocess.run([sys.executable, "-c", _HUB_CONVERT, cache, *refs], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300) for _ in range(2)]
+  assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+  first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+  assert first == second and len(os.listdir(cache)) == 2
+  assert "converting" in runs[0].stdout and "converting" not in runs[1].stdout
+  for s, r in enumerate(refs):
+    assert first[r]["kind"] == "hub" and first[r]["key"] == {
+        "hub": f"EleutherAI/pythia-70m-seed{s + 1}", "revision": "step512", "process": "none"}
+    m = read_manifest(first[r]["entry"])
+    assert (m["source"]["revision"], m["source"]["resolved_commit"]) == ("step512", f"{s}" * 40)
+    local = [e for e in os.listdir(swept["cache"]) if read_manifest(
+        os.path.join(swept["cache"], e))["source"]["location"].endswith(
+        os.path.join(f"seed{s}", "checkpoint-300"))]
+    assert len(local) == 1 and m["params_fingerprint"] == read_manifest(
+        os.path.join(swept["cache"], local[0]))["params_fingerprint"]
