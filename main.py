@@ -4,6 +4,7 @@
   python main.py convert  --model=stanford-gpt2-small-a --workdir=ckpt/small-a
   python main.py tokenize --config=configs/tokenize_default.py --workdir=data/tok
   python main.py correlate --config=configs/correlate_default.py --workdir=runs/corr
+  python main.py sweep --config=configs/sweep_default.py --workdir=runs/sweep
 
 Each subcommand lives in ucore/cli/<name>.py (a missing module is an import error) and
 registers its own flags there; a flag of another subcommand (`main.py train --plan_devices=3`)
@@ -27,7 +28,8 @@ from absl import logging
 
 from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
 
-COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "analyze")
+COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "analyze",
+            "sweep")
 DEFAULT_COMMAND = "pipeline"
 
 

@@ -112,19 +112,19 @@ def test_pythia_aliases_and_step_revisions():
 
 
 def test_cli_converts_pythia_alias_revision_from_offline_cache(tmp_path):
-  """pythia-160m-seed1@step100 through the hub path (a hand-built offline HF cache holding a
+  """pythia-160m-seed1@step128 through the hub path (a hand-built offline HF cache holding a
   tiny legacy float16 .bin checkpoint)."""
   cfg = hf_fixtures.neox_config(num_hidden_layers=1)
   hf_model = hf_fixtures.random_hf_model(cfg, seed=13)
   src = hf_fixtures.write_neox_legacy_bin(str(tmp_path / "legacy"), hf_model)
   cache = str(tmp_path / "hub")
-  _fake_hub_cache(cache, "EleutherAI/pythia-160m-seed1", {"step100": ("c" * 40, src)})
+  _fake_hub_cache(cache, "EleutherAI/pythia-160m-seed1", {"step128": ("c" * 40, src)})
   out = str(tmp_path / "out")
-  r = _run_cli("convert", "--model=pythia-160m-seed1@step100", f"--workdir={out}",
+  r = _run_cli("convert", "--model=pythia-160m-seed1@step128", f"--workdir={out}",
                env_extra={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": cache})
   assert r.returncode == 0, r.stderr
   model = load_model(out)
   assert model.config.architecture == "gpt_neox"
-  assert model.manifest["source"]["revision"] == "step100"
+  assert model.manifest["source"]["revision"] == "step128"
   assert model.manifest["source"]["resolved_commit"] == "c" * 40
   assert model.manifest["sha256"]["pytorch_model.bin"]

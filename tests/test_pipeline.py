@@ -48,6 +48,13 @@ def test_pipeline_writes_every_stage(pipeline_run):
   assert [p["step"] for p in summary["persistence"]] == [10, 20]
   by_step = {row["step"]: row for row in summary["excess_by_step"]}
   assert by_step[20]["median_excess"] == pytest.approx(float(neurons["excess_corr"].median()))
+  # the persistence stage runs through ucore.sweep: its tables hold the same numbers
+  over = os.path.join(workdir, "over_training")
+  pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(over, "excess_by_step.parquet")),
+                                pd.DataFrame(summary["excess_by_step"]).set_index("step"),
+                                check_like=True, check_dtype=False)
+  assert json.load(open(os.path.join(over, "summary.json")))["final_step"] == 20
+  assert os.path.isfile(os.path.join(workdir, "corr_steps", "step10", "checkpoint.json"))
   assert os.path.isfile(os.path.join(workdir, "analyses", "sections.json"))
   # The correlations mask the trained BPE's own BOS/EOS and newline ids, not GPT-2's.
   from ucore.data.store import open_store

@@ -10,6 +10,7 @@ Layers, lowest first (a package imports only those before it):
   analyses       the paper's analyses on plain arrays and models
   report         figures and the HTML report
   analyze        runs the analyses from a config (model dir + token store + tables)
+  sweep          universality over training: a family at many checkpoints (convert, correlate)
   pipeline       the default study end to end
   cli            main.py's subcommands
 """

@@ -6,7 +6,8 @@ Layout of the workdir:
   tokens/            token store (ucore.data)
   family/            trained seeds, family/seed{s}/checkpoint-{N} and final (ucore.train)
   corr/              correlations of the final models (ucore.corr), tables in corr/tables/
-  corr_steps/step{N} the same at earlier checkpoints
+  corr_steps/step{N} the same at earlier checkpoints (ucore.sweep's per-checkpoint jobs)
+  over_training/     universality over training (ucore.sweep's tables and figures)
   analyses/          the paper's analyses on the reference seed (ucore.analyses)
   report/index.html  the combined report; pipeline.json (written last) summarises the run
 """
@@ -97,23 +98,29 @@ def run(config, workdir: str) -> dict:
   neurons, hist = _read_tables(tables_dir, ref)
 
   def persistence():
+    # the sweep's code path over the family's kept checkpoints, the final correlations above
+    # as the last step (ucore.sweep: the over-training tables and figures in over_training/)
+    from ucore import sweep
+    c = _copy(config.correlate)
+    c.token_store, c.start_row = tokens_dir, int(train_rows)
+    c.max_tokens = int(config.persistence_max_tokens)
     universal_at = {}
     for step in config.persistence_steps:
       step = int(step)
-      dirs = [family["checkpoints"][s][str(step)] for s in seeds]
-      tdir, _ = _correlate(config, dirs, names, tokens_dir, train_rows,
-                           config.persistence_max_tokens,
-                           os.path.join(workdir, "corr_steps", f"step{step}"))
-      universal_at[step] = _read_tables(tdir, ref)[0]
-    from ucore.analyses.persistence import (excess_by_step, focus_over_training,
-                                            persistence_table)
+      sources = [sweep.source_of(family["checkpoints"][s][str(step)]) for s in seeds]
+      tdir = sweep.correlate_checkpoint(c, step, sources, names,
+                                        os.path.join(workdir, "corr_steps", f"step{step}"))
+      universal_at[step] = sweep.read_reference(tdir, ref)
     universal_at[int(family["num_steps"])] = neurons
-    return (persistence_table(neurons, universal_at), excess_by_step(universal_at),
-            focus_over_training(focus.ids, universal_at, float(config.correlate.threshold)))
+    result = sweep.over_training(universal_at, float(config.correlate.threshold),
+                                 int(config.analyze.universal.fallback_k))
+    sweep.write_over_training(result, os.path.join(workdir, sweep.OUT_DIR), ref)
+    return result
   from ucore.analyses.focus import focus_set
   focus = focus_set(neurons, int(config.analyze.universal.fallback_k))
-  persist, by_step, focus_by_step = (_stage("persistence", persistence, timings)
-                                     if config.persistence_steps else (None, None, None))
+  over = _stage("persistence", persistence, timings) if config.persistence_steps else None
+  persist, by_step, focus_by_step = ((over.persistence, over.excess_by_step, over.focus_by_step)
+                                     if over is not None else (None, None, None))
 
   analyses_dir = os.path.join(workdir, "analyses")
   sections = _stage("analyze", lambda: _analyze(config, family, seeds, tokens_dir, train_rows,

@@ -6,9 +6,16 @@
   excess_by_step({step: neuron table})  medians / percentiles / threshold shares per step
   focus_over_training(final ids, {step: neuron table})  the final focus set (universal, or the
       top-k stand-in of ucore.analyses.focus) followed back: its excess at each step
+  share_by_layer({step: neuron table})  universal neurons per (step, layer)
+  over_training({step: neuron table}, threshold, fallback_k)  all of the above against the
+      last step's table (the one entry point of ucore.sweep and the pipeline)
 """
+import dataclasses
+
 import numpy as np
 import pandas as pd
+
+from ucore.analyses.focus import Focus, focus_set
 
 
 def persistence_table(final_universal, universal_at_step: dict) -> pd.DataFrame:
@@ -74,3 +81,38 @@ def focus_over_training(final_ids, tables_by_step: dict, threshold: float = 0.5)
                                                         threshold)) if ids else np.nan,
                  "share_in_top": len(top & set(ids)) / len(ids) if ids else np.nan})
   return pd.DataFrame(rows).set_index("step")
+
+
+def share_by_layer(tables_by_step: dict) -> pd.DataFrame:
+  """Per (step, layer): n_neurons, n_universal and share_universal (dead neurons count as
+  neurons that are not universal, as in the tables' layer counts)."""
+  parts = []
+  for step in sorted(tables_by_step):
+    u = tables_by_step[step]["universal"].astype(bool)
+    g = u.groupby(level="layer")
+    parts.append(pd.DataFrame({"step": int(step), "n_neurons": g.size(),
+                               "n_universal": g.sum().astype(int),
+                               "share_universal": g.mean().astype(np.float64)}))
+  return pd.concat(parts).reset_index().set_index(["step", "layer"]).sort_index()
+
+
+@dataclasses.dataclass(frozen=True)
+class OverTraining:
+  """Universality over training against the last step's table."""
+  final_step: int
+  persistence: pd.DataFrame       # persistence_table
+  excess_by_step: pd.DataFrame    # excess_by_step
+  share_by_layer: pd.DataFrame    # share_by_layer
+  focus: Focus                    # the final step's universal set (or top-k stand-in)
+  focus_by_step: pd.DataFrame     # focus_over_training of that set
+
+
+def over_training(tables_by_step: dict, threshold: float, fallback_k: int) -> OverTraining:
+  """`tables_by_step` {step: neuron table of the reference model}; the largest step is the
+  final model whose universal set (focus set) is followed back."""
+  final_step = max(int(s) for s in tables_by_step)
+  final = tables_by_step[final_step]
+  focus = focus_set(final, int(fallback_k))
+  return OverTraining(final_step, persistence_table(final, tables_by_step),
+                      excess_by_step(tables_by_step), share_by_layer(tables_by_step), focus,
+                      focus_over_training(focus.ids, tables_by_step, float(threshold)))

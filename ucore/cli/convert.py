@@ -5,8 +5,9 @@ from absl import logging
 from ucore.cli import common
 
 MODEL = flags.DEFINE_string("model", None, "TransformerLens alias (stanford-gpt2-small-a, "
-                            "pythia-160m, pythia-160m-seed1), HF hub id with optional @revision "
-                            "(e.g. @checkpoint-1000, @step1000), or a local HF checkpoint "
+                            "pythia-160m, PolyPythias pythia-70m-seed3), HF hub id with "
+                            "optional @revision (e.g. @checkpoint-1000, @step1000: a kept "
+                            "Pythia checkpoint), or a local HF checkpoint "
                             "directory (GPT-2 or GPT-NeoX: read from its config.json).")
 PROCESS = flags.DEFINE_enum("process", "none", ["none", "transformer_lens"],
                             "transformer_lens: fold LayerNorm, center writing weights and the "

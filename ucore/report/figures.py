@@ -231,3 +231,23 @@ def focus_over_training(by_step: pd.DataFrame, path: str, label: str) -> str:
   h2, l2 = ax2.get_legend_handles_labels()
   ax.legend(h1 + h2, l1 + l2, frameon=False, fontsize=7, loc="lower right")
   return _save(fig, path)
+
+
+def share_by_layer_over_training(share: pd.DataFrame, path: str) -> str:
+  """Share of universal neurons per layer (one line each) against training step, from
+  ucore.analyses.persistence.share_by_layer (index (step, layer))."""
+  fig = _figure(5.8, 3.6)
+  ax = fig.add_subplot(1, 1, 1)
+  steps = np.asarray(sorted(set(share.index.get_level_values("step"))), np.float64)
+  for i, (layer, g) in enumerate(share.groupby(level="layer")):
+    g = g.droplevel("layer").sort_index()
+    ax.plot(np.asarray(g.index, np.float64), 100 * g["share_universal"].to_numpy(), "o-",
+            color=f"C{i % 10}", ms=3, label=f"layer {layer}")
+  if np.all(steps > 0):
+    ax.set_xscale("log")
+  elif len(steps) > 1 and np.any(steps > 0):
+    ax.set_xscale("symlog", linthresh=max(1.0, float(np.min(steps[steps > 0]))))
+  ax.set_xlabel("training step")
+  ax.set_ylabel("universal neurons (%)")
+  ax.legend(frameon=False, fontsize=7, ncol=2)
+  return _save(fig, path)
