@@ -27,7 +27,8 @@ from absl import logging
 
 from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
 
-COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "analyze")
+COMMANDS = ("pipeline", "convert", "export", "tokenize", "correlate", "plan", "train",
+            "analyze")
 DEFAULT_COMMAND = "pipeline"
 
 
