@@ -113,7 +113,8 @@ def _chromium_dom(page, tmp_path, script):
   assert chromium, "headless Chromium is required (apt-get install chromium; .ci/run does)"
   html = open(page, encoding="utf-8").read()
   probe = os.path.join(os.path.dirname(page), "_probe.html")
-  open(probe, "w", encoding="utf-8").write(html.replace("</body>", f"<script>{script}</script></body>"))
+  with open(probe, "w", encoding="utf-8") as f:
+    f.write(html.replace("</body>", f"<script>{script}</script></body>"))
   try:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
