@@ -189,3 +189,22 @@ def test_cli_exports_and_refuses_bad_input(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, (args, last)
   assert not any(os.path.exists(tmp_path / o) for o in ("o2", "o3", "o4"))
+
+
+def test_pipeline_family_exports_with_the_same_logits(pipeline_run, tmp_path):
+  """The acceptance case: a seed trained by the default pipeline (its quick variant), exported,
+  gives transformers the Flax model's logits on held-out rows of its own token store, and its
+  tokenizer through AutoTokenizer."""
+  from transformers import AutoTokenizer
+  from ucore.data.store import open_store
+  from ucore.models import tokenizer as tokmod
+  workdir, _ = pipeline_run
+  model_dir = os.path.join(workdir, "family", "seed0", "final")
+  store = open_store(os.path.join(workdir, "tokens"))
+  rows = store.read_rows(store.num_rows - 4, store.num_rows)
+  _assert_export_matches(model_dir, str(tmp_path / "out"), rows, "GPT2LMHeadModel")
+  ours = tokmod.load(tokmod.files_in_dir(store.tokenizer_dir))
+  theirs = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  # held-out text without <|endoftext|> (the toolkit inserts BOS/EOS by id, never by text)
+  text = ours.decode([int(t) for t in rows[0] if t not in (store.bos_id, store.eos_id)])
+  assert theirs.encode(text, add_special_tokens=False) == ours.encode(text).ids
