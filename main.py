@@ -28,8 +28,8 @@ from absl import logging
 
 from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
 
-COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "analyze",
-            "sweep")
+COMMANDS = ("pipeline", "convert", "export", "tokenize", "correlate", "plan", "train",
+            "analyze", "sweep")
 DEFAULT_COMMAND = "pipeline"
 
 

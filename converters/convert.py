@@ -40,12 +40,26 @@ def _qkv_order(config, value):
   return value.reshape(h, 3, dh, *value.shape[1:]).swapaxes(0, 1).reshape(value.shape)
 
 
-# The value transforms the key maps name: HF tensor -> Flax leaf.
+def _qkv_unorder(config, value):
+  """The inverse of _qkv_order: GPT-2's [(q, k, v), head, d_head] -> NeoX's per-head packing."""
+  h, dh = config.n_head, config.d_head
+  return value.reshape(3, h, dh, *value.shape[1:]).swapaxes(0, 1).reshape(value.shape)
+
+
+# The value transforms the key maps name: HF tensor -> Flax leaf ...
 TRANSFORMS = {
     "copy": lambda config, v: v,
     "transpose": lambda config, v: np.ascontiguousarray(v.T),
     "qkv_kernel": lambda config, v: np.ascontiguousarray(_qkv_order(config, v).T),
     "qkv_bias": _qkv_order,
+}
+# ... and back, Flax leaf -> HF tensor (the HF export, converters/export_hf.py); every pair is
+# a pure permutation, so a round trip is bit-identical.
+INVERSE_TRANSFORMS = {
+    "copy": lambda config, v: np.ascontiguousarray(v),
+    "transpose": lambda config, v: np.ascontiguousarray(v.T),
+    "qkv_kernel": lambda config, v: np.ascontiguousarray(_qkv_unorder(config, v.T)),
+    "qkv_bias": lambda config, v: np.ascontiguousarray(_qkv_unorder(config, v)),
 }
 
 

@@ -34,3 +34,20 @@ def model():
   share a mutated model across modules)."""
   from tests import planted
   return planted.planted_model()
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+  """The quick pipeline (configs/pipeline_default.py:quick) run once per session, shared by
+  every test that reads a finished study (test_pipeline, test_notebook): (workdir, the
+  finished CompletedProcess)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
+  r = subprocess.run([sys.executable, os.path.join(root, "main.py"), "pipeline",
+                      f"--config={os.path.join(root, 'configs', 'pipeline_default.py')}:quick",
+                      f"--workdir={workdir}"], cwd=root, capture_output=True, text=True,
+                     timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir, r

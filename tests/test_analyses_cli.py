@@ -85,7 +85,13 @@ def test_all_analyses_on_store_with_report(inputs):
   assert runner.report(_cfg(inputs), wd, r) == os.path.join(wd, "report", "index.html")
   meta = json.load(open(os.path.join(wd, "sections.json")))
   assert meta["analyses"] == list(runner.ANALYSES)
-  assert len(sections) >= 10 and all(os.path.isfile(s[1]) for s in sections)
+  # every section has its figure, except the neuron browser's link (its pages beside the report)
+  assert len(sections) >= 10 and all(os.path.isfile(s[1]) for s in sections
+                                     if s[0] != "Neuron browser")
+  assert 'href="neurons/index.html"' in open(os.path.join(wd, "report", "index.html")).read()
+  browser_export = os.path.join(wd, "report", "neurons", "export")
+  assert sorted(os.listdir(browser_export)) == ["layer0.json", "layer0.parquet",
+                                               "layer1.json", "layer1.parquet"]
   for f in ("stats/neuron_stats.parquet", "stats/universal_comparison.parquet",
             "families/families.parquet", "families/alphabet_neurons.parquet",
             "prediction/vocab_role_counts.parquet", "entropy/entropy_sweep.parquet",

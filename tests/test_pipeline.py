@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,12 +20,7 @@ def _main(*args):
                         capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
-  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
-  assert r.returncode == 0, r.stderr[-3000:]
-  return workdir, r
+# pipeline_run: the session's quick pipeline run (tests/conftest.py).
 
 
 def test_pipeline_writes_every_stage(pipeline_run):
@@ -176,3 +172,24 @@ def test_moved_workdir_resumes_without_redoing_stages(pipeline_run, tmp_path):
       pd.read_parquet(os.path.join(moved, "corr", "tables", "neurons_seed0.parquet")),
       pd.read_parquet(os.path.join(workdir, "corr", "tables", "neurons_seed0.parquet")))
   assert os.path.isfile(os.path.join(moved, "report", "index.html"))
+
+
+def test_neuron_browser_finds_every_neuron_in_chromium(pipeline_run, tmp_path):
+  """The browser beside the report holds every neuron of the reference seed, the report links
+  it, and a neuron typed into its search box opens with its card."""
+  from tests.test_browser import search_and_render
+  workdir, _ = pipeline_run
+  summary = json.load(open(os.path.join(workdir, "pipeline.json")))
+  report = os.path.join(workdir, "report")
+  assert 'href="neurons/index.html"' in open(os.path.join(report, "index.html")).read()
+  neurons = pd.read_parquet(os.path.join(workdir, "corr", "tables", "neurons_seed0.parquet"))
+  exported = pd.concat([pd.read_parquet(os.path.join(report, "neurons", "export", f))
+                        for f in sorted(os.listdir(os.path.join(report, "neurons", "export")))
+                        if f.endswith(".parquet")])
+  assert len(exported) == summary["n_neurons"] == len(neurons)
+  np.testing.assert_array_equal(exported.set_index(["layer", "neuron"]).excess_corr
+                                .reindex(neurons.index), neurons.excess_corr)
+  last = exported[exported.contexts.map(len) > 0].iloc[-1]   # the last neuron that fires
+  dom = search_and_render(os.path.join(report, "neurons", "index.html"), tmp_path, last["id"])
+  assert f'data-card="{last["id"]}"' in dom, dom[-2000:]
+  assert f'<h2 id="card-title">{last["id"]}</h2>' in dom and "<mark>" in dom

@@ -219,6 +219,18 @@ def _cards(inp: Inputs, out: str) -> list:
                    inp.vocab_texts(), k=int(c.universal.cards_k), families=fam)
 
 
+@analysis("browser", needs_corr=True)
+def _browser(inp: Inputs, out: str) -> list:
+  from ucore.report import browser
+  texts = inp.vocab_texts()
+  tables = {a: inp.table_path(a, f) for a, f in (("stats", "neuron_stats.parquet"),
+                                                 ("families", "families.parquet"))}
+  tables = {a: pd.read_parquet(p) if p and os.path.isfile(p) else None for a, p in tables.items()}
+  return browser.run(inp.model, inp.batches(inp.config.universal.cards_rows), out, inp.corr,
+                     texts, lambda ids: "".join(texts[int(i)] for i in ids),
+                     stats=tables["stats"], families=tables["families"])
+
+
 ANALYSES = tuple(REGISTRY)
 
 
@@ -318,7 +330,8 @@ def report(config, workdir: str, r: Run) -> Optional[str]:
   if missing:
     logging.warning("no HTML report: the correlation table lacks %s", missing)
     return None
-  return write_report(os.path.join(workdir, "report"), {"model": r.corr},
-                      figures_extra=r.sections,
-                      summary={"model": config.model_dir, "token_store": config.token_store,
-                               "analyses": ", ".join(r.analyses)})
+  from ucore.report.browser import write_beside_report
+  return write_beside_report(write_report(
+      os.path.join(workdir, "report"), {"model": r.corr}, figures_extra=r.sections,
+      summary={"model": config.model_dir, "token_store": config.token_store,
+               "analyses": ", ".join(r.analyses)}), os.path.join(workdir, "browser"))

@@ -162,7 +162,9 @@ def run(config, workdir: str) -> dict:
                                      if persist is not None and n_univ else None),
                         threshold=float(config.correlate.threshold),
                         top_k=int(config.report_top_k))
-  html = _stage("report", report, timings)
+  from ucore.report.browser import write_beside_report   # the neuron browser beside it
+  html = _stage("report", lambda: write_beside_report(
+      report(), os.path.join(analyses_dir, "browser")), timings)
 
   n_univ = int(neurons["universal"].sum())
   result = {

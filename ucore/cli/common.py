@@ -61,6 +61,13 @@ CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Python config file (configs/*.py), optionally `file.py:arg`; "
     "fields can be overridden as --config.field=value (lists as a,b,c).", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this job's outputs and state.")
+# Shared by `convert` (what to read) and `export` (which checkpoint to write out).
+MODEL = flags.DEFINE_string("model", None, "convert: TransformerLens alias (stanford-gpt2-small-a, "
+                            "pythia-160m, PolyPythias pythia-70m-seed3), HF hub id with optional "
+                            "@revision (e.g. @checkpoint-1000, @step1000: a kept Pythia "
+                            "checkpoint), or a local HF checkpoint "
+                            "directory (GPT-2 or GPT-NeoX: read from its config.json); export: "
+                            "a converted or trained checkpoint directory.")
 
 
 def require_workdir() -> str:

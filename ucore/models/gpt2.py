@@ -15,6 +15,18 @@ attn_pdrop embd_pdrop resid_pdrop summary_first_dropout summary_activation summa
 summary_type summary_use_proj n_ctx
 """.split())
 
+# HF GPT2Config key -> our field, copied as is (read by from_hf_dict, inverted by the HF
+# export, converters/export_hf.py); n_inner -> d_mlp is read separately (None = 4 * n_embd).
+HF_FIELDS = {
+    "n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head",
+    "n_positions": "n_positions", "vocab_size": "vocab_size",
+    "activation_function": "activation_function",
+    "layer_norm_epsilon": "layer_norm_epsilon", "scale_attn_weights": "scale_attn_weights",
+    "scale_attn_by_inverse_layer_idx": "scale_attn_by_inverse_layer_idx",
+    "reorder_and_upcast_attn": "reorder_and_upcast_attn",
+    "tie_word_embeddings": "tie_word_embeddings",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class GPT2Config(LMConfig):
@@ -42,16 +54,7 @@ class GPT2Config(LMConfig):
   def from_hf_dict(cls, hf: dict) -> "GPT2Config":
     if hf.get("model_type", "gpt2") not in cls.MODEL_TYPES:
       raise UserError(f"config.json has model_type={hf.get('model_type')!r}, not GPT-2")
-    mapping = {
-        "n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head",
-        "n_positions": "n_positions", "vocab_size": "vocab_size",
-        "activation_function": "activation_function",
-        "layer_norm_epsilon": "layer_norm_epsilon", "scale_attn_weights": "scale_attn_weights",
-        "scale_attn_by_inverse_layer_idx": "scale_attn_by_inverse_layer_idx",
-        "reorder_and_upcast_attn": "reorder_and_upcast_attn",
-        "tie_word_embeddings": "tie_word_embeddings",
-    }
-    kwargs = read_hf_fields(hf, mapping, handled=("n_inner",), ignored=_IGNORED_HF_FIELDS,
+    kwargs = read_hf_fields(hf, HF_FIELDS, handled=("n_inner",), ignored=_IGNORED_HF_FIELDS,
                             name="GPT-2")
     n_inner = hf.get("n_inner")
     n_embd = kwargs.get("n_embd", cls.n_embd)

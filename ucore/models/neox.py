@@ -16,6 +16,17 @@ hidden_dropout_prob
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "vocab_size")
 
+# HF GPTNeoXConfig key -> our field, copied as is (read by from_hf_dict, inverted by the HF
+# export, converters/export_hf.py); the rotary fields have several spellings (_rotary_fields).
+HF_FIELDS = {
+    "num_hidden_layers": "n_layer", "hidden_size": "n_embd",
+    "num_attention_heads": "n_head", "intermediate_size": "d_mlp",
+    "max_position_embeddings": "n_positions", "vocab_size": "vocab_size",
+    "hidden_act": "activation_function", "layer_norm_eps": "layer_norm_epsilon",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "use_parallel_residual": "parallel_residual", "attention_bias": "attention_bias",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class NeoXConfig(LMConfig):
@@ -59,17 +70,9 @@ class NeoXConfig(LMConfig):
     missing = [k for k in _REQUIRED if k not in hf]
     if missing:
       raise UserError(f"config.json lacks {', '.join(missing)}; not a complete GPT-NeoX config")
-    mapping = {
-        "num_hidden_layers": "n_layer", "hidden_size": "n_embd",
-        "num_attention_heads": "n_head", "intermediate_size": "d_mlp",
-        "max_position_embeddings": "n_positions", "vocab_size": "vocab_size",
-        "hidden_act": "activation_function", "layer_norm_eps": "layer_norm_epsilon",
-        "tie_word_embeddings": "tie_word_embeddings",
-        "use_parallel_residual": "parallel_residual", "attention_bias": "attention_bias",
-    }
     rope_keys = ("rotary_pct", "rotary_emb_base", "rope_parameters", "rope_scaling",
                  "rope_theta", "partial_rotary_factor", "head_dim")
-    kwargs = read_hf_fields(hf, mapping, handled=rope_keys, ignored=_IGNORED_HF_FIELDS,
+    kwargs = read_hf_fields(hf, HF_FIELDS, handled=rope_keys, ignored=_IGNORED_HF_FIELDS,
                             name="GPT-NeoX")
     kwargs.update(_rotary_fields(hf))
     head_dim = hf.get("head_dim")

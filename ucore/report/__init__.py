@@ -3,6 +3,7 @@
   figures, html, sections   the report's figures, its HTML page and the pipeline's sections
   cards                     a card per focus neuron (contexts, histogram, logit effects)
   views                     threshold-free views of universality
+  browser                   every neuron's record, static search pages and the bulk export
 
 May import: ucore.jobs, ucore.models, ucore.data, ucore.analyses.
 
