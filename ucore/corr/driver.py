@@ -13,6 +13,7 @@ Outputs in <workdir>/:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
@@ -138,12 +139,42 @@ def check_numbers(config):
                     "(0 turns the float64 self-check off)")
 
 
-@workdir_lock.locked(process_zero_only=True)
-def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
-  """`store` (optional) replaces config.token_store: any object with the TokenStore
-  interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
-  `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
-  checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
+@dataclasses.dataclass
+class Job:
+  """What `prepare` resolves from a config before anything is written: the sources, the
+  spec, the rows and the identity a resumed run must match."""
+  config: object
+  srcs: list
+  store: object
+  spec: M.Spec
+  mesh: object
+  layer_ids: list
+  stop_row: int
+  ident: dict
+  state_dir: str
+  tables_dir: str
+  t_start: float
+
+  @property
+  def identity(self) -> dict:
+    return identity.normalize(self.ident)
+
+
+@dataclasses.dataclass
+class Progress:
+  """One accumulation's moving parts: the accumulator, the row cursor, the step count, the
+  self-check (or why there is none) and the last step committed (-1: none)."""
+  acc: M.Accumulator
+  cursor: int
+  step: int
+  check: object
+  saved_step: int
+  worker: object = None
+
+
+def prepare(config, workdir: str, store=None) -> Job:
+  """Phase 1: validates the config, opens the sources and the store, makes the spec and
+  the run's identity. Writes nothing (bad input is a UserError before any file exists)."""
   t_start = time.time()
   check_numbers(config)   # before anything is written (job state, tables)
   if store is not None and not (config.synthetic.enabled):
@@ -171,60 +202,89 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if stop_row <= config.start_row:
     raise UserError(f"no rows to read: start_row={config.start_row}, store has "
                     f"{store.num_rows} rows.")
-  ident = job_identity(config, spec, srcs, store, mesh, stop_row)
-  state_dir = os.path.join(workdir, "state")
-  tables_dir = os.path.join(workdir, TB.TABLES_DIR)
+  return Job(config=config, srcs=srcs, store=store, spec=spec, mesh=mesh,
+             layer_ids=layer_ids, stop_row=stop_row,
+             ident=job_identity(config, spec, srcs, store, mesh, stop_row),
+             state_dir=os.path.join(workdir, "state"),
+             tables_dir=os.path.join(workdir, TB.TABLES_DIR), t_start=t_start)
+
+
+def finished_tables(job: Job):
+  """Phase 2a: the tables directory when the run is already finalized (nothing to do) or
+  only its finalize-only settings changed (new tables from the committed moments, no new
+  pass over the tokens); None when tokens remain to be accumulated."""
+  config, tables_dir, state_dir = job.config, job.tables_dir, job.state_dir
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
   if jax.process_index() == 0:   # left by a kill during the final table write
     atomic.remove_partials(tables_dir)
-  if os.path.exists(summary_path):
-    done = atomic.read_json(summary_path)
-    ST.check_identity(done.get("identity"), identity.normalize(ident), tables_dir)
-    if done.get("finalize") == finalize_settings(config):
-      logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
-                   "the tables from the last committed state).", tables_dir)
-      return tables_dir
-    # finalize-only settings changed: new tables from the committed moments (no new pass)
-    manifest, path = ST.latest(state_dir)
-    changed = identity.diff(done.get("finalize"), finalize_settings(config))
-    if manifest is None and "finalize" not in done:   # tables from before the record
-      logging.warning("correlate: %s predates the finalize-settings record and its state "
-                      "is gone; kept as is (delete it to recompute)", tables_dir)
-      return tables_dir
-    if manifest is None or int(manifest["cursor"]["row"]) != stop_row:
-      raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
-                      f"and the committed moments in {state_dir} are gone; delete "
-                      f"{tables_dir} to recompute")
-    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
-    logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
-    state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
-                       manifest["cursor"]["count"])
-    check = _restore_check(config, spec, manifest, path)
-    with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
-      return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
-                             identity.normalize(ident), replace=True, check=check)
-  # weights on the forward's devices once (numpy weights would cross the host link per call)
-  for s in srcs:
+  if not os.path.exists(summary_path):
+    return None
+  done = atomic.read_json(summary_path)
+  ST.check_identity(done.get("identity"), job.identity, tables_dir)
+  if done.get("finalize") == finalize_settings(config):
+    logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
+                 "the tables from the last committed state).", tables_dir)
+    return tables_dir
+  # finalize-only settings changed: new tables from the committed moments (no new pass)
+  manifest, path = ST.latest(state_dir)
+  changed = identity.diff(done.get("finalize"), finalize_settings(config))
+  if manifest is None and "finalize" not in done:   # tables from before the record
+    logging.warning("correlate: %s predates the finalize-settings record and its state "
+                    "is gone; kept as is (delete it to recompute)", tables_dir)
+    return tables_dir
+  if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
+    raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
+                    f"and the committed moments in {state_dir} are gone; delete "
+                    f"{tables_dir} to recompute")
+  ST.check_identity(manifest["identity"], job.identity, path)
+  logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
+  spec, mesh = job.spec, job.mesh
+  state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
+                     manifest["cursor"]["count"])
+  check = _restore_check(config, spec, manifest, path)
+  with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
+    return finalize_to_dir(config, spec, mesh, state, tables_dir, job.srcs, job.t_start,
+                           job.identity, replace=True, check=check)
+
+
+def place_models(job: Job) -> None:
+  """Weights on the forwards' devices once (numpy weights would cross the host link per
+  call)."""
+  mesh = job.mesh
+  for s in job.srcs:
     if getattr(s, "model", None) is not None:
       s.model.place(list(mesh.local_devices) if jax.process_count() == 1
                     else list(mesh.local_devices)[:1])
-  pidx, pcount = jax.process_index(), jax.process_count()
-  per = config.batch_rows // pcount
-  # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
-  n_local = len(mesh.local_devices)
-  per_pad = -(-per // n_local) * n_local
-  # before any state exists or is allocated: refuse a step that cannot fit (one line). With
-  # overlap the next step's activations are captured while this one runs: counted twice;
-  # where only one step fits, the loop runs sequentially (same tables)
-  gib = float(config.memory.device_gib)
-  overlap = MEM.steps_in_flight_that_fit(
-      spec, mesh, per_pad * ctx * pcount, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
-      wanted=2 if config.overlap else 1) > 1
-  os.makedirs(state_dir, exist_ok=True)
 
-  manifest, path = ST.latest(state_dir)
+
+def padded_rows_per_process(job: Job) -> int:
+  """Rows each process feeds its forwards per step: its share of batch_rows, padded to a
+  multiple of its devices (the forwards run data-parallel over them)."""
+  per = job.config.batch_rows // jax.process_count()
+  n_local = len(job.mesh.local_devices)
+  return -(-per // n_local) * n_local
+
+
+def steps_in_flight(job: Job) -> int:
+  """Before any state exists or is allocated: refuses a step that cannot fit (one line).
+  With overlap the next step's activations are captured while this one runs: counted twice;
+  where only one step fits, the loop runs sequentially (same tables)."""
+  config = job.config
+  gib = float(config.memory.device_gib)
+  tokens = padded_rows_per_process(job) * int(job.store.ctx) * jax.process_count()
+  return MEM.steps_in_flight_that_fit(
+      job.spec, job.mesh, tokens, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
+      wanted=2 if config.overlap else 1)
+
+
+def resume_or_start(job: Job) -> Progress:
+  """Phase 2b: the accumulator from the last committed checkpoint (identity checked), or a
+  fresh one at config.start_row."""
+  config, spec, mesh = job.config, job.spec, job.mesh
+  os.makedirs(job.state_dir, exist_ok=True)
+  manifest, path = ST.latest(job.state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
+    ST.check_identity(manifest["identity"], job.identity, path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
@@ -233,105 +293,176 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   else:
     state, cursor, step = None, int(config.start_row), 0
     check = _new_check(config, spec)
-  acc = M.Accumulator(spec, mesh, state)
-  saved = [step if manifest is not None else -1]
   worker = SC.Worker(check) if isinstance(check, SC.SelfCheck) else None
+  return Progress(acc=M.Accumulator(spec, mesh, state), cursor=cursor, step=step,
+                  check=check, saved_step=step if manifest is not None else -1, worker=worker)
 
-  def save():
-    if saved[0] == step:      # never rewrite (and so never endanger) a committed step
+
+def commit(job: Job, prog: Progress, hook=ST._no_hook) -> None:
+  """Phase 4: commits the accumulator (and the self-check's sums) at the current cursor;
+  never rewrites (and so never endangers) a committed step."""
+  if prog.saved_step == prog.step:
+    return
+  prog.saved_step = prog.step
+  config = job.config
+  man = {"identity": job.ident,
+         "cursor": {"row": prog.cursor, "step": prog.step, "count": prog.acc.count},
+         "numerics": numerics(job.spec),
+         "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+  extra = {}
+  if prog.worker is not None:
+    prog.worker.drain()          # the reference sums up to this step's cursor
+    data = prog.check.to_bytes()
+    extra[SC.FILE] = data
+    man["selfcheck"] = {"settings": prog.check.settings(), "sha256": SC.digest(data)}
+  t = time.time()
+  ST.save(job.state_dir, prog.step, prog.acc.state, identity.normalize(man),
+          keep=int(config.checkpoint.keep), hook=hook, extra_files=extra)
+  logging.info("correlate: committed step %d (row %d) in %.1fs", prog.step, prog.cursor,
+               time.time() - t)
+
+
+class _Batches:
+  """Turns the store's rows into the forwards' inputs: padded device tokens, the mask of
+  counted tokens, and the rows' first index in this process's share."""
+
+  def __init__(self, job: Job):
+    config, mesh = job.config, job.mesh
+    self.job = job
+    self.per_pad = padded_rows_per_process(job)
+    self.ctx = int(job.store.ctx)
+    self.row_sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
+        jax.sharding.PartitionSpec("rows", None))
+    self.excl = exclude_ids(config, job.store)
+    self.pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
+    self.vocab = min([int(s.model.config.vocab_size) for s in job.srcs
+                      if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
+
+  def inputs(self, g, rows):
+    """(tokens for the forwards, mask [tokens] bool, store row range of the valid rows)."""
+    config, job = self.job.config, self.job
+    n_valid = rows.shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= self.vocab):   # device arrays skip
+      raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # the model's check
+                      f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
+                      f"[0, {self.vocab}); use a token store made with the models' tokenizer")
+    pidx, pcount = jax.process_index(), jax.process_count()
+    a, _ = process_rows(g, config.batch_rows, job.stop_row, pidx, pcount)
+    tokens = np.zeros((self.per_pad, self.ctx), np.int32)
+    tokens[:n_valid] = rows
+    mask = np.asarray(token_mask(tokens, exclude_ids=self.excl, pad_id=self.pad_id))
+    mask[n_valid:] = False
+    dev_tokens = jax.device_put(tokens, self.row_sharding) if pcount == 1 else tokens
+    return dev_tokens, mask.reshape(-1), range(a, a + n_valid)
+
+
+class _ProgressLog:
+  """The progress lines: tokens/s overall and since the last line, GFLOP/s, the time split
+  and the ETA."""
+
+  def __init__(self, job: Job):
+    self.job, self.ctx = job, int(job.store.ctx)
+    self.flops_step = M.step_flops(job.spec, job.config.batch_rows * self.ctx)
+    self.t0 = time.time()
+    self.rows_done = self.steps_run = 0
+    self.last_line = (self.t0, 0)   # (time, rows done) at the previous progress line
+    self.split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
+
+  def step_done(self, prog: Progress, g: int) -> None:
+    job = self.job
+    self.steps_run += 1
+    self.rows_done += min(job.config.batch_rows, job.stop_row - g)
+    if not (prog.step % max(int(job.config.log_every), 1) == 0 or prog.cursor >= job.stop_row):
       return
-    saved[0] = step
-    man = {"identity": ident, "cursor": {"row": cursor, "step": step, "count": acc.count},
-           "numerics": numerics(spec),
-           "config": config.to_dict() if hasattr(config, "to_dict") else {}}
-    extra = {}
-    if worker is not None:
-      worker.drain()          # the reference sums up to this step's cursor
-      data = check.to_bytes()
-      extra[SC.FILE] = data
-      man["selfcheck"] = {"settings": check.settings(), "sha256": SC.digest(data)}
-    t = time.time()
-    ST.save(state_dir, step, acc.state, identity.normalize(man), keep=int(config.checkpoint.keep),
-            hook=_hook, extra_files=extra)
-    logging.info("correlate: committed step %d (row %d) in %.1fs", step, cursor, time.time() - t)
+    now = time.time()
+    el = now - self.t0
+    tps = self.rows_done * self.ctx / max(el, 1e-9)
+    # the rate since the previous line: the steady state, without the first step's compile
+    recent = (self.rows_done - self.last_line[1]) * self.ctx / max(now - self.last_line[0], 1e-9)
+    self.last_line = (now, self.rows_done)
+    eta = (job.stop_row - prog.cursor) * self.ctx / max(recent, 1e-9)
+    logging.info("correlate: step %d row %d/%d | %.0f tokens/s (%.0f since the last line) | "
+                 "%.1f GFLOP/s of correlation | forward %.0fs, accumulate %.0fs, host wait "
+                 "%.0fs | ETA %.0fs", prog.step, prog.cursor, job.stop_row, tps, recent,
+                 self.flops_step * self.steps_run / max(el, 1e-9) / 1e9,
+                 self.split["forward"], self.split["accumulate"], self.split["host wait"], eta)
 
-  row_sharding = jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
-      jax.sharding.PartitionSpec("rows", None))
-  excl = exclude_ids(config, store)
-  pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
-  tokens_step = config.batch_rows * ctx
-  flops_step = M.step_flops(spec, tokens_step)
-  vocab = min([int(s.model.config.vocab_size) for s in srcs
-               if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
-  batches = store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
-                               process_index=pidx, process_count=pcount)
+
+def accumulate(job: Job, prog: Progress, *, overlap: bool, hook=ST._no_hook) -> Progress:
+  """Phase 3: streams rows [cursor, stop_row) through the forwards into the accumulator
+  (and the self-check), committing every checkpoint.every_steps steps or every_minutes
+  minutes. `hook("step")` after every accumulated batch."""
+  config = job.config
+  pidx, pcount = jax.process_index(), jax.process_count()
+  feed = _Batches(job)
+  log = _ProgressLog(job)
+  batches = job.store.iter_batches(config.batch_rows, start_row=prog.cursor,
+                                   stop_row=job.stop_row, process_index=pidx,
+                                   process_count=pcount)
   if overlap:   # rows of step k+1 are read (and checked) while the device runs step k
     batches = read_ahead(batches, depth=2)
-  last_save, t0, rows_done, steps_run = time.time(), time.time(), 0, 0
-  last_line = (t0, 0)   # (time, rows done) at the previous progress line
-  split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
+  last_save = time.time()
   in_flight = collections.deque()   # tickets of dispatched steps
   t_wait = time.time()
-  with MEM.oom_as_user_error("correlate", resume=state_dir):
-    for g, rows in batches:
-      split["host wait"] += time.time() - t_wait
-      n_valid = rows.shape[0]
-      if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
-        raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
-                        f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
-                        f"[0, {vocab}); use a token store made with the models' tokenizer")
-      a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
-      tokens = np.zeros((per_pad, ctx), np.int32)
-      tokens[:n_valid] = rows
-      mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
-      mask[n_valid:] = False
-      tf = time.time()
-      dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
-      acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
-              for src, lids in zip(srcs, layer_ids)]
-      ta = time.time()
-      split["forward"] += ta - tf
-      acc.update(acts, mask.reshape(-1))
-      if worker is not None:
-        worker.submit(check.gather(acts), mask.reshape(-1))
-      # async dispatch: wait for the previous step only, so the host prepares (and dispatches
-      # the forward of) step k+1 while the device runs step k, and at most two steps'
-      # activations are alive; without overlap, wait for this step (sequential, for profiling)
-      in_flight.append(_ticket(acc.state["n"]))
-      while len(in_flight) > (1 if overlap else 0):
-        in_flight.popleft().block_until_ready()
-      split["accumulate"] += time.time() - ta
-      step += 1
-      steps_run += 1
-      cursor = min(g + config.batch_rows, stop_row)
-      rows_done += min(config.batch_rows, stop_row - g)
-      _hook("step")
-      if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
-        now = time.time()
-        el = now - t0
-        tps = rows_done * ctx / max(el, 1e-9)
-        # the rate since the previous line: the steady state, without the first step's compile
-        recent = (rows_done - last_line[1]) * ctx / max(now - last_line[0], 1e-9)
-        last_line = (now, rows_done)
-        eta = (stop_row - cursor) * ctx / max(recent, 1e-9)
-        logging.info("correlate: step %d row %d/%d | %.0f tokens/s (%.0f since the last line) | "
-                     "%.1f GFLOP/s of correlation | forward %.0fs, accumulate %.0fs, host wait "
-                     "%.0fs | ETA %.0fs", step, cursor, stop_row, tps, recent,
-                     flops_step * steps_run / max(el, 1e-9) / 1e9,
-                     split["forward"], split["accumulate"], split["host wait"], eta)
-      due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
-             time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
-      if due and cursor < stop_row:
-        save()
-        last_save = time.time()
-      t_wait = time.time()
-    save()
-    if worker is not None:
-      worker.drain()
-      worker.close()
-    return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                           identity.normalize(ident), check=check)
+  for g, rows in batches:
+    log.split["host wait"] += time.time() - t_wait
+    dev_tokens, mask, row_ids = feed.inputs(g, rows)
+    tf = time.time()
+    acts = [src.acts(dev_tokens, lids, row_ids).reshape(feed.per_pad * feed.ctx, -1)
+            for src, lids in zip(job.srcs, job.layer_ids)]
+    ta = time.time()
+    log.split["forward"] += ta - tf
+    prog.acc.update(acts, mask)
+    if prog.worker is not None:
+      prog.worker.submit(prog.check.gather(acts), mask)
+    # async dispatch: wait for the previous step only, so the host prepares (and dispatches
+    # the forward of) step k+1 while the device runs step k, and at most two steps'
+    # activations are alive; without overlap, wait for this step (sequential, for profiling)
+    in_flight.append(_ticket(prog.acc.state["n"]))
+    while len(in_flight) > (1 if overlap else 0):
+      in_flight.popleft().block_until_ready()
+    log.split["accumulate"] += time.time() - ta
+    prog.step += 1
+    prog.cursor = min(g + config.batch_rows, job.stop_row)
+    log.step_done(prog, g)
+    hook("step")
+    due = (prog.step % max(int(config.checkpoint.every_steps), 1) == 0 or
+           time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
+    if due and prog.cursor < job.stop_row:
+      commit(job, prog, hook)
+      last_save = time.time()
+    t_wait = time.time()
+  return prog
+
+
+def finalize(job: Job, prog: Progress) -> str:
+  """Phase 5: the self-check's last sums, then the tables from the accumulated moments."""
+  if prog.worker is not None:
+    prog.worker.drain()
+    prog.worker.close()
+  return finalize_to_dir(job.config, job.spec, job.mesh, prog.acc.state, job.tables_dir,
+                         job.srcs, job.t_start, job.identity, check=prog.check)
+
+
+@workdir_lock.locked(process_zero_only=True)
+def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
+  """prepare -> (already finalized | re-finalize) or resume/start -> accumulate -> commit ->
+  finalize. `store` (optional) replaces config.token_store: any object with the TokenStore
+  interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
+  `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
+  checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
+  job = prepare(config, workdir, store)
+  done = finished_tables(job)
+  if done is not None:
+    return done
+  place_models(job)
+  overlap = steps_in_flight(job) > 1
+  prog = resume_or_start(job)
+  with MEM.oom_as_user_error("correlate", resume=job.state_dir):
+    accumulate(job, prog, overlap=overlap, hook=_hook)
+    commit(job, prog, _hook)
+    return finalize(job, prog)
 
 
 @jax.jit
