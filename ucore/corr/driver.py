@@ -26,6 +26,7 @@ from ucore.jobs import atomic, identity, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import memory as MEM
 from ucore.corr import moments as M
+from ucore.corr import passes as PS
 from ucore.corr import activations as S
 from ucore.corr import precision as precision_names
 from ucore.corr import selfcheck as SC
@@ -172,6 +173,25 @@ class Progress:
   worker: object = None
 
 
+@dataclasses.dataclass
+class Pass:
+  """One resumable unit over the rows: the whole spec (a single pass, committed in state/)
+  or one tile of it (ucore.corr.passes, committed in state/pass-<k>/)."""
+  index: int
+  count: int
+  spec: M.Spec
+  state_dir: str
+  ident: dict
+
+  @property
+  def identity(self) -> dict:
+    return identity.normalize(self.ident)
+
+  @property
+  def label(self) -> str:
+    return "" if self.count == 1 else f" (pass {self.index + 1} of {self.count})"
+
+
 def prepare(config, workdir: str, store=None) -> Job:
   """Phase 1: validates the config, opens the sources and the store, makes the spec and
   the run's identity. Writes nothing (bad input is a UserError before any file exists)."""
@@ -226,25 +246,23 @@ def finished_tables(job: Job):
                  "the tables from the last committed state).", tables_dir)
     return tables_dir
   # finalize-only settings changed: new tables from the committed moments (no new pass)
-  manifest, path = ST.latest(state_dir)
   changed = identity.diff(done.get("finalize"), finalize_settings(config))
-  if manifest is None and "finalize" not in done:   # tables from before the record
+  _, tiles = PS.recorded(state_dir)
+  units = recorded_passes(job, tiles or [job.spec])
+  manifests = [ST.latest(u.state_dir) for u in units]
+  if all(m is None for m, _ in manifests) and "finalize" not in done:   # predates the record
     logging.warning("correlate: %s predates the finalize-settings record and its state "
                     "is gone; kept as is (delete it to recompute)", tables_dir)
     return tables_dir
-  if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
-    raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
-                    f"and the committed moments in {state_dir} are gone; delete "
-                    f"{tables_dir} to recompute")
-  ST.check_identity(manifest["identity"], job.identity, path)
-  logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
-  spec, mesh = job.spec, job.mesh
-  state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
-                     manifest["cursor"]["count"])
-  check = _restore_check(config, spec, manifest, path)
+  for (manifest, path), unit in zip(manifests, units):
+    if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
+      raise UserError(f"{tables_dir} was finalized with other settings "
+                      f"({'; '.join(changed[:4])}) and the committed moments in "
+                      f"{unit.state_dir} are gone; delete {tables_dir} to recompute")
+    ST.check_identity(manifest["identity"], unit.identity, path)
+  logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, state_dir, changed)
   with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
-    return finalize_to_dir(config, spec, mesh, state, tables_dir, job.srcs, job.t_start,
-                           job.identity, replace=True, check=check)
+    return finalize(job, units, {}, replace=True)
 
 
 def place_models(job: Job) -> None:
@@ -265,49 +283,109 @@ def padded_rows_per_process(job: Job) -> int:
   return -(-per // n_local) * n_local
 
 
-def steps_in_flight(job: Job) -> int:
+def _tokens_per_step(job: Job) -> int:
+  return padded_rows_per_process(job) * int(job.store.ctx) * jax.process_count()
+
+
+def _device_cap(job: Job):
+  gib = float(job.config.memory.device_gib)
+  return int(gib * MEM.GIB) if gib > 0 else None
+
+
+def recorded_passes(job: Job, tiles) -> list:
+  """The Pass units of `tiles` (a single pass: the whole spec, in state/)."""
+  n = len(tiles)
+  out = []
+  for k, t in enumerate(tiles):
+    ident = job.ident if n == 1 else dict(job.ident, **{
+        "pass": {"index": k, "of": n, "tile": t.to_json()}})
+    out.append(Pass(index=k, count=n, spec=t, state_dir=PS.pass_dir(job.state_dir, k, n),
+                    ident=ident))
+  return out
+
+
+def plan_passes(job: Job) -> list:
+  """Phase 2b: the passes this run makes. A run already started keeps its own (state/
+  passes.json, or a single pass's commits in state/); a new one takes the whole state in
+  one pass when one step of it fits the devices (free memory or memory.device_gib), else
+  the fewest tiles that each fit (ucore.corr.passes), recorded before the first pass.
+  Where not even the smallest tile fits: the preflight's one-line refusal."""
+  rec_ident, tiles = PS.recorded(job.state_dir)
+  if tiles is not None:
+    ST.check_identity(rec_ident, job.identity, os.path.join(job.state_dir, PS.RECORD))
+    return recorded_passes(job, tiles)
+  if ST.latest(job.state_dir)[0] is not None:
+    return recorded_passes(job, [job.spec])
+  free, _ = MEM.free_per_device(job.mesh, _device_cap(job))
+  tokens = _tokens_per_step(job)
+  tiles = [job.spec] if free is None else PS.choose(
+      job.spec, lambda t: MEM.step_need(t, job.mesh, tokens) <= free)
+  if tiles is None:   # the one-line refusal, with the whole run's figure
+    MEM.preflight(job.spec, job.mesh, tokens, 0, free=_device_cap(job))
+    raise UserError(f"correlate: not even one tile of the state fits; {MEM.REMEDIES}")
+  if len(tiles) > 1:
+    if job.config.save_full_matrix and any(t.n_layers[0] != job.spec.n_layers[0]
+                                           for t in tiles):
+      raise UserError("save_full_matrix needs whole reference layers in every pass, and "
+                      f"this run needs {PS.describe(tiles)}; use more devices or drop "
+                      "save_full_matrix")
+    logging.info("correlate: the state does not fit the devices in one pass; %s",
+                 PS.describe(tiles))
+    if jax.process_index() == 0:
+      os.makedirs(job.state_dir, exist_ok=True)
+      PS.record(job.state_dir, job.ident, tiles)
+  return recorded_passes(job, tiles)
+
+
+def steps_in_flight(job: Job, unit: Pass) -> int:
   """Before any state exists or is allocated: refuses a step that cannot fit (one line).
   With overlap the next step's activations are captured while this one runs: counted twice;
   where only one step fits, the loop runs sequentially (same tables)."""
-  config = job.config
-  gib = float(config.memory.device_gib)
-  tokens = padded_rows_per_process(job) * int(job.store.ctx) * jax.process_count()
   return MEM.steps_in_flight_that_fit(
-      job.spec, job.mesh, tokens, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
-      wanted=2 if config.overlap else 1)
+      unit.spec, job.mesh, _tokens_per_step(job), 0, free=_device_cap(job),
+      wanted=2 if job.config.overlap else 1)
 
 
-def resume_or_start(job: Job) -> Progress:
-  """Phase 2b: the accumulator from the last committed checkpoint (identity checked), or a
-  fresh one at config.start_row."""
-  config, spec, mesh = job.config, job.spec, job.mesh
-  os.makedirs(job.state_dir, exist_ok=True)
-  manifest, path = ST.latest(job.state_dir)
+def pass_complete(job: Job, unit: Pass) -> bool:
+  """The pass has committed its last row (its state waits for finalize)."""
+  manifest, _ = ST.latest(unit.state_dir)
+  return manifest is not None and int(manifest["cursor"]["row"]) == job.stop_row
+
+
+def resume_or_start(job: Job, unit: Pass) -> Progress:
+  """Phase 2c: the pass's accumulator from its last committed checkpoint (identity
+  checked), or a fresh one at config.start_row."""
+  config, spec, mesh = job.config, unit.spec, job.mesh
+  os.makedirs(unit.state_dir, exist_ok=True)
+  manifest, path = ST.latest(unit.state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], job.identity, path)
+    ST.check_identity(manifest["identity"], unit.identity, path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
-    logging.info("correlate: resuming from %s (row %d, step %d)", path, cursor, step)
-    check = _restore_check(config, spec, manifest, path)
+    logging.info("correlate: resuming from %s (row %d, step %d)%s", path, cursor, step,
+                 unit.label)
+    check = _restore_check(config, spec, manifest, path, job.spec)
   else:
     state, cursor, step = None, int(config.start_row), 0
-    check = _new_check(config, spec)
+    check = _new_check(config, spec, job.spec)
+    if unit.count > 1:
+      logging.info("correlate: starting pass %d of %d", unit.index + 1, unit.count)
   worker = SC.Worker(check) if isinstance(check, SC.SelfCheck) else None
   return Progress(acc=M.Accumulator(spec, mesh, state), cursor=cursor, step=step,
                   check=check, saved_step=step if manifest is not None else -1, worker=worker)
 
 
-def commit(job: Job, prog: Progress, hook=ST._no_hook) -> None:
+def commit(job: Job, unit: Pass, prog: Progress, hook=ST._no_hook) -> None:
   """Phase 4: commits the accumulator (and the self-check's sums) at the current cursor;
   never rewrites (and so never endangers) a committed step."""
   if prog.saved_step == prog.step:
     return
   prog.saved_step = prog.step
   config = job.config
-  man = {"identity": job.ident,
+  man = {"identity": unit.ident,
          "cursor": {"row": prog.cursor, "step": prog.step, "count": prog.acc.count},
-         "numerics": numerics(job.spec),
+         "numerics": numerics(unit.spec),
          "config": config.to_dict() if hasattr(config, "to_dict") else {}}
   extra = {}
   if prog.worker is not None:
@@ -316,10 +394,10 @@ def commit(job: Job, prog: Progress, hook=ST._no_hook) -> None:
     extra[SC.FILE] = data
     man["selfcheck"] = {"settings": prog.check.settings(), "sha256": SC.digest(data)}
   t = time.time()
-  ST.save(job.state_dir, prog.step, prog.acc.state, identity.normalize(man),
+  ST.save(unit.state_dir, prog.step, prog.acc.state, identity.normalize(man),
           keep=int(config.checkpoint.keep), hook=hook, extra_files=extra)
-  logging.info("correlate: committed step %d (row %d) in %.1fs", prog.step, prog.cursor,
-               time.time() - t)
+  logging.info("correlate: committed step %d (row %d)%s in %.1fs", prog.step, prog.cursor,
+               unit.label, time.time() - t)
 
 
 class _Batches:
@@ -361,9 +439,9 @@ class _ProgressLog:
   """The progress lines: tokens/s overall and since the last line, GFLOP/s, the time split
   and the ETA."""
 
-  def __init__(self, job: Job):
+  def __init__(self, job: Job, unit: Pass):
     self.job, self.ctx = job, int(job.store.ctx)
-    self.flops_step = M.step_flops(job.spec, job.config.batch_rows * self.ctx)
+    self.flops_step = M.step_flops(unit.spec, job.config.batch_rows * self.ctx)
     self.t0 = time.time()
     self.rows_done = self.steps_run = 0
     self.last_line = (self.t0, 0)   # (time, rows done) at the previous progress line
@@ -389,14 +467,16 @@ class _ProgressLog:
                  self.split["forward"], self.split["accumulate"], self.split["host wait"], eta)
 
 
-def accumulate(job: Job, prog: Progress, *, overlap: bool, hook=ST._no_hook) -> Progress:
-  """Phase 3: streams rows [cursor, stop_row) through the forwards into the accumulator
-  (and the self-check), committing every checkpoint.every_steps steps or every_minutes
-  minutes. `hook("step")` after every accumulated batch."""
+def accumulate(job: Job, unit: Pass, prog: Progress, *, overlap: bool,
+               hook=ST._no_hook) -> Progress:
+  """Phase 3: streams rows [cursor, stop_row) through the forwards of the pass's models into
+  the accumulator (and the self-check), committing every checkpoint.every_steps steps or
+  every_minutes minutes. `hook("step")` after every accumulated batch."""
   config = job.config
   pidx, pcount = jax.process_index(), jax.process_count()
   feed = _Batches(job)
-  log = _ProgressLog(job)
+  log = _ProgressLog(job, unit)
+  active = set(unit.spec.active)   # a tile's other models run no forward in this pass
   batches = job.store.iter_batches(config.batch_rows, start_row=prog.cursor,
                                    stop_row=job.stop_row, process_index=pidx,
                                    process_count=pcount)
@@ -410,7 +490,8 @@ def accumulate(job: Job, prog: Progress, *, overlap: bool, hook=ST._no_hook) -> 
     dev_tokens, mask, row_ids = feed.inputs(g, rows)
     tf = time.time()
     acts = [src.acts(dev_tokens, lids, row_ids).reshape(feed.per_pad * feed.ctx, -1)
-            for src, lids in zip(job.srcs, job.layer_ids)]
+            if m in active else None
+            for m, (src, lids) in enumerate(zip(job.srcs, unit.spec.layer_ids))]
     ta = time.time()
     log.split["forward"] += ta - tf
     prog.acc.update(acts, mask)
@@ -430,26 +511,67 @@ def accumulate(job: Job, prog: Progress, *, overlap: bool, hook=ST._no_hook) -> 
     due = (prog.step % max(int(config.checkpoint.every_steps), 1) == 0 or
            time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
     if due and prog.cursor < job.stop_row:
-      commit(job, prog, hook)
+      commit(job, unit, prog, hook)
       last_save = time.time()
     t_wait = time.time()
   return prog
 
 
-def finalize(job: Job, prog: Progress) -> str:
-  """Phase 5: the self-check's last sums, then the tables from the accumulated moments."""
-  if prog.worker is not None:
-    prog.worker.drain()
-    prog.worker.close()
-  return finalize_to_dir(job.config, job.spec, job.mesh, prog.acc.state, job.tables_dir,
-                         job.srcs, job.t_start, job.identity, check=prog.check)
+def finalize(job: Job, units, live: dict, replace: bool = False) -> str:
+  """Phase 5: the tables from every pass's moments — `live` {pass index: Progress} still
+  in memory, the others restored one at a time from their last commit — checked against the
+  float64 self-check before anything is written."""
+  config, mesh = job.config, job.mesh
+  dead_rel_std = float(config.dead_rel_std)
+  dfs, dead, checks, count, finalize_s = {}, {}, [], 0, 0.0
+  for unit in sorted(units, key=lambda u: u.index not in live):   # in-memory state first
+    prog = live.pop(unit.index, None)
+    if prog is not None:
+      if prog.worker is not None:
+        prog.worker.drain()
+        prog.worker.close()
+      state, check = prog.acc.state, prog.check
+      del prog
+    else:
+      manifest, path = ST.latest(unit.state_dir)
+      if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
+        raise UserError(f"{unit.state_dir}: pass {unit.index + 1} of {unit.count} has no "
+                        "complete commit; rerun the same command to resume")
+      ST.check_identity(manifest["identity"], unit.identity, path)
+      state = ST.restore(path, M.state_shapes(unit.spec), M.state_shardings(unit.spec, mesh),
+                         manifest["cursor"]["count"])
+      check = _restore_check(config, unit.spec, manifest, path, job.spec)
+    moments = F.moments_host(unit.spec, state, dead_rel_std)   # once, for both
+    count = moments[0]
+    checks.append(measure_check(config, unit.spec, state, check, moments))
+    t = time.time()
+    pair_dfs, pair_dead = pair_tables(config, unit.spec, mesh, state, moments)
+    finalize_s += time.time() - t
+    for key, df in pair_dfs.items():
+      dfs.setdefault(key, []).append(df)
+    for own, (layers, d) in pair_dead.items():
+      dead.setdefault(own, {})[layers] = d
+    if config.save_full_matrix:   # before tables/: tables mark completion
+      from ucore.corr import export
+      export.write_full(unit.spec, mesh, state, os.path.join(workdir_of(job.tables_dir), "full"),
+                        dead_rel_std)
+    del state
+  checked = combine_checks(checks, job.spec)
+  t = time.time()
+  res = assemble_tables(config, job.spec, dfs, dead, count)
+  finalize_s += time.time() - t
+  logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
+  return write_tables_dir(config, job.spec, res, checked, job.tables_dir, job.srcs,
+                          job.t_start, job.identity, finalize_s, replace=replace,
+                          passes=len(units))
 
 
 @workdir_lock.locked(process_zero_only=True)
 def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
-  """prepare -> (already finalized | re-finalize) or resume/start -> accumulate -> commit ->
-  finalize. `store` (optional) replaces config.token_store: any object with the TokenStore
-  interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
+  """prepare -> (already finalized | re-finalize) or plan the passes -> per pass: resume or
+  start -> accumulate -> commit -> finalize. `store` (optional) replaces config.token_store:
+  any object with the TokenStore interface (num_rows, ctx, store_id, mask_exclude_ids,
+  iter_batches).
   `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
   checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
   job = prepare(config, workdir, store)
@@ -457,12 +579,24 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if done is not None:
     return done
   place_models(job)
-  overlap = steps_in_flight(job) > 1
-  prog = resume_or_start(job)
+  units = plan_passes(job)
+  live = {}
   with MEM.oom_as_user_error("correlate", resume=job.state_dir):
-    accumulate(job, prog, overlap=overlap, hook=_hook)
-    commit(job, prog, _hook)
-    return finalize(job, prog)
+    for unit in units:
+      if pass_complete(job, unit) and unit.index != units[-1].index:
+        continue   # restored at finalize
+      overlap = steps_in_flight(job, unit) > 1
+      prog = resume_or_start(job, unit)
+      accumulate(job, unit, prog, overlap=overlap, hook=_hook)
+      commit(job, unit, prog, _hook)
+      if unit.index == units[-1].index:
+        live[unit.index] = prog
+      else:
+        if prog.worker is not None:
+          prog.worker.drain()
+          prog.worker.close()
+        del prog   # the next pass's state takes its memory
+    return finalize(job, units, live)
 
 
 @jax.jit
@@ -477,18 +611,19 @@ def numerics(spec) -> str:
                          gemm=precision_names.describe(spec.precision))
 
 
-def _new_check(config, spec):
-  """A SelfCheck, or a string saying why this run has none."""
+def _new_check(config, spec, whole=None):
+  """A SelfCheck (of a pass's tile `spec` of the run's `whole` spec), or a string saying why
+  this run has none."""
   if int(config.selfcheck.sample) == 0:
     return "off (config.selfcheck.sample=0)"
   if jax.process_count() > 1:
     return "unavailable in multi-process runs"
-  return SC.SelfCheck(spec, int(config.selfcheck.sample), int(config.selfcheck.seed))
+  return SC.SelfCheck(spec, int(config.selfcheck.sample), int(config.selfcheck.seed), whole)
 
 
-def _restore_check(config, spec, manifest, path):
+def _restore_check(config, spec, manifest, path, whole=None):
   """The resumed run's SelfCheck with its reference sums, or why there is none."""
-  check = _new_check(config, spec)
+  check = _new_check(config, spec, whole)
   if not isinstance(check, SC.SelfCheck):
     return check
   rec = manifest.get("selfcheck")
@@ -501,40 +636,74 @@ def _restore_check(config, spec, manifest, path):
   return check
 
 
-def compute_tables(config, spec, mesh, state, moments=None):
-  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}.
-  moments: F.moments_host's (n, per-model moments) when the caller has them."""
-  dead_value = float(config.dead_value) if config.fill_dead else None
-  n, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
+def _check_baseline_kinds(config) -> tuple:
   kinds = tuple(config.baseline.kinds)
   if kinds and config.baseline.primary not in kinds:
     raise UserError(f"baseline.primary={config.baseline.primary!r} is not in baseline.kinds.")
+  return kinds
+
+
+def pair_tables(config, spec, mesh, state, moments):
+  """Per-pair tables of one state (the whole run's or one pass's tile): ({(own, partner)
+  model index: df}, {own: (own layer ids, dead [L_own·d_mlp])}) for every row model the
+  run reports (the reference; in all_pairs every model, in both directions of each pair)."""
+  dead_value = float(config.dead_value) if config.fill_dead else None
+  _, moms = moments
+  kinds = _check_baseline_kinds(config)
+  dfs, dead = {}, {}
+  for x, y in spec.pairs:
+    for own, part, orient in ((x, y, "fwd"), (y, x, "bwd")):
+      if orient == "bwd" and config.mode == "reference":
+        continue
+      res = F.pair_result(spec, mesh, state, x, y, orient, top_k=int(config.top_k),
+                          baseline_kinds=kinds, draws=int(config.baseline.draws),
+                          seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
+                          moments=moms)
+      dfs[(own, part)] = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary,
+                                       dead_value)
+      dead[own] = (spec.layer_ids[own], moms[own]["dead"][:, :spec.d_mlp].reshape(-1))
+  from ucore.corr import baselines
+  baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
+  return dfs, dead
+
+
+def assemble_tables(config, spec, dfs, dead, count):
+  """The whole run's tables from the passes' pair tables. dfs: {(own, part): [df per chunk
+  of own's layers]}; dead: {own: {own layer ids: dead}}. Partners in the run's pair order
+  (a single pass's order, whatever the tiles were)."""
+  import pandas as pd
+  dead_value = float(config.dead_value) if config.fill_dead else None
   own_models = [0] if config.mode == "reference" else list(range(spec.n_models))
-  out = {"neurons": {}, "pairs": {}, "layer_counts": {}, "partner_layers": {}, "count": n}
+  out = {"neurons": {}, "pairs": {}, "layer_counts": {}, "partner_layers": {}, "count": count}
   for own in own_models:
     pts, layers = {}, {}
     for x, y in spec.pairs:
       if own not in (x, y):
         continue
-      orient = "fwd" if own == x else "bwd"
       part = y if own == x else x
-      res = F.pair_result(spec, mesh, state, x, y, orient, top_k=int(config.top_k),
-                          baseline_kinds=kinds, draws=int(config.baseline.draws),
-                          seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
-                          moments=moms)
-      t = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary, dead_value)
+      chunks = sorted(dfs[(own, part)], key=lambda df: df.index[0][0])
+      t = chunks[0] if len(chunks) == 1 else pd.concat(chunks)
       pts[spec.names[part]] = t
       layers[spec.names[part]] = spec.layer_ids[part]
       out["pairs"][(spec.names[own], spec.names[part])] = t
-    dead = moms[own]["dead"][:, :spec.d_mlp].reshape(-1)
-    agg = TB.aggregate_table(pts, dead, float(config.threshold), dead_value)
+    own_dead = np.concatenate([d for _, d in sorted(dead[own].items())])
+    agg = TB.aggregate_table(pts, own_dead, float(config.threshold), dead_value)
     name = spec.names[own]
     out["neurons"][name] = agg
     out["layer_counts"][name] = TB.layer_counts(agg)
     out["partner_layers"][name] = TB.partner_layer_hist(pts, layers)
-  from ucore.corr import baselines
-  baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
   return out
+
+
+def compute_tables(config, spec, mesh, state, moments=None):
+  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}
+  of one state holding every pair. moments: F.moments_host's (n, per-model moments) when
+  the caller has them."""
+  moments = moments or F.moments_host(spec, state, float(config.dead_rel_std))
+  _check_baseline_kinds(config)
+  dfs, dead = pair_tables(config, spec, mesh, state, moments)
+  return assemble_tables(config, spec, {k: [v] for k, v in dfs.items()},
+                         {own: {layers: d} for own, (layers, d) in dead.items()}, moments[0])
 
 
 FINALIZE_FIELDS = ("top_k", "threshold", "dead_rel_std", "fill_dead", "dead_value",
@@ -553,22 +722,36 @@ def finalize_settings(config) -> dict:
   return identity.normalize(out)
 
 
-def verify(config, spec, state, check, moments=None) -> dict:
-  """The self-check's measured errors (summary.json's "selfcheck"); UserError, before any
-  table is written, when they exceed config.selfcheck.fail_above (the moments stay committed:
-  rerun with a higher bound, or another precision, to get tables)."""
+def measure_check(config, spec, state, check, moments) -> dict:
+  """The self-check's measured errors on one state (the run's or one pass's), or its
+  status where the run has none."""
   if not isinstance(check, SC.SelfCheck):
     return {"status": check, "precision": spec.precision}
   t = time.time()
-  _, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
-  res = dict(check.measure(state, moms), precision=spec.precision,
+  res = dict(check.measure(state, moments[1]), precision=spec.precision,
              fail_above=float(config.selfcheck.fail_above))
+  logging.info("correlate: self-check of %d pair(s) (%s, %d × %d sample, float64 reference "
+               "over %d tokens): max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)",
+               len(spec.pairs), spec.precision, check.sample, check.sample, res["tokens"],
+               res["max_abs_corr"], res["max_abs_rotated"], time.time() - t)
+  return res
+
+
+def combine_checks(results, spec) -> dict:
+  """The passes' self-checks as one (summary.json's "selfcheck": maxima over the passes,
+  entries summed: what one pass over every pair measures); UserError, before any table is
+  written, when the errors exceed config.selfcheck.fail_above (the moments stay committed:
+  rerun with a higher bound, or another precision, to get tables)."""
+  if any("max_abs_corr" not in r for r in results):
+    return next(r for r in results if "max_abs_corr" not in r)
+  res = dict(results[0])
+  for r in results[1:]:
+    for key in ("max_abs_corr", "max_abs_rotated"):
+      res[key] = max(res[key], r[key]) if np.isfinite(res[key]) else res[key]
+    for key in ("entries_checked", "rotated_checked"):
+      res[key] += r[key]
   worst = max(res["max_abs_corr"], res["max_abs_rotated"])
   res["status"] = "ok" if worst <= res["fail_above"] else "failed"
-  logging.info("correlate: self-check (%s, %d × %d sample, float64 reference over %d tokens): "
-               "max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)", spec.precision,
-               check.sample, check.sample, res["tokens"], res["max_abs_corr"],
-               res["max_abs_rotated"], time.time() - t)
   if not worst <= res["fail_above"]:   # NaN fails too
     raise UserError(f"self-check failed: max |Δcorr| {res['max_abs_corr']:.2e}, max |Δrotated "
                     f"corr| {res['max_abs_rotated']:.2e} vs the float64 reference exceed "
@@ -578,18 +761,9 @@ def verify(config, spec, state, check, moments=None) -> dict:
   return res
 
 
-def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
-                    replace=False, check=None):
-  moments = F.moments_host(spec, state, float(config.dead_rel_std))   # once, for both
-  checked = verify(config, spec, state, check if check is not None else "not run", moments)
-  t = time.time()
-  res = compute_tables(config, spec, mesh, state, moments)
-  finalize_s = time.time() - t
-  logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
-  if config.save_full_matrix:
-    from ucore.corr import export
-    export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
-                      float(config.dead_rel_std))   # before tables/: tables mark completion
+def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, ident,
+                     finalize_s, replace=False, passes=1) -> str:
+  """The tables and summary.json (last: it marks completion), staged and renamed."""
   if jax.process_index() == 0:
     with atomic.staged_dir(tables_dir, replace=replace) as tmp:
       TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
@@ -610,6 +784,8 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
           "seconds": time.time() - t_start,
           "finalize_seconds": finalize_s,   # compute_tables alone (baselines, top-k)
       }
+      if passes > 1:
+        summary["passes"] = int(passes)
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
   return tables_dir
