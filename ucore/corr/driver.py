@@ -692,6 +692,8 @@ def assemble_tables(config, spec, dfs, dead, count):
     out["neurons"][name] = agg
     out["layer_counts"][name] = TB.layer_counts(agg)
     out["partner_layers"][name] = TB.partner_layer_hist(pts, layers)
+  if config.mode == "all_pairs" and config.baseline.kinds:   # the seed × seed matrix
+    out["seed_matrix"] = TB.seed_matrix(out["neurons"], float(config.threshold))
   return out
 
 
@@ -768,6 +770,8 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
     with atomic.staged_dir(tables_dir, replace=replace) as tmp:
       TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
                       res["pairs"])
+      if "seed_matrix" in res:
+        TB.write_seed_matrix(tmp, *res["seed_matrix"])
       summary = {
           "tokens_counted": int(res["count"]),
           "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
