@@ -78,7 +78,7 @@ def k_of_m_figure(tables, path: str) -> str:
   counts = k_counts(tables)
   names = list(counts.index)
   m = len(names)
-  shares = counts.to_numpy(np.float64) / np.maximum(counts.sum(1).to_numpy()[:, None], 1)
+  shares = counts.to_numpy(np.float64) / np.maximum(counts.sum(axis=1).to_numpy()[:, None], 1)
   fig = _figure(2.0 + 0.6 * m, 3.6)
   ax = fig.add_subplot(1, 1, 1)
   width = 0.8 / max(m, 1)
