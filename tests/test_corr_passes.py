@@ -205,3 +205,23 @@ def test_plan_uses_the_compiled_tiles_where_the_device_is_at_hand():
   assert len(tiles) >= 2 and peak <= usable * (1 + 1e-12)
   for t in tiles:
     assert weights + compiled(t) <= peak
+
+
+def test_plan_says_which_pass_a_run_is_in(tmp_path):
+  """`main.py plan --workdir=RUN` reads the run's passes record and commits."""
+  import jax.numpy as jnp
+  from ucore.corr import state as ST
+  mesh = M.make_mesh(1, 1, M.jax.devices()[:1])
+  spec = M.make_spec([f"m{i}" for i in range(4)], [range(2)] * 4, 32, mesh)
+  tiles = [PS.tile(spec, [(0, p)], [p]) for p in (1, 2, 3)]
+  state_dir = str(tmp_path / "state")
+  os.makedirs(state_dir)
+  PS.record(state_dir, {"stop_row": 16}, tiles)
+  for k, row in ((0, 16), (1, 8)):
+    ST.save(PS.pass_dir(state_dir, k, 3), 2, {"n": jnp.int32(0)},
+            {"identity": {"stop_row": 16}, "cursor": {"row": row, "step": row // 4}})
+  r = subprocess.run([sys.executable, "main.py", "plan", "--config=configs/correlate_tiny.py",
+                      f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"run in {tmp_path}: in pass 2 of 3 (at row 8 of 16; passes 1..1 complete)" in r.stdout
