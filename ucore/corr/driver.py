@@ -2,10 +2,16 @@
 
 Each model's forward runs once per batch; every pair is updated from that batch. The state is
 checkpointed (ucore.corr.state) every `checkpoint.every_steps` steps or
-`checkpoint.every_minutes` minutes; the same command resumes from the last commit.
+`checkpoint.every_minutes` minutes; the same command resumes from the last commit. Where the
+whole state does not fit the devices it is split into tiles run as passes over the same rows
+(ucore.corr.passes; each pass's models' forwards run again).
+
+Phases (each a function): prepare -> finished_tables (done / re-finalize) -> place_models ->
+plan_passes -> per pass: resume_or_start -> accumulate -> commit -> finalize.
 
 Outputs in <workdir>/:
-  state/                      resumable accumulator checkpoints
+  state/                      resumable accumulator checkpoints (in passes: passes.json and
+                              pass-<k>/ per pass)
   tables/                     written once at the end (staged, renamed into place); layout
                               and readers in ucore.corr.tables
   full/<x>__<y>/              [zarr3 correlation blocks, with save_full_matrix]
