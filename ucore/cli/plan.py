@@ -1,8 +1,11 @@
-"""`python main.py plan --config=configs/correlate_*.py [--plan_devices=8 --plan_device=h100]`.
+"""`python main.py plan --config=configs/correlate_*.py [--plan_devices=8 --plan_device=h100]
+[--workdir=RUN]`.
 
 Prints per-device memory, FLOPs and estimated time for the config's correlate run and for
 the paper's runs (GPT2-small and GPT2-medium, 5 seeds; Pythia-160m, 4 seeds; 1e8 tokens) on
-the same mesh.
+the same mesh. Where one pass does not fit, the passes correlate would make (their count,
+memory per pass, and the time with every pass's forwards recomputed); with --workdir, which
+pass a run under way is in.
 """
 from absl import flags
 
@@ -38,6 +41,9 @@ def run(argv):
                             config.synthetic.rows * ctx)
   tps = int(config.batch_rows) * ctx
 
+  tile_mem = P.compiled_tile_bytes(devices=n_dev, tok=tok, device=DEVICE.value,
+                                   tokens_per_step=tps)
+
   def one(label, models, arch, **kw):
     # the step's need compiled here when this host has the planned devices, else analytic
     mem = P.compiled_step_bytes(models, arch, devices=n_dev, tok=tok, device=DEVICE.value,
@@ -49,10 +55,16 @@ def run(argv):
                                 device=DEVICE.value, tokens_per_step=tps,
                                 compensated=config.compensated, compiled_step_bytes=mem,
                                 precision=str(config.precision),
-                                overlap=bool(config.overlap), **kw))
+                                overlap=bool(config.overlap), compiled_tile=tile_mem, **kw))
 
   out = [one("this config", n_models, arch, tokens=tokens, mode=config.mode,
              layer_mode=config.layer_mode, ctx=ctx)]
   for label, key, models in P.PAPER_RUNS:
     out.append(one(label, models, P.ARCHS[key], tokens=1e8))
+  if common.WORKDIR.value:   # a run under way: which pass it is in
+    import os
+    from ucore.corr import passes as PS
+    state_dir = os.path.join(common.WORKDIR.value, "state")
+    if os.path.isdir(state_dir):
+      out.append(f"run in {common.WORKDIR.value}: {PS.where(state_dir)}")
   print("\n".join(out))

@@ -2,10 +2,16 @@
 
 Each model's forward runs once per batch; every pair is updated from that batch. The state is
 checkpointed (ucore.corr.state) every `checkpoint.every_steps` steps or
-`checkpoint.every_minutes` minutes; the same command resumes from the last commit.
+`checkpoint.every_minutes` minutes; the same command resumes from the last commit. Where the
+whole state does not fit the devices it is split into tiles run as passes over the same rows
+(ucore.corr.passes; each pass's models' forwards run again).
+
+Phases (each a function): prepare -> finished_tables (done / re-finalize) -> place_models ->
+plan_passes -> per pass: resume_or_start -> accumulate -> commit -> finalize.
 
 Outputs in <workdir>/:
-  state/                      resumable accumulator checkpoints
+  state/                      resumable accumulator checkpoints (in passes: passes.json and
+                              pass-<k>/ per pass)
   tables/                     written once at the end (staged, renamed into place); layout
                               and readers in ucore.corr.tables
   full/<x>__<y>/              [zarr3 correlation blocks, with save_full_matrix]
@@ -13,6 +19,7 @@ Outputs in <workdir>/:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
@@ -25,6 +32,7 @@ from ucore.jobs import atomic, identity, workdir_lock
 from ucore.corr import finalize as F
 from ucore.corr import memory as MEM
 from ucore.corr import moments as M
+from ucore.corr import passes as PS
 from ucore.corr import activations as S
 from ucore.corr import precision as precision_names
 from ucore.corr import selfcheck as SC
@@ -138,12 +146,61 @@ def check_numbers(config):
                     "(0 turns the float64 self-check off)")
 
 
-@workdir_lock.locked(process_zero_only=True)
-def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
-  """`store` (optional) replaces config.token_store: any object with the TokenStore
-  interface (num_rows, ctx, store_id, mask_exclude_ids, iter_batches).
-  `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
-  checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
+@dataclasses.dataclass
+class Job:
+  """What `prepare` resolves from a config before anything is written: the sources, the
+  spec, the rows and the identity a resumed run must match."""
+  config: object
+  srcs: list
+  store: object
+  spec: M.Spec
+  mesh: object
+  layer_ids: list
+  stop_row: int
+  ident: dict
+  state_dir: str
+  tables_dir: str
+  t_start: float
+
+  @property
+  def identity(self) -> dict:
+    return identity.normalize(self.ident)
+
+
+@dataclasses.dataclass
+class Progress:
+  """One accumulation's moving parts: the accumulator, the row cursor, the step count, the
+  self-check (or why there is none) and the last step committed (-1: none)."""
+  acc: M.Accumulator
+  cursor: int
+  step: int
+  check: object
+  saved_step: int
+  worker: object = None
+
+
+@dataclasses.dataclass
+class Pass:
+  """One resumable unit over the rows: the whole spec (a single pass, committed in state/)
+  or one tile of it (ucore.corr.passes, committed in state/pass-<k>/)."""
+  index: int
+  count: int
+  spec: M.Spec
+  state_dir: str
+  ident: dict
+
+  @property
+  def identity(self) -> dict:
+    return identity.normalize(self.ident)
+
+  @property
+  def label(self) -> str:
+    return "" if self.count == 1 else f" (pass {self.index + 1} of {self.count})"
+
+
+def prepare(config, workdir: str, store=None) -> Job:
+  """Phase 1: validates the config, opens the sources and the store, makes the spec and
+  the run's identity. Writes nothing (bad input is a UserError before any file exists)."""
   t_start = time.time()
   check_numbers(config)   # before anything is written (job state, tables)
   if store is not None and not (config.synthetic.enabled):
@@ -171,167 +228,381 @@ def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
   if stop_row <= config.start_row:
     raise UserError(f"no rows to read: start_row={config.start_row}, store has "
                     f"{store.num_rows} rows.")
-  ident = job_identity(config, spec, srcs, store, mesh, stop_row)
-  state_dir = os.path.join(workdir, "state")
-  tables_dir = os.path.join(workdir, TB.TABLES_DIR)
+  return Job(config=config, srcs=srcs, store=store, spec=spec, mesh=mesh,
+             layer_ids=layer_ids, stop_row=stop_row,
+             ident=job_identity(config, spec, srcs, store, mesh, stop_row),
+             state_dir=os.path.join(workdir, "state"),
+             tables_dir=os.path.join(workdir, TB.TABLES_DIR), t_start=t_start)
+
+
+def finished_tables(job: Job):
+  """Phase 2a: the tables directory when the run is already finalized (nothing to do) or
+  only its finalize-only settings changed (new tables from the committed moments, no new
+  pass over the tokens); None when tokens remain to be accumulated."""
+  config, tables_dir, state_dir = job.config, job.tables_dir, job.state_dir
   summary_path = os.path.join(tables_dir, TB.SUMMARY)
   if jax.process_index() == 0:   # left by a kill during the final table write
     atomic.remove_partials(tables_dir)
-  if os.path.exists(summary_path):
-    done = atomic.read_json(summary_path)
-    ST.check_identity(done.get("identity"), identity.normalize(ident), tables_dir)
-    if done.get("finalize") == finalize_settings(config):
-      logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
-                   "the tables from the last committed state).", tables_dir)
-      return tables_dir
-    # finalize-only settings changed: new tables from the committed moments (no new pass)
-    manifest, path = ST.latest(state_dir)
-    changed = identity.diff(done.get("finalize"), finalize_settings(config))
-    if manifest is None and "finalize" not in done:   # tables from before the record
-      logging.warning("correlate: %s predates the finalize-settings record and its state "
-                      "is gone; kept as is (delete it to recompute)", tables_dir)
-      return tables_dir
-    if manifest is None or int(manifest["cursor"]["row"]) != stop_row:
-      raise UserError(f"{tables_dir} was finalized with other settings ({'; '.join(changed[:4])}) "
-                      f"and the committed moments in {state_dir} are gone; delete "
-                      f"{tables_dir} to recompute")
-    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
-    logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, path, changed)
-    state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
-                       manifest["cursor"]["count"])
-    check = _restore_check(config, spec, manifest, path)
-    with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
-      return finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start,
-                             identity.normalize(ident), replace=True, check=check)
-  # weights on the forward's devices once (numpy weights would cross the host link per call)
-  for s in srcs:
+  if not os.path.exists(summary_path):
+    return None
+  done = atomic.read_json(summary_path)
+  ST.check_identity(done.get("identity"), job.identity, tables_dir)
+  if done.get("finalize") == finalize_settings(config):
+    logging.info("correlate: %s already finalized; nothing to do (delete it to recompute "
+                 "the tables from the last committed state).", tables_dir)
+    return tables_dir
+  # finalize-only settings changed: new tables from the committed moments (no new pass)
+  changed = identity.diff(done.get("finalize"), finalize_settings(config))
+  _, tiles = PS.recorded(state_dir)
+  units = recorded_passes(job, tiles or [job.spec])
+  manifests = [ST.latest(u.state_dir) for u in units]
+  if all(m is None for m, _ in manifests) and "finalize" not in done:   # predates the record
+    logging.warning("correlate: %s predates the finalize-settings record and its state "
+                    "is gone; kept as is (delete it to recompute)", tables_dir)
+    return tables_dir
+  for (manifest, path), unit in zip(manifests, units):
+    if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
+      raise UserError(f"{tables_dir} was finalized with other settings "
+                      f"({'; '.join(changed[:4])}) and the committed moments in "
+                      f"{unit.state_dir} are gone; delete {tables_dir} to recompute")
+    ST.check_identity(manifest["identity"], unit.identity, path)
+  logging.info("correlate: re-finalizing %s from %s (%s)", tables_dir, state_dir, changed)
+  with MEM.oom_as_user_error("correlate finalize", resume=state_dir):
+    return finalize(job, units, {}, replace=True)
+
+
+def place_models(job: Job) -> None:
+  """Weights on the forwards' devices once (numpy weights would cross the host link per
+  call)."""
+  mesh = job.mesh
+  for s in job.srcs:
     if getattr(s, "model", None) is not None:
       s.model.place(list(mesh.local_devices) if jax.process_count() == 1
                     else list(mesh.local_devices)[:1])
-  pidx, pcount = jax.process_index(), jax.process_count()
-  per = config.batch_rows // pcount
-  # Forwards run data-parallel over this process's devices: rows padded to a multiple of them.
-  n_local = len(mesh.local_devices)
-  per_pad = -(-per // n_local) * n_local
-  # before any state exists or is allocated: refuse a step that cannot fit (one line). With
-  # overlap the next step's activations are captured while this one runs: counted twice;
-  # where only one step fits, the loop runs sequentially (same tables)
-  gib = float(config.memory.device_gib)
-  overlap = MEM.steps_in_flight_that_fit(
-      spec, mesh, per_pad * ctx * pcount, 0, free=int(gib * MEM.GIB) if gib > 0 else None,
-      wanted=2 if config.overlap else 1) > 1
-  os.makedirs(state_dir, exist_ok=True)
 
-  manifest, path = ST.latest(state_dir)
+
+def padded_rows_per_process(job: Job) -> int:
+  """Rows each process feeds its forwards per step: its share of batch_rows, padded to a
+  multiple of its devices (the forwards run data-parallel over them)."""
+  per = job.config.batch_rows // jax.process_count()
+  n_local = len(job.mesh.local_devices)
+  return -(-per // n_local) * n_local
+
+
+def _tokens_per_step(job: Job) -> int:
+  return padded_rows_per_process(job) * int(job.store.ctx) * jax.process_count()
+
+
+def _device_cap(job: Job):
+  gib = float(job.config.memory.device_gib)
+  return int(gib * MEM.GIB) if gib > 0 else None
+
+
+def recorded_passes(job: Job, tiles) -> list:
+  """The Pass units of `tiles` (a single pass: the whole spec, in state/)."""
+  n = len(tiles)
+  out = []
+  for k, t in enumerate(tiles):
+    ident = job.ident if n == 1 else dict(job.ident, **{
+        "pass": {"index": k, "of": n, "tile": t.to_json()}})
+    out.append(Pass(index=k, count=n, spec=t, state_dir=PS.pass_dir(job.state_dir, k, n),
+                    ident=ident))
+  return out
+
+
+def plan_passes(job: Job) -> list:
+  """Phase 2b: the passes this run makes. A run already started keeps its own (state/
+  passes.json, or a single pass's commits in state/); a new one takes the whole state in
+  one pass when one step of it fits the devices (free memory or memory.device_gib), else
+  the fewest tiles that each fit (ucore.corr.passes), recorded before the first pass.
+  Where not even the smallest tile fits: the preflight's one-line refusal."""
+  rec_ident, tiles = PS.recorded(job.state_dir)
+  if tiles is not None:
+    ST.check_identity(rec_ident, job.identity, os.path.join(job.state_dir, PS.RECORD))
+    return recorded_passes(job, tiles)
+  if ST.latest(job.state_dir)[0] is not None:
+    return recorded_passes(job, [job.spec])
+  free, _ = MEM.free_per_device(job.mesh, _device_cap(job))
+  tokens = _tokens_per_step(job)
+  tiles = [job.spec] if free is None else PS.choose(
+      job.spec, lambda t: MEM.step_need(t, job.mesh, tokens) <= free)
+  if tiles is None:   # the one-line refusal, with the whole run's figure
+    MEM.preflight(job.spec, job.mesh, tokens, 0, free=_device_cap(job))
+    raise UserError(f"correlate: not even one tile of the state fits; {MEM.REMEDIES}")
+  if len(tiles) > 1:
+    if job.config.save_full_matrix and any(t.n_layers[0] != job.spec.n_layers[0]
+                                           for t in tiles):
+      raise UserError("save_full_matrix needs whole reference layers in every pass, and "
+                      f"this run needs {PS.describe(tiles)}; use more devices or drop "
+                      "save_full_matrix")
+    logging.info("correlate: the state does not fit the devices in one pass; %s",
+                 PS.describe(tiles))
+    if jax.process_index() == 0:
+      os.makedirs(job.state_dir, exist_ok=True)
+      PS.record(job.state_dir, job.ident, tiles)
+  return recorded_passes(job, tiles)
+
+
+def steps_in_flight(job: Job, unit: Pass) -> int:
+  """Before any state exists or is allocated: refuses a step that cannot fit (one line).
+  With overlap the next step's activations are captured while this one runs: counted twice;
+  where only one step fits, the loop runs sequentially (same tables)."""
+  return MEM.steps_in_flight_that_fit(
+      unit.spec, job.mesh, _tokens_per_step(job), 0, free=_device_cap(job),
+      wanted=2 if job.config.overlap else 1)
+
+
+def pass_complete(job: Job, unit: Pass) -> bool:
+  """The pass has committed its last row (its state waits for finalize)."""
+  manifest, _ = ST.latest(unit.state_dir)
+  return manifest is not None and int(manifest["cursor"]["row"]) == job.stop_row
+
+
+def resume_or_start(job: Job, unit: Pass) -> Progress:
+  """Phase 2c: the pass's accumulator from its last committed checkpoint (identity
+  checked), or a fresh one at config.start_row."""
+  config, spec, mesh = job.config, unit.spec, job.mesh
+  os.makedirs(unit.state_dir, exist_ok=True)
+  manifest, path = ST.latest(unit.state_dir)
   if manifest is not None:
-    ST.check_identity(manifest["identity"], identity.normalize(ident), path)
+    ST.check_identity(manifest["identity"], unit.identity, path)
     state = ST.restore(path, M.state_shapes(spec), M.state_shardings(spec, mesh),
                        manifest["cursor"]["count"])
     cursor, step = int(manifest["cursor"]["row"]), int(manifest["cursor"]["step"])
-    logging.info("correlate: resuming from %s (row %d, step %d)", path, cursor, step)
-    check = _restore_check(config, spec, manifest, path)
+    logging.info("correlate: resuming from %s (row %d, step %d)%s", path, cursor, step,
+                 unit.label)
+    check = _restore_check(config, spec, manifest, path, job.spec)
   else:
     state, cursor, step = None, int(config.start_row), 0
-    check = _new_check(config, spec)
-  acc = M.Accumulator(spec, mesh, state)
-  saved = [step if manifest is not None else -1]
+    check = _new_check(config, spec, job.spec)
+    if unit.count > 1:
+      logging.info("correlate: starting pass %d of %d", unit.index + 1, unit.count)
   worker = SC.Worker(check) if isinstance(check, SC.SelfCheck) else None
+  return Progress(acc=M.Accumulator(spec, mesh, state), cursor=cursor, step=step,
+                  check=check, saved_step=step if manifest is not None else -1, worker=worker)
 
-  def save():
-    if saved[0] == step:      # never rewrite (and so never endanger) a committed step
+
+def commit(job: Job, unit: Pass, prog: Progress, hook=ST._no_hook) -> None:
+  """Phase 4: commits the accumulator (and the self-check's sums) at the current cursor;
+  never rewrites (and so never endangers) a committed step."""
+  if prog.saved_step == prog.step:
+    return
+  prog.saved_step = prog.step
+  config = job.config
+  man = {"identity": unit.ident,
+         "cursor": {"row": prog.cursor, "step": prog.step, "count": prog.acc.count},
+         "numerics": numerics(unit.spec),
+         "config": config.to_dict() if hasattr(config, "to_dict") else {}}
+  extra = {}
+  if prog.worker is not None:
+    prog.worker.drain()          # the reference sums up to this step's cursor
+    data = prog.check.to_bytes()
+    extra[SC.FILE] = data
+    man["selfcheck"] = {"settings": prog.check.settings(), "sha256": SC.digest(data)}
+  t = time.time()
+  ST.save(unit.state_dir, prog.step, prog.acc.state, identity.normalize(man),
+          keep=int(config.checkpoint.keep), hook=hook, extra_files=extra)
+  logging.info("correlate: committed step %d (row %d)%s in %.1fs", prog.step, prog.cursor,
+               unit.label, time.time() - t)
+
+
+class _Batches:
+  """Turns the store's rows into the forwards' inputs: padded device tokens, the mask of
+  counted tokens, and the rows' first index in this process's share."""
+
+  def __init__(self, job: Job):
+    config, mesh = job.config, job.mesh
+    self.job = job
+    self.per_pad = padded_rows_per_process(job)
+    self.ctx = int(job.store.ctx)
+    self.row_sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
+        jax.sharding.PartitionSpec("rows", None))
+    self.excl = exclude_ids(config, job.store)
+    self.pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
+    self.vocab = min([int(s.model.config.vocab_size) for s in job.srcs
+                      if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
+
+  def inputs(self, g, rows):
+    """(tokens for the forwards, mask [tokens] bool, store row range of the valid rows)."""
+    config, job = self.job.config, self.job
+    n_valid = rows.shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= self.vocab):   # device arrays skip
+      raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # the model's check
+                      f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
+                      f"[0, {self.vocab}); use a token store made with the models' tokenizer")
+    pidx, pcount = jax.process_index(), jax.process_count()
+    a, _ = process_rows(g, config.batch_rows, job.stop_row, pidx, pcount)
+    tokens = np.zeros((self.per_pad, self.ctx), np.int32)
+    tokens[:n_valid] = rows
+    mask = np.asarray(token_mask(tokens, exclude_ids=self.excl, pad_id=self.pad_id))
+    mask[n_valid:] = False
+    dev_tokens = jax.device_put(tokens, self.row_sharding) if pcount == 1 else tokens
+    return dev_tokens, mask.reshape(-1), range(a, a + n_valid)
+
+
+class _ProgressLog:
+  """The progress lines: tokens/s overall and since the last line, GFLOP/s, the time split
+  and the ETA."""
+
+  def __init__(self, job: Job, unit: Pass):
+    self.job, self.ctx = job, int(job.store.ctx)
+    self.flops_step = M.step_flops(unit.spec, job.config.batch_rows * self.ctx)
+    self.t0 = time.time()
+    self.rows_done = self.steps_run = 0
+    self.last_line = (self.t0, 0)   # (time, rows done) at the previous progress line
+    self.split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
+
+  def step_done(self, prog: Progress, g: int) -> None:
+    job = self.job
+    self.steps_run += 1
+    self.rows_done += min(job.config.batch_rows, job.stop_row - g)
+    if not (prog.step % max(int(job.config.log_every), 1) == 0 or prog.cursor >= job.stop_row):
       return
-    saved[0] = step
-    man = {"identity": ident, "cursor": {"row": cursor, "step": step, "count": acc.count},
-           "numerics": numerics(spec),
-           "config": config.to_dict() if hasattr(config, "to_dict") else {}}
-    extra = {}
-    if worker is not None:
-      worker.drain()          # the reference sums up to this step's cursor
-      data = check.to_bytes()
-      extra[SC.FILE] = data
-      man["selfcheck"] = {"settings": check.settings(), "sha256": SC.digest(data)}
-    t = time.time()
-    ST.save(state_dir, step, acc.state, identity.normalize(man), keep=int(config.checkpoint.keep),
-            hook=_hook, extra_files=extra)
-    logging.info("correlate: committed step %d (row %d) in %.1fs", step, cursor, time.time() - t)
+    now = time.time()
+    el = now - self.t0
+    tps = self.rows_done * self.ctx / max(el, 1e-9)
+    # the rate since the previous line: the steady state, without the first step's compile
+    recent = (self.rows_done - self.last_line[1]) * self.ctx / max(now - self.last_line[0], 1e-9)
+    self.last_line = (now, self.rows_done)
+    eta = (job.stop_row - prog.cursor) * self.ctx / max(recent, 1e-9)
+    logging.info("correlate: step %d row %d/%d | %.0f tokens/s (%.0f since the last line) | "
+                 "%.1f GFLOP/s of correlation | forward %.0fs, accumulate %.0fs, host wait "
+                 "%.0fs | ETA %.0fs", prog.step, prog.cursor, job.stop_row, tps, recent,
+                 self.flops_step * self.steps_run / max(el, 1e-9) / 1e9,
+                 self.split["forward"], self.split["accumulate"], self.split["host wait"], eta)
 
-  row_sharding = jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.array(mesh.local_devices), ("rows",)),
-      jax.sharding.PartitionSpec("rows", None))
-  excl = exclude_ids(config, store)
-  pad_id = None if int(config.pad_id) < 0 else int(config.pad_id)
-  tokens_step = config.batch_rows * ctx
-  flops_step = M.step_flops(spec, tokens_step)
-  vocab = min([int(s.model.config.vocab_size) for s in srcs
-               if getattr(s, "model", None) is not None] or [np.iinfo(np.int32).max])
-  batches = store.iter_batches(config.batch_rows, start_row=cursor, stop_row=stop_row,
-                               process_index=pidx, process_count=pcount)
+
+def accumulate(job: Job, unit: Pass, prog: Progress, *, overlap: bool,
+               hook=ST._no_hook) -> Progress:
+  """Phase 3: streams rows [cursor, stop_row) through the forwards of the pass's models into
+  the accumulator (and the self-check), committing every checkpoint.every_steps steps or
+  every_minutes minutes. `hook("step")` after every accumulated batch."""
+  config = job.config
+  pidx, pcount = jax.process_index(), jax.process_count()
+  feed = _Batches(job)
+  log = _ProgressLog(job, unit)
+  active = set(unit.spec.active)   # a tile's other models run no forward in this pass
+  batches = job.store.iter_batches(config.batch_rows, start_row=prog.cursor,
+                                   stop_row=job.stop_row, process_index=pidx,
+                                   process_count=pcount)
   if overlap:   # rows of step k+1 are read (and checked) while the device runs step k
     batches = read_ahead(batches, depth=2)
-  last_save, t0, rows_done, steps_run = time.time(), time.time(), 0, 0
-  last_line = (t0, 0)   # (time, rows done) at the previous progress line
-  split = {"forward": 0.0, "accumulate": 0.0, "host wait": 0.0}
+  last_save = time.time()
   in_flight = collections.deque()   # tickets of dispatched steps
   t_wait = time.time()
-  with MEM.oom_as_user_error("correlate", resume=state_dir):
-    for g, rows in batches:
-      split["host wait"] += time.time() - t_wait
-      n_valid = rows.shape[0]
-      if rows.size and (rows.min() < 0 or rows.max() >= vocab):   # device arrays skip the
-        raise UserError(f"rows [{g}, {g + config.batch_rows}) hold token ids in "  # model's check
-                        f"[{rows.min()}, {rows.max()}], outside every model's vocabulary "
-                        f"[0, {vocab}); use a token store made with the models' tokenizer")
-      a, _ = process_rows(g, config.batch_rows, stop_row, pidx, pcount)
-      tokens = np.zeros((per_pad, ctx), np.int32)
-      tokens[:n_valid] = rows
-      mask = np.asarray(token_mask(tokens, exclude_ids=excl, pad_id=pad_id))
-      mask[n_valid:] = False
-      tf = time.time()
-      dev_tokens = jax.device_put(tokens, row_sharding) if pcount == 1 else tokens
-      acts = [src.acts(dev_tokens, lids, range(a, a + n_valid)).reshape(per_pad * ctx, -1)
-              for src, lids in zip(srcs, layer_ids)]
-      ta = time.time()
-      split["forward"] += ta - tf
-      acc.update(acts, mask.reshape(-1))
-      if worker is not None:
-        worker.submit(check.gather(acts), mask.reshape(-1))
-      # async dispatch: wait for the previous step only, so the host prepares (and dispatches
-      # the forward of) step k+1 while the device runs step k, and at most two steps'
-      # activations are alive; without overlap, wait for this step (sequential, for profiling)
-      in_flight.append(_ticket(acc.state["n"]))
-      while len(in_flight) > (1 if overlap else 0):
-        in_flight.popleft().block_until_ready()
-      split["accumulate"] += time.time() - ta
-      step += 1
-      steps_run += 1
-      cursor = min(g + config.batch_rows, stop_row)
-      rows_done += min(config.batch_rows, stop_row - g)
-      _hook("step")
-      if step % max(int(config.log_every), 1) == 0 or cursor >= stop_row:
-        now = time.time()
-        el = now - t0
-        tps = rows_done * ctx / max(el, 1e-9)
-        # the rate since the previous line: the steady state, without the first step's compile
-        recent = (rows_done - last_line[1]) * ctx / max(now - last_line[0], 1e-9)
-        last_line = (now, rows_done)
-        eta = (stop_row - cursor) * ctx / max(recent, 1e-9)
-        logging.info("correlate: step %d row %d/%d | %.0f tokens/s (%.0f since the last line) | "
-                     "%.1f GFLOP/s of correlation | forward %.0fs, accumulate %.0fs, host wait "
-                     "%.0fs | ETA %.0fs", step, cursor, stop_row, tps, recent,
-                     flops_step * steps_run / max(el, 1e-9) / 1e9,
-                     split["forward"], split["accumulate"], split["host wait"], eta)
-      due = (step % max(int(config.checkpoint.every_steps), 1) == 0 or
-             time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
-      if due and cursor < stop_row:
-        save()
-        last_save = time.time()
-      t_wait = time.time()
-    save()
-    if worker is not None:
-      worker.drain()
-      worker.close()
-    return finalize_to_dir(config, spec, mesh, acc.state, tables_dir, srcs, t_start,
-                           identity.normalize(ident), check=check)
+  for g, rows in batches:
+    log.split["host wait"] += time.time() - t_wait
+    dev_tokens, mask, row_ids = feed.inputs(g, rows)
+    tf = time.time()
+    acts = [src.acts(dev_tokens, lids, row_ids).reshape(feed.per_pad * feed.ctx, -1)
+            if m in active else None
+            for m, (src, lids) in enumerate(zip(job.srcs, unit.spec.layer_ids))]
+    ta = time.time()
+    log.split["forward"] += ta - tf
+    prog.acc.update(acts, mask)
+    if prog.worker is not None:
+      prog.worker.submit(prog.check.gather(acts), mask)
+    # async dispatch: wait for the previous step only, so the host prepares (and dispatches
+    # the forward of) step k+1 while the device runs step k, and at most two steps'
+    # activations are alive; without overlap, wait for this step (sequential, for profiling)
+    in_flight.append(_ticket(prog.acc.state["n"]))
+    while len(in_flight) > (1 if overlap else 0):
+      in_flight.popleft().block_until_ready()
+    log.split["accumulate"] += time.time() - ta
+    prog.step += 1
+    prog.cursor = min(g + config.batch_rows, job.stop_row)
+    log.step_done(prog, g)
+    hook("step")
+    due = (prog.step % max(int(config.checkpoint.every_steps), 1) == 0 or
+           time.time() - last_save > 60 * float(config.checkpoint.every_minutes))
+    if due and prog.cursor < job.stop_row:
+      commit(job, unit, prog, hook)
+      last_save = time.time()
+    t_wait = time.time()
+  return prog
+
+
+def finalize(job: Job, units, live: dict, replace: bool = False) -> str:
+  """Phase 5: the tables from every pass's moments — `live` {pass index: Progress} still
+  in memory, the others restored one at a time from their last commit — checked against the
+  float64 self-check before anything is written."""
+  config, mesh = job.config, job.mesh
+  dead_rel_std = float(config.dead_rel_std)
+  dfs, dead, checks, count, finalize_s = {}, {}, [], 0, 0.0
+  for unit in sorted(units, key=lambda u: u.index not in live):   # in-memory state first
+    prog = live.pop(unit.index, None)
+    if prog is not None:
+      if prog.worker is not None:
+        prog.worker.drain()
+        prog.worker.close()
+      state, check = prog.acc.state, prog.check
+      del prog
+    else:
+      manifest, path = ST.latest(unit.state_dir)
+      if manifest is None or int(manifest["cursor"]["row"]) != job.stop_row:
+        raise UserError(f"{unit.state_dir}: pass {unit.index + 1} of {unit.count} has no "
+                        "complete commit; rerun the same command to resume")
+      ST.check_identity(manifest["identity"], unit.identity, path)
+      state = ST.restore(path, M.state_shapes(unit.spec), M.state_shardings(unit.spec, mesh),
+                         manifest["cursor"]["count"])
+      check = _restore_check(config, unit.spec, manifest, path, job.spec)
+    moments = F.moments_host(unit.spec, state, dead_rel_std)   # once, for both
+    count = moments[0]
+    checks.append(measure_check(config, unit.spec, state, check, moments))
+    t = time.time()
+    pair_dfs, pair_dead = pair_tables(config, unit.spec, mesh, state, moments)
+    finalize_s += time.time() - t
+    for key, df in pair_dfs.items():
+      dfs.setdefault(key, []).append(df)
+    for own, (layers, d) in pair_dead.items():
+      dead.setdefault(own, {})[layers] = d
+    if config.save_full_matrix:   # before tables/: tables mark completion
+      from ucore.corr import export
+      export.write_full(unit.spec, mesh, state, os.path.join(workdir_of(job.tables_dir), "full"),
+                        dead_rel_std)
+    del state
+  checked = combine_checks(checks, job.spec)
+  t = time.time()
+  res = assemble_tables(config, job.spec, dfs, dead, count)
+  finalize_s += time.time() - t
+  logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
+  return write_tables_dir(config, job.spec, res, checked, job.tables_dir, job.srcs,
+                          job.t_start, job.identity, finalize_s, replace=replace,
+                          passes=len(units))
+
+
+@workdir_lock.locked(process_zero_only=True)
+def run(config, workdir: str, *, store=None, _hook=ST._no_hook):
+  """prepare -> (already finalized | re-finalize) or plan the passes -> per pass: resume or
+  start -> accumulate -> commit -> finalize. `store` (optional) replaces config.token_store:
+  any object with the TokenStore interface (num_rows, ctx, store_id, mask_exclude_ids,
+  iter_batches).
+  `_hook(phase)`: test-only callback, with "step" after every accumulated batch and at the
+  checkpoint's crash-sensitive points (ucore.corr.state.save); tests kill the process there."""
+  job = prepare(config, workdir, store)
+  done = finished_tables(job)
+  if done is not None:
+    return done
+  place_models(job)
+  units = plan_passes(job)
+  live = {}
+  with MEM.oom_as_user_error("correlate", resume=job.state_dir):
+    for unit in units:
+      if pass_complete(job, unit) and unit.index != units[-1].index:
+        continue   # restored at finalize
+      overlap = steps_in_flight(job, unit) > 1
+      prog = resume_or_start(job, unit)
+      accumulate(job, unit, prog, overlap=overlap, hook=_hook)
+      commit(job, unit, prog, _hook)
+      if unit.index == units[-1].index:
+        live[unit.index] = prog
+      else:
+        if prog.worker is not None:
+          prog.worker.drain()
+          prog.worker.close()
+        del prog   # the next pass's state takes its memory
+    return finalize(job, units, live)
 
 
 @jax.jit
@@ -346,18 +617,19 @@ def numerics(spec) -> str:
                          gemm=precision_names.describe(spec.precision))
 
 
-def _new_check(config, spec):
-  """A SelfCheck, or a string saying why this run has none."""
+def _new_check(config, spec, whole=None):
+  """A SelfCheck (of a pass's tile `spec` of the run's `whole` spec), or a string saying why
+  this run has none."""
   if int(config.selfcheck.sample) == 0:
     return "off (config.selfcheck.sample=0)"
   if jax.process_count() > 1:
     return "unavailable in multi-process runs"
-  return SC.SelfCheck(spec, int(config.selfcheck.sample), int(config.selfcheck.seed))
+  return SC.SelfCheck(spec, int(config.selfcheck.sample), int(config.selfcheck.seed), whole)
 
 
-def _restore_check(config, spec, manifest, path):
+def _restore_check(config, spec, manifest, path, whole=None):
   """The resumed run's SelfCheck with its reference sums, or why there is none."""
-  check = _new_check(config, spec)
+  check = _new_check(config, spec, whole)
   if not isinstance(check, SC.SelfCheck):
     return check
   rec = manifest.get("selfcheck")
@@ -370,40 +642,76 @@ def _restore_check(config, spec, manifest, path):
   return check
 
 
-def compute_tables(config, spec, mesh, state, moments=None):
-  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}.
-  moments: F.moments_host's (n, per-model moments) when the caller has them."""
-  dead_value = float(config.dead_value) if config.fill_dead else None
-  n, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
+def _check_baseline_kinds(config) -> tuple:
   kinds = tuple(config.baseline.kinds)
   if kinds and config.baseline.primary not in kinds:
     raise UserError(f"baseline.primary={config.baseline.primary!r} is not in baseline.kinds.")
+  return kinds
+
+
+def pair_tables(config, spec, mesh, state, moments):
+  """Per-pair tables of one state (the whole run's or one pass's tile): ({(own, partner)
+  model index: df}, {own: (own layer ids, dead [L_own·d_mlp])}) for every row model the
+  run reports (the reference; in all_pairs every model, in both directions of each pair)."""
+  dead_value = float(config.dead_value) if config.fill_dead else None
+  _, moms = moments
+  kinds = _check_baseline_kinds(config)
+  dfs, dead = {}, {}
+  for x, y in spec.pairs:
+    for own, part, orient in ((x, y, "fwd"), (y, x, "bwd")):
+      if orient == "bwd" and config.mode == "reference":
+        continue
+      res = F.pair_result(spec, mesh, state, x, y, orient, top_k=int(config.top_k),
+                          baseline_kinds=kinds, draws=int(config.baseline.draws),
+                          seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
+                          moments=moms)
+      dfs[(own, part)] = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary,
+                                       dead_value)
+      dead[own] = (spec.layer_ids[own], moms[own]["dead"][:, :spec.d_mlp].reshape(-1))
+  from ucore.corr import baselines
+  baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
+  return dfs, dead
+
+
+def assemble_tables(config, spec, dfs, dead, count):
+  """The whole run's tables from the passes' pair tables. dfs: {(own, part): [df per chunk
+  of own's layers]}; dead: {own: {own layer ids: dead}}. Partners in the run's pair order
+  (a single pass's order, whatever the tiles were)."""
+  import pandas as pd
+  dead_value = float(config.dead_value) if config.fill_dead else None
   own_models = [0] if config.mode == "reference" else list(range(spec.n_models))
-  out = {"neurons": {}, "pairs": {}, "layer_counts": {}, "partner_layers": {}, "count": n}
+  out = {"neurons": {}, "pairs": {}, "layer_counts": {}, "partner_layers": {}, "count": count}
   for own in own_models:
     pts, layers = {}, {}
     for x, y in spec.pairs:
       if own not in (x, y):
         continue
-      orient = "fwd" if own == x else "bwd"
       part = y if own == x else x
-      res = F.pair_result(spec, mesh, state, x, y, orient, top_k=int(config.top_k),
-                          baseline_kinds=kinds, draws=int(config.baseline.draws),
-                          seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
-                          moments=moms)
-      t = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary, dead_value)
+      chunks = sorted(dfs[(own, part)], key=lambda df: df.index[0][0])
+      t = chunks[0] if len(chunks) == 1 else pd.concat(chunks)
       pts[spec.names[part]] = t
       layers[spec.names[part]] = spec.layer_ids[part]
       out["pairs"][(spec.names[own], spec.names[part])] = t
-    dead = moms[own]["dead"][:, :spec.d_mlp].reshape(-1)
-    agg = TB.aggregate_table(pts, dead, float(config.threshold), dead_value)
+    own_dead = np.concatenate([d for _, d in sorted(dead[own].items())])
+    agg = TB.aggregate_table(pts, own_dead, float(config.threshold), dead_value)
     name = spec.names[own]
     out["neurons"][name] = agg
     out["layer_counts"][name] = TB.layer_counts(agg)
     out["partner_layers"][name] = TB.partner_layer_hist(pts, layers)
-  from ucore.corr import baselines
-  baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
+  if config.mode == "all_pairs" and config.baseline.kinds:   # the seed × seed matrix
+    out["seed_matrix"] = TB.seed_matrix(out["neurons"], float(config.threshold))
   return out
+
+
+def compute_tables(config, spec, mesh, state, moments=None):
+  """{'neurons': {own: df}, 'pairs': {(own, partner): df}, 'layer_counts', 'partner_layers'}
+  of one state holding every pair. moments: F.moments_host's (n, per-model moments) when
+  the caller has them."""
+  moments = moments or F.moments_host(spec, state, float(config.dead_rel_std))
+  _check_baseline_kinds(config)
+  dfs, dead = pair_tables(config, spec, mesh, state, moments)
+  return assemble_tables(config, spec, {k: [v] for k, v in dfs.items()},
+                         {own: {layers: d} for own, (layers, d) in dead.items()}, moments[0])
 
 
 FINALIZE_FIELDS = ("top_k", "threshold", "dead_rel_std", "fill_dead", "dead_value",
@@ -422,22 +730,36 @@ def finalize_settings(config) -> dict:
   return identity.normalize(out)
 
 
-def verify(config, spec, state, check, moments=None) -> dict:
-  """The self-check's measured errors (summary.json's "selfcheck"); UserError, before any
-  table is written, when they exceed config.selfcheck.fail_above (the moments stay committed:
-  rerun with a higher bound, or another precision, to get tables)."""
+def measure_check(config, spec, state, check, moments) -> dict:
+  """The self-check's measured errors on one state (the run's or one pass's), or its
+  status where the run has none."""
   if not isinstance(check, SC.SelfCheck):
     return {"status": check, "precision": spec.precision}
   t = time.time()
-  _, moms = moments or F.moments_host(spec, state, float(config.dead_rel_std))
-  res = dict(check.measure(state, moms), precision=spec.precision,
+  res = dict(check.measure(state, moments[1]), precision=spec.precision,
              fail_above=float(config.selfcheck.fail_above))
+  logging.info("correlate: self-check of %d pair(s) (%s, %d × %d sample, float64 reference "
+               "over %d tokens): max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)",
+               len(spec.pairs), spec.precision, check.sample, check.sample, res["tokens"],
+               res["max_abs_corr"], res["max_abs_rotated"], time.time() - t)
+  return res
+
+
+def combine_checks(results, spec) -> dict:
+  """The passes' self-checks as one (summary.json's "selfcheck": maxima over the passes,
+  entries summed: what one pass over every pair measures); UserError, before any table is
+  written, when the errors exceed config.selfcheck.fail_above (the moments stay committed:
+  rerun with a higher bound, or another precision, to get tables)."""
+  if any("max_abs_corr" not in r for r in results):
+    return next(r for r in results if "max_abs_corr" not in r)
+  res = dict(results[0])
+  for r in results[1:]:
+    for key in ("max_abs_corr", "max_abs_rotated"):
+      res[key] = max(res[key], r[key]) if np.isfinite(res[key]) else res[key]
+    for key in ("entries_checked", "rotated_checked"):
+      res[key] += r[key]
   worst = max(res["max_abs_corr"], res["max_abs_rotated"])
   res["status"] = "ok" if worst <= res["fail_above"] else "failed"
-  logging.info("correlate: self-check (%s, %d × %d sample, float64 reference over %d tokens): "
-               "max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)", spec.precision,
-               check.sample, check.sample, res["tokens"], res["max_abs_corr"],
-               res["max_abs_rotated"], time.time() - t)
   if not worst <= res["fail_above"]:   # NaN fails too
     raise UserError(f"self-check failed: max |Δcorr| {res['max_abs_corr']:.2e}, max |Δrotated "
                     f"corr| {res['max_abs_rotated']:.2e} vs the float64 reference exceed "
@@ -447,22 +769,15 @@ def verify(config, spec, state, check, moments=None) -> dict:
   return res
 
 
-def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
-                    replace=False, check=None):
-  moments = F.moments_host(spec, state, float(config.dead_rel_std))   # once, for both
-  checked = verify(config, spec, state, check if check is not None else "not run", moments)
-  t = time.time()
-  res = compute_tables(config, spec, mesh, state, moments)
-  finalize_s = time.time() - t
-  logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
-  if config.save_full_matrix:
-    from ucore.corr import export
-    export.write_full(spec, mesh, state, os.path.join(workdir_of(tables_dir), "full"),
-                      float(config.dead_rel_std))   # before tables/: tables mark completion
+def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, ident,
+                     finalize_s, replace=False, passes=1) -> str:
+  """The tables and summary.json (last: it marks completion), staged and renamed."""
   if jax.process_index() == 0:
     with atomic.staged_dir(tables_dir, replace=replace) as tmp:
       TB.write_tables(tmp, res["neurons"], res["layer_counts"], res["partner_layers"],
                       res["pairs"])
+      if "seed_matrix" in res:
+        TB.write_seed_matrix(tmp, *res["seed_matrix"])
       summary = {
           "tokens_counted": int(res["count"]),
           "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
@@ -479,6 +794,8 @@ def finalize_to_dir(config, spec, mesh, state, tables_dir, srcs, t_start, ident,
           "seconds": time.time() - t_start,
           "finalize_seconds": finalize_s,   # compute_tables alone (baselines, top-k)
       }
+      if passes > 1:
+        summary["passes"] = int(passes)
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
   return tables_dir

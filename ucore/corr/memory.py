@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,11 +61,12 @@ def step_args(spec: M.Spec, mesh, tokens_per_step: int):
   tp = padded_tokens(mesh, tokens_per_step)
   xsh = NamedSharding(mesh, M.X_SPEC)
   xs = [jax.ShapeDtypeStruct((spec.n_layers[m], spec.d_pad, tp), jnp.float32, sharding=xsh)
-        for m in range(spec.n_models)]
+        for m in spec.active]
   w = jax.ShapeDtypeStruct((tp,), jnp.float32, sharding=NamedSharding(mesh, P((M.TOK, M.NEU))))
   return state, xs, w
 
 
+@functools.lru_cache(maxsize=64)
 def step_memory(spec: M.Spec, mesh, tokens_per_step: int) -> StepMemory:
   """Compiles (does not run) the accumulate step and returns its per-device memory."""
   compiled = M.make_step(spec, mesh).lower(*step_args(spec, mesh, tokens_per_step)).compile()
@@ -77,7 +79,7 @@ def step_memory(spec: M.Spec, mesh, tokens_per_step: int) -> StepMemory:
 def captured_bytes(spec: M.Spec, mesh, tokens_per_step: int) -> int:
   """Per device: the forwards' captured activations [T, L_m*d_mlp] float32, alive while the
   step runs (the driver holds them until the update returns); rows split over local devices."""
-  per_token = sum(spec.n_layers) * spec.d_mlp * 4
+  per_token = sum(spec.n_layers[m] for m in spec.active) * spec.d_mlp * 4
   return -(-int(tokens_per_step) * per_token // max(len(mesh.local_devices), 1))
 
 
@@ -102,6 +104,29 @@ def host_available_bytes() -> int | None:
   return None
 
 
+def free_per_device(mesh, free: int | None = None):
+  """(bytes a step may use per local device, where the figure comes from), or (None, why)
+  where nothing says. free: config.memory.device_gib's figure, which wins."""
+  if free is not None:
+    return int(free), "set by memory.device_gib"
+  local = list(mesh.local_devices)
+  frees = [free_bytes(d) for d in local]
+  if all(f is not None for f in frees):
+    return min(frees), f"free on each {local[0].device_kind}"
+  host = host_available_bytes()
+  if host is None:
+    return None, "no memory statistics here"
+  return host // max(len(local), 1), (f"of host memory available per device ({len(local)} "
+                                      "share it)")
+
+
+def step_need(spec: M.Spec, mesh, tokens_per_step: int, steps_in_flight: int = 1) -> int:
+  """Per-device bytes of one step of `spec` (a whole run or one pass's tile): the compiled
+  step plus the captured activations of `steps_in_flight` steps."""
+  return (step_memory(spec, mesh, tokens_per_step).need
+          + max(int(steps_in_flight), 1) * captured_bytes(spec, mesh, tokens_per_step))
+
+
 def preflight(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0, *,
               free: int | None = None, steps_in_flight: int = 1) -> int:
   """UserError (one line) unless one step fits every local device; returns the need in bytes.
@@ -115,20 +140,10 @@ def preflight(spec: M.Spec, mesh, tokens_per_step: int, model_bytes: int = 0, *,
   sm = step_memory(spec, mesh, tokens_per_step)
   need = (sm.need + max(int(steps_in_flight), 1) * captured_bytes(spec, mesh, tokens_per_step)
           + int(model_bytes))
-  local = list(mesh.local_devices)
-  if free is not None:
-    where = "set by memory.device_gib"
-  else:
-    frees = [free_bytes(d) for d in local]
-    if all(f is not None for f in frees):
-      free, where = min(frees), f"free on each {local[0].device_kind}"
-    else:
-      host = host_available_bytes()
-      if host is None:
-        logging.debug("preflight: no memory statistics here; not checked")
-        return need
-      free = host // max(len(local), 1)
-      where = f"of host memory available per device ({len(local)} share it)"
+  free, where = free_per_device(mesh, free)
+  if free is None:
+    logging.debug("preflight: no memory statistics here; not checked")
+    return need
   logging.info("correlate: one step needs %.2f GiB per device (step %.2f, of it temporaries "
                "%.2f; + captured activations), %.2f GiB %s", need / GIB, sm.need / GIB,
                sm.temp / GIB, free / GIB, where)

@@ -80,10 +80,22 @@ class Spec:
   layer_mode: str = "all"  # "all" | "adjacent"
   compensated: bool = True
   precision: str = "highest"   # dot precision of the C/S GEMMs (ucore.corr.precision)
+  stats_cols: tuple = ()  # a pass's tile (ucore.corr.passes): the models whose batch
+                          # statistics come from the column slab, as in the whole run's spec
+                          # (so a tile's means are bit-identical to one pass's); () = derived
 
   @property
   def n_models(self):
     return len(self.names)
+
+  @property
+  def active(self) -> tuple:
+    """Models whose activations this spec's step reads (every model, except in a tile)."""
+    return tuple(sorted({m for p in self.pairs for m in p} | set(self.rotated)))
+
+  def col_stats_models(self) -> set:
+    return set(self.stats_cols) if self.stats_cols else (
+        {y for _, y in self.pairs} | set(self.rotated))
 
   def band(self, x, y):
     return self.n_layers[y] if self.layer_mode == "all" else 3
@@ -100,6 +112,8 @@ class Spec:
     out = dataclasses.asdict(self)
     if out["precision"] == "highest":   # runs from before precision modes resume unchanged
       del out["precision"]
+    if not out["stats_cols"]:           # ... and from before passes
+      del out["stats_cols"]
     return out
 
 
@@ -242,14 +256,14 @@ def _local_step(spec: Spec, state, xs, w):
   new = dict(state)
   new["n"] = n + n_b
   need_rows = {x for x, _ in spec.pairs} | set(spec.rotated)
-  need_cols = {y for _, y in spec.pairs} | set(spec.rotated)
+  stats_cols = spec.col_stats_models()
   rows_c, cols_c, d_rows, d_cols = {}, {}, {}, {}
-  for m in range(spec.n_models):
+  for pos, m in enumerate(spec.active):   # a tile's other models keep their (zero) moments
     slabs = {}
     if m in need_rows:
-      slabs["rows"] = _gather_slab(xs[m], TOK, NEU, r, c)        # [L, dr, T]
-    if m in need_cols:
-      slabs["cols"] = _gather_slab(xs[m], NEU, TOK, c, r)        # [L, dc, T]
+      slabs["rows"] = _gather_slab(xs[pos], TOK, NEU, r, c)      # [L, dr, T]
+    if m in stats_cols:
+      slabs["cols"] = _gather_slab(xs[pos], NEU, TOK, c, r)      # [L, dc, T]
     # batch statistics from one slab, all-gathered to the full (replicated) vectors
     which, ax = ("cols", NEU) if "cols" in slabs else ("rows", TOK)
     hi_l, lo_l, m2_l, xc_l = _batch_stats(slabs[which], wg, n_b)
@@ -312,7 +326,7 @@ def _local_step(spec: Spec, state, xs, w):
 def make_step(spec: Spec, mesh: Mesh):
   """jit(state, xs: list of [T, L_m, d_pad] token-sharded, w [T]) -> state (donated)."""
   specs = {k: p for k, (_, _, p) in state_shapes(spec).items()}
-  xspecs = [X_SPEC] * spec.n_models
+  xspecs = [X_SPEC] * len(spec.active)
   fn = jax.shard_map(partial(_local_step, spec), mesh=mesh,
                      in_specs=(specs, xspecs, P((TOK, NEU))), out_specs=specs,
                      check_vma=False)
@@ -342,7 +356,8 @@ class Accumulator:
   """Owns the sharded state and the compiled step; feed it batches of activations.
 
   `update(acts, mask)`: acts is a list (one per model, same token order) of arrays
-  [T, L_m, d_mlp] (or [T, L_m*d_mlp]); mask [T] bool, True = token counted. Any T.
+  [T, L_m, d_mlp] (or [T, L_m*d_mlp]); mask [T] bool, True = token counted. Any T. Entries
+  of models outside `spec.active` (a pass's tile) are ignored and may be None.
   """
 
   def __init__(self, spec: Spec, mesh: Mesh, state=None):
@@ -364,7 +379,8 @@ class Accumulator:
     local = max(self.mesh.size // jax.process_count(), 1)
     Tp = -(-max(T, 1) // local) * local
     xs = []
-    for m, a in enumerate(acts):
+    for m in spec.active:
+      a = acts[m]
       if a.shape[0] != T or int(np.prod(a.shape)) != T * spec.n_layers[m] * spec.d_mlp:
         raise ValueError(f"model {m}: activations {a.shape} do not match {T} tokens × "
                          f"{spec.n_layers[m]} layers × {spec.d_mlp} neurons")

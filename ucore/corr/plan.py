@@ -132,15 +132,98 @@ class Plan:
   est_hours: float
   original_accum_gib: float
   precision: str = "highest"
+  # passes (ucore.corr.passes), where one pass does not fit: the tiles' count and layout,
+  # the largest tile's peak, and the time with every pass's forwards recomputed
+  passes: int = 1
+  pass_layout: str = ""
+  pass_peak_gib: float = 0.0
+  pass_memory_source: str = ""
+  pass_hours: float = 0.0
+  forward_share: float = 0.0       # recomputed forwards' share of the passes' FLOPs
+
+
+class _MeshShape:
+  """What make_spec reads of a mesh (its axis sizes): specs for devices not at hand."""
+
+  def __init__(self, tok, neu):
+    from ucore.corr import moments as M
+    self.shape = {M.TOK: tok, M.NEU: neu}
+
+
+def run_spec(n_models, arch: Arch, *, devices, tok, mode="reference", layer_mode="all",
+             compensated=True, precision="highest", mesh=None):
+  """The Spec a correlate run of `n_models` × `arch` makes on `devices` (mesh tok × rest)."""
+  from ucore.corr import moments as M
+  return M.make_spec([f"m{i}" for i in range(n_models)], [range(arch.n_layer)] * n_models,
+                     arch.d_mlp, mesh or _MeshShape(tok, devices // tok), mode=mode,
+                     layer_mode=layer_mode, compensated=compensated, precision=precision)
+
+
+def tile_bytes(t, arch: Arch, *, devices, tok, tokens_per_step, precision="highest") -> dict:
+  """Analytic per-device bytes of one step of spec `t` (a whole run or one pass's tile):
+  'state', 'step' (state + slabs + GEMM block + precision split), 'captured' (one step's
+  forwards' activations), 'fin' (finalize transient). The same terms as `plan`'s."""
+  from ucore.corr import moments as M
+  neu = devices // tok
+  d_pad, T = t.d_pad, tokens_per_step
+  rows = {x for x, _ in t.pairs} | set(t.rotated)
+  cols = t.col_stats_models() & set(t.active)
+  state = M.state_bytes(t) / devices
+  acts = 2 * T * 4 * (sum(t.n_layers[m] for m in rows) * d_pad / tok
+                      + sum(t.n_layers[m] for m in cols) * d_pad / neu)
+  gemm = max(t.n_layers[x] * d_pad / tok * t.band(x, y) * d_pad / neu * 4 for x, y in t.pairs)
+  captured = T * sum(t.n_layers[m] for m in t.active) * arch.d_mlp * 4 / devices
+  split = 2 * captured if precision == "bf16_3x" else 0
+  fin = max(t.n_layers[m] for m in t.active) * d_pad * d_pad * 4 / tok
+  return {"state": state, "step": state + acts + gemm + split, "captured": captured,
+          "fin": fin}
+
+
+def forward_flops(arch: Arch, ctx: int) -> float:
+  """One model's forward FLOPs per token."""
+  return (2.0 * arch.n_layer * (4 * arch.d_model + 2 * arch.d_mlp) * arch.d_model
+          + 4.0 * arch.n_layer * ctx * arch.d_model)
+
+
+def plan_passes(spec, arch: Arch, *, devices, tok, device, tokens_per_step, tokens,
+                precision="highest", efficiency=0.7, ctx=512, compiled=None,
+                n_models=None):
+  """The passes correlate would make where one does not fit `device` (ucore.corr.passes:
+  the fewest tiles whose peak — weights + step + one step's captured activations — is ≤ 90%
+  of the device): (tiles, largest peak in bytes, hours with every pass's forwards, forwards'
+  share of the FLOPs), or None when not even one tile fits. compiled(tile): the compiled
+  step's need where the device is at hand (else None: the analytic estimate)."""
+  from ucore.corr import moments as M
+  from ucore.corr import passes as PS
+  usable = 0.9 * DEVICES[device][1] * 2.0 ** 30
+  weights = (n_models or spec.n_models) * arch.n_params() * 4
+
+  def peak(t):
+    b = tile_bytes(t, arch, devices=devices, tok=tok, tokens_per_step=tokens_per_step,
+                   precision=precision)
+    step = compiled(t) if compiled is not None else None
+    step = b["step"] if step is None else step
+    return weights + max(step + b["captured"], b["state"] + b["fin"])
+
+  tiles = PS.choose(spec, lambda t: peak(t) <= usable)
+  if tiles is None:
+    return None
+  fwd = forward_flops(arch, ctx)
+  corr = sum(M.step_flops(t, 1) for t in tiles)
+  fw = sum(len(t.active) for t in tiles) * fwd
+  secs = (corr / (gemm_tflops(device, precision) * 1e12) + fw / (DEVICES[device][0] * 1e12)) \
+      * tokens / (devices * efficiency)
+  return tiles, max(peak(t) for t in tiles), secs / 3600, fw / (fw + corr)
 
 
 def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
          layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None,
-         precision="highest", overlap=True) -> Plan:
+         precision="highest", overlap=True, compiled_tile=None) -> Plan:
   """compiled_step_bytes: the compiled step's per-device need (compiled_step_bytes()); used
   instead of the analytic step estimate when given. overlap: the driver's overlapped loop
-  holds two steps' captured activations (what correlate's preflight counts)."""
+  holds two steps' captured activations (what correlate's preflight counts).
+  compiled_tile(tile): a pass's compiled step need, where the device is at hand."""
   if device not in DEVICES:
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
@@ -200,7 +283,21 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   hours = (corr_fl / (gemm_tflops(device, precision) * 1e12) + fwd_fl / (peak * 1e12)) * tokens \
       / (devices * efficiency) / 3600
   g = 2.0 ** 30
-  return Plan(name=name, models=n_models, pairs=pairs, n_layer=n_layer, d_mlp=d_mlp,
+  extra = {}
+  if per_dev / g > 0.9 * mem:   # one pass does not fit: passes
+    spec = run_spec(n_models, arch, devices=devices, tok=tok, mode=mode,
+                    layer_mode=layer_mode, compensated=compensated, precision=precision)
+    got = plan_passes(spec, arch, devices=devices, tok=tok, device=device,
+                      tokens_per_step=tokens_per_step, tokens=tokens, precision=precision,
+                      efficiency=efficiency, ctx=ctx, compiled=compiled_tile)
+    if got is not None:
+      from ucore.corr import passes as PS
+      tiles, peak, hrs, share = got
+      extra = dict(passes=len(tiles), pass_layout=_layout(tiles), pass_peak_gib=peak / g,
+                   pass_memory_source=("compiled" if compiled_tile is not None
+                                       else "analytic"), pass_hours=hrs,
+                   forward_share=share)
+  return Plan(**extra, name=name, models=n_models, pairs=pairs, n_layer=n_layer, d_mlp=d_mlp,
               params_per_model=params,
               tokens=tokens, devices=devices, mesh=(tok, neu), device=device,
               tokens_per_step=tokens_per_step, state_gib_total=state / g,
@@ -213,6 +310,18 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
               device_gib=mem, fits=per_dev / g <= 0.9 * mem, corr_flops_per_token=corr_fl,
               forward_flops_per_token=fwd_fl, total_flops=total, est_hours=hours,
               original_accum_gib=pairs * (N * N + 2 * N) * 8 / g, precision=precision)
+
+
+def _layout(tiles) -> str:
+  """'4 partner groups × 3 reference-layer chunks' / '9 pair groups'."""
+  pairs = {t.pairs for t in tiles}
+  chunks = {t.layer_ids[0] for t in tiles}
+  if all(x == 0 for t in tiles for x, _ in t.pairs) and len(chunks) > 1:
+    return (f"{len(pairs)} partner group(s) × {len(chunks)} reference-layer chunks of "
+            f"≤ {max(len(c) for c in chunks)} layers")
+  if all(x == 0 for t in tiles for x, _ in t.pairs):
+    return f"{len(pairs)} partner groups of ≤ {max(len(p) for p in pairs)} partners"
+  return f"{len(pairs)} pair groups of ≤ {max(len(p) for p in pairs)} pairs"
 
 
 def arch_of(config) -> Arch:
@@ -246,10 +355,16 @@ def arch_of(config) -> Arch:
 def format_plan(p: Plan) -> str:
   fit = (f"fits one step at a time; two in flight would need {p.overlapped_peak_gib:.1f}"
          if p.one_step_at_a_time else "fits" if p.fits else
-         "DOES NOT FIT: add devices, lower batch_rows, set overlap=False or "
+         f"one pass does not fit: {p.passes} passes, below" if p.passes > 1 else
+         "DOES NOT FIT even in passes: add devices, lower batch_rows, set overlap=False or "
          "compensated=False")
   compared = ("" if p.memory_source == "analytic" else
               f"; analytic estimate {p.analytic_step_gib:.2f}")
+  passes = ("" if p.passes == 1 else
+            f"\n  in {p.passes} passes ({p.pass_layout}) over the same rows: peak ≈ "
+            f"{p.pass_peak_gib:.1f} GiB/device per pass ({p.pass_memory_source}; fits); "
+            f"forwards recomputed each pass ({100 * p.forward_share:.1f}% of the FLOPs) → ≈ "
+            f"{p.pass_hours:.2f} h")
   return (f"{p.name}: {p.models} models, {p.pairs} pairs, {p.n_layer}×{p.d_mlp} neurons, "
           f"{p.tokens:.3g} tokens on {p.devices}× {p.device} (mesh tok={p.mesh[0]} "
           f"neu={p.mesh[1]}), {p.tokens_per_step} tokens/step\n"
@@ -261,7 +376,8 @@ def format_plan(p: Plan) -> str:
           f"  FLOPs/token: correlations {p.corr_flops_per_token / 1e9:.2f} G + forwards "
           f"{p.forward_flops_per_token / 1e9:.2f} G; total {p.total_flops:.3g} → ≈ "
           f"{p.est_hours:.2f} h at 70% of the {p.precision} GEMM rate (the original: "
-          f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)")
+          f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)"
+          + passes)
 
 
 def local_kind():
@@ -289,3 +405,14 @@ def compiled_step_bytes(n_models, arch: Arch, *, devices, tok, device, tokens_pe
                      arch.d_mlp, mesh, mode=mode, layer_mode=layer_mode,
                      compensated=compensated, precision=precision)
   return memory.step_memory(spec, mesh, tokens_per_step).need
+
+
+def compiled_tile_bytes(*, devices, tok, device, tokens_per_step):
+  """tile -> its compiled step's per-device need (ucore.corr.memory), where the planned
+  device kind × count is at hand here; None elsewhere (plans use the analytic estimate)."""
+  import jax
+  from ucore.corr import memory, moments as M
+  if device != local_kind() or devices > jax.device_count() or devices % tok:
+    return None
+  mesh = M.make_mesh(tok, devices // tok, jax.devices()[:devices])
+  return lambda t: memory.step_memory(t, mesh, tokens_per_step).need

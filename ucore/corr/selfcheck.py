@@ -45,17 +45,21 @@ def _sample_ids(n_total: int, size: int, rng) -> np.ndarray:
 class SelfCheck:
   """The sample, the check rotation and the float64 reference sums of one run."""
 
-  def __init__(self, spec, sample: int, seed: int):
+  def __init__(self, spec, sample: int, seed: int, whole=None):
+    """`whole`: the run's spec when `spec` is one pass's tile (ucore.corr.passes): the sample
+    and the rotations are the whole run's, restricted to the tile's pairs (and reference
+    layers), so the passes together check exactly what a single pass checks."""
     self.spec, self.sample, self.seed = spec, int(sample), int(seed)
+    whole = spec if whole is None else whole
     d = spec.d_mlp
     rng = np.random.default_rng([self.seed, 0x5E1F])
-    self.ids = [_sample_ids(spec.n_layers[m] * d, self.sample, rng)
-                for m in range(spec.n_models)]
+    self.ids = [_sample_ids(whole.n_layers[m] * d, self.sample, rng)
+                for m in range(whole.n_models)]
     # rotated units of each baseline partner: per layer position, n_l rows of a Haar matrix
     # (the first n_l rows of Q from QR of a d × d... drawn as QR of d × n_l: same law)
     self.rot = {}
-    for y in spec.rotated:
-      lay = _sample_ids(spec.n_layers[y] * d, self.sample, rng) // d   # ≤ d units per layer
+    for y in whole.rotated:
+      lay = _sample_ids(whole.n_layers[y] * d, self.sample, rng) // d   # ≤ d units per layer
       rows = np.zeros((lay.size, d), np.float64)
       for l in np.unique(lay):
         k = int(np.sum(lay == l))
@@ -63,6 +67,12 @@ class SelfCheck:
         q = q * np.sign(np.diag(r))[None, :]
         rows[lay == l] = q.T
       self.rot[y] = (lay, rows.astype(np.float32))
+    self.rot = {y: v for y, v in self.rot.items() if y in spec.rotated}
+    if spec.layer_ids[0] != whole.layer_ids[0]:   # a chunk of the reference's layers
+      pos = [whole.layer_ids[0].index(l) for l in spec.layer_ids[0]]
+      lay, unit = self.ids[0] // d, self.ids[0] % d
+      keep = np.isin(lay, pos)
+      self.ids[0] = np.searchsorted(pos, lay[keep]) * d + unit[keep]
     self.n = 0
     self.shift = {}   # key -> float64 shift vector (first batch's means)
     self.sums = {}    # key -> float64 arrays
@@ -98,8 +108,8 @@ class SelfCheck:
   def _gather_fn(self, acts):
     """Device side of one step: sampled columns of every model, rotated units of partners."""
     d = self.spec.d_mlp
-    cols = [jnp.take(a.reshape(a.shape[0], -1), jnp.asarray(ids), axis=1)
-            for a, ids in zip(acts, self.ids)]
+    cols = {m: jnp.take(acts[m].reshape(acts[m].shape[0], -1), jnp.asarray(self.ids[m]), axis=1)
+            for m in self.spec.active}
     rots = {}
     for y, (lay, rows) in self.rot.items():
       a = acts[y].reshape(acts[y].shape[0], self.spec.n_layers[y], d)
@@ -125,7 +135,7 @@ class SelfCheck:
     keep = np.asarray(mask, bool).reshape(-1)
     if not keep.any():
       return
-    data = {f"x{m}": np.asarray(c, np.float64)[keep] for m, c in enumerate(cols)}
+    data = {f"x{m}": np.asarray(c, np.float64)[keep] for m, c in cols.items()}
     for y, (u, centres) in rots.items():
       lay, rows = self.rot[y]
       shift = np.concatenate([rows[lay == l].astype(np.float64) @ c.astype(np.float64)

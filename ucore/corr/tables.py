@@ -17,6 +17,13 @@ Plus `layer_counts_<own>.parquet` (per layer: neurons, dead, universal, share) a
 `partner_layers_<own>.parquet` (paper Fig. 2c: share of each layer's neurons whose best
 partner lies in each partner layer, per partner model and averaged).
 Dead or partner-less neurons are NaN unless `dead_value` is set.
+In mode all_pairs (a seed family, every model against every other) also:
+  `seed_matrix.parquet`     rows: model i, columns: every model j, value: share of i's live
+                            neurons universal against j alone (corr__j - baseline__j >
+                            threshold; NaN on the diagonal); column `universal`: the share
+                            universal against the family (the neurons table's `universal`)
+  `k_of_m_<own>.parquet`    per neuron: k = the siblings it is universal against (of
+                            M-1 = `of`), `universal`, `dead`
 
 This module is the one home of the tables directory's layout: the writer (`write_tables`)
 and the readers (`read_neurons`, `read_neuron_table`, `read_partner_layers`,
@@ -43,6 +50,8 @@ PAIRS_DIR = "pairs"                            # pairs/<own>__<partner>.parquet
 PAIR = "{}__{}.parquet"
 SUMMARY = "summary.json"                       # written last by the driver: marks completion
 MEAN_PARTNER = "__mean__"                      # partner name of the average over partners
+SEED_MATRIX = "seed_matrix.parquet"            # all_pairs: model × model universal shares
+K_OF_M = "k_of_m_{}.parquet"                   # all_pairs, per model: siblings per neuron
 
 
 def _index(layer_ids, d):
@@ -133,6 +142,34 @@ def partner_layer_hist(pair_tables: dict, partner_layers: dict) -> pd.DataFrame:
   return pd.concat([df, mean], ignore_index=True)
 
 
+def pairwise_universal(agg: pd.DataFrame, partner: str, threshold: float) -> np.ndarray:
+  """[neurons] bool: universal against `partner` alone (its max correlation exceeds its
+  baseline by more than `threshold`; NaN = not)."""
+  excess = agg[f"corr__{partner}"].to_numpy() - agg[f"baseline__{partner}"].to_numpy()
+  return np.nan_to_num(excess, nan=-np.inf) > threshold
+
+
+def seed_matrix(neurons: dict, threshold: float):
+  """From every model's neurons table (mode all_pairs): (the model × model share matrix,
+  {model: per-neuron k-of-M table}); see the module docstring."""
+  names = list(neurons)
+  mat = pd.DataFrame(np.nan, index=pd.Index(names, name="model"), columns=names + ["universal"])
+  k_tables = {}
+  for own, agg in neurons.items():
+    live = ~agg["dead"].to_numpy()
+    partners = [p for p in names if p != own]
+    hits = np.stack([pairwise_universal(agg, p, threshold) for p in partners], 1)
+    n_live = max(int(live.sum()), 1)
+    for p, h in zip(partners, hits.T):
+      mat.loc[own, p] = float((h & live).sum()) / n_live
+    mat.loc[own, "universal"] = float((agg["universal"].to_numpy() & live).sum()) / n_live
+    k_tables[own] = pd.DataFrame({"k": hits.sum(1).astype(np.int32),
+                                  "of": np.full(len(agg), len(partners), np.int32),
+                                  "universal": agg["universal"].to_numpy(),
+                                  "dead": agg["dead"].to_numpy()}, index=agg.index)
+  return mat, k_tables
+
+
 # ----------------------------------------------------------------------------- writer
 def write_tables(directory: str, neurons: dict, layer_counts_: dict, partner_layers: dict,
                  pairs: dict) -> None:
@@ -147,6 +184,13 @@ def write_tables(directory: str, neurons: dict, layer_counts_: dict, partner_lay
                          os.path.join(directory, PARTNER_LAYERS.format(name)))
   for (own, part), df in pairs.items():
     atomic.write_parquet(df, os.path.join(directory, PAIRS_DIR, PAIR.format(own, part)))
+
+
+def write_seed_matrix(directory: str, matrix: pd.DataFrame, k_tables: dict) -> None:
+  """seed_matrix() outputs into `directory` (all_pairs runs; beside write_tables')."""
+  atomic.write_parquet(matrix, os.path.join(directory, SEED_MATRIX))
+  for name, df in k_tables.items():
+    atomic.write_parquet(df, os.path.join(directory, K_OF_M.format(name)))
 
 
 # ----------------------------------------------------------------------------- readers
@@ -208,3 +252,14 @@ def read_summary(directory: str) -> Optional[dict]:
   except (OSError, ValueError) as e:
     raise UserError(f"correlation summary {path} is unreadable ({e}); re-run the correlation "
                     "finalization") from e
+
+
+def read_seed_matrix(directory: str) -> Optional[pd.DataFrame]:
+  """The model × model share matrix of an all_pairs run (None for other runs)."""
+  path = os.path.join(directory, SEED_MATRIX)
+  return pd.read_parquet(path) if os.path.isfile(path) else None
+
+
+def read_k_of_m(directory: str, name: str) -> pd.DataFrame:
+  """Model `name`'s per-neuron k-of-M table (all_pairs runs)."""
+  return pd.read_parquet(os.path.join(directory, K_OF_M.format(name)))
