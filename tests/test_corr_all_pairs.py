@@ -3,6 +3,8 @@ model, each neuron's max correlation with every other model and its rotation bas
 seed × seed share matrix and per neuron "universal against k of M-1 siblings" — all checked
 against a brute-force float64 numpy computation on the same activations and the same
 mixing matrices. The per-model tables keep the reference layout (same readers)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,14 @@ def test_seed_matrix_report_figures(run, tmp_path):
   from ucore.jobs.errors import UserError
   with pytest.raises(UserError, match="all_pairs"):
     SM.seed_matrix_figure(str(tmp_path), str(tmp_path / "x.png"))
+
+
+def test_correlate_command_writes_the_seed_matrix_figures(run):
+  """`main.py correlate` with mode all_pairs: the figures land in <workdir>/figures/."""
+  from ucore.cli import correlate as cli
+  c, tables, _ = run
+  workdir = os.path.dirname(tables)
+  cli._seed_matrix_figures(c, workdir)
+  for name in ("seed_matrix.png", "k_of_m.png"):
+    with open(os.path.join(workdir, "figures", name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -52,3 +52,19 @@ def run(argv):
   init_distributed()
   from ucore.corr import driver
   driver.run(config, workdir)
+  _seed_matrix_figures(config, workdir)
+
+
+def _seed_matrix_figures(config, workdir):
+  """An all_pairs run's seed × seed heatmap and k-of-M histogram in <workdir>/figures/ (the
+  engine writes tables only: figures belong to the report layer)."""
+  import os
+
+  import jax
+  from ucore.corr import tables
+  if config.get("mode") != "all_pairs" or jax.process_index() != 0:
+    return
+  from ucore.report import seed_matrix
+  section = seed_matrix.seed_matrix_section(os.path.join(workdir, tables.TABLES_DIR),
+                                            os.path.join(workdir, "figures"))
+  print(f"{section['title']}: {', '.join(section['figures'])}")
