@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
+from ucore.cli import common  # defines --config, --workdir; checks --config
 
 COMMANDS = ("pipeline", "convert", "tokenize", "correlate", "plan", "train", "analyze")
 DEFAULT_COMMAND = "pipeline"
@@ -63,6 +63,7 @@ def main(argv):
     if foreign:
       raise UserError(", ".join(f"--{f} is a flag of `{c}`" for f, c in foreign) +
                       f", not of `{command}`")
+    common.check_config(command)   # every config field, before the subcommand writes anything
     _MODULES[command].run(args[1:])
   except UserError as e:
     logging.flush()

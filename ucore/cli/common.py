@@ -139,3 +139,61 @@ def require_config():
   if config is None:
     raise UserError("--config is required: pass one of configs/*.py (see README).")
   return config
+
+
+# The config family (ucore.jobs.schema) of each subcommand's --config.
+FAMILY = {"tokenize": "tokenize", "train": "train", "correlate": "correlate",
+          "plan": "correlate", "analyze": "analyze", "pipeline": "pipeline"}
+
+
+def check_config(command: str) -> None:
+  """Checks --config (when given) against its family's schema before the subcommand runs:
+  every field, the cross-field rules, and token ids against the vocabulary of the inputs it
+  names that exist already (a tokenizer directory, a token store). Reads, never writes."""
+  from ucore.jobs import schema
+  family = FAMILY.get(command)
+  config = config_value()
+  if family is None or config is None:
+    return
+  schema.check(config, family, vocab_size=_input_vocab(config, family))
+  if family == "analyze":
+    _check_against_store(config)
+
+
+def _manifest(path):
+  import os
+  from ucore.data import store
+  if not path or not os.path.isfile(os.path.join(str(path), store.MANIFEST)):
+    return None   # missing: the subcommand reports it when it opens the store
+  return store.read_manifest(str(path))
+
+
+def _input_vocab(config, family):
+  """(size, where) of the vocabulary an existing input fixes, else None."""
+  import os
+  if family == "correlate" and not config.synthetic.enabled:
+    m = _manifest(config.token_store)
+    if m is not None:
+      return int(m["tokenizer"]["vocab_size"]), f"token store {config.token_store}"
+  if family == "tokenize" and os.path.isdir(str(config.tokenizer)):
+    from ucore.models import tokenizer as tokmod
+    files = tokmod.files_in_dir(str(config.tokenizer))
+    if files is not None:
+      return tokmod.vocab_size(files), f"tokenizer {config.tokenizer}"
+  return None
+
+
+def _check_against_store(config):
+  """analyze: the rows and positions it asks for exist in the token store."""
+  from ucore.jobs.errors import UserError
+  m = _manifest(config.token_store)
+  if m is None:
+    return
+  rows, ctx = int(m["num_rows"]), int(m["recipe"]["ctx"])
+  if not 0 <= int(config.start_row) < rows:
+    raise UserError(f"config.start_row={config.start_row} lies outside the token store's "
+                    f"{rows} rows")
+  hi = int(config.attention.positions[1])
+  if hi > ctx:
+    raise UserError(f"config.attention.positions={tuple(config.attention.positions)} reaches "
+                    f"past the token store's {ctx}-token rows; use an end <= {ctx}")
