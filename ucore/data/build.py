@@ -24,7 +24,7 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore.jobs import atomic, identity, workdir_lock
+from ucore.jobs import atomic, identity, schema, workdir_lock
 from ucore.models import tokenizer as tokmod
 from ucore.jobs.atomic import read_json, write_json
 from ucore.data import mask, sources, store as storemod
@@ -43,23 +43,14 @@ def _noop_hook(event, **info):
 
 # ---------------------------------------------------------------- config and identity
 def _validated(config) -> dict:
-  """Plain dict of the recipe fields, checked."""
-  c = {
+  """Plain dict of the recipe fields, checked with the whole config (ucore.jobs.schema)."""
+  schema.check(config, "tokenize")
+  return {
       "ctx": int(config.ctx), "min_chars": int(config.min_chars),
       "num_tokens": int(config.num_tokens), "seed": int(config.seed),
       "shuffle": bool(config.get("shuffle", True)),
       "max_documents": int(config.get("max_documents", 0) or 0),
   }
-  if c["ctx"] < 2:
-    raise UserError(f"config.ctx={c['ctx']}: rows need at least 2 tokens (BOS + 1)")
-  if c["min_chars"] < 0 or c["max_documents"] < 0:
-    raise UserError("config.min_chars and config.max_documents must be >= 0")
-  if c["num_tokens"] < 0:
-    raise UserError(f"config.num_tokens={c['num_tokens']} must be >= 0 (0 = keep every row)")
-  for name in ("encode_batch_docs", "shard_rows", "chunk_rows", "write_block_rows"):
-    if int(config.get(name, 1)) <= 0:
-      raise UserError(f"config.{name} must be > 0")
-  return c
 
 
 def _tokenizer_spec(config):
@@ -140,6 +131,8 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
   if eos is None or bos is None:
     raise UserError(f"tokenizer {config.tokenizer!r} has no {tokmod.ENDOFTEXT} token: set "
                     "config.eos_id and config.bos_id")
+  # token-id fields against the tokenizer now read (a directory's size is known only here)
+  schema.check(config, "tokenize", vocab_size=(vsize, f"tokenizer {config.tokenizer!r}"))
   for name, i in (("bos_id", bos), ("eos_id", eos)):
     if not 0 <= i < vsize:
       raise UserError(f"config.{name}={i} is outside the tokenizer's vocabulary [0, {vsize})")

@@ -226,8 +226,8 @@ def _bpe_fits_model(c):
             f"{c.model_vocab_size}: the model's embedding would not cover every token id")
   if str(c.tokenizer).strip() == "gpt2" and c.model_vocab_size and \
       GPT2_VOCAB > c.model_vocab_size:
-    return (f"GPT-2's tokenizer has {GPT2_VOCAB} ids but model_vocab_size="
-            f"{c.model_vocab_size}")
+    return (f"model_vocab_size={c.model_vocab_size} is smaller than GPT-2's tokenizer "
+            f"({GPT2_VOCAB} ids)")
   return None
 
 
@@ -386,7 +386,7 @@ def _correlate_cross(fam):
 
   def mesh(c):
     if _valid(c, fam, "mesh.tok", "mesh.neu") and c.mesh.tok == -1 and c.mesh.neu == -1:
-      return "at most one of mesh.tok / mesh.neu may be -1 (the remaining devices)"
+      return "mesh.tok=-1 and mesh.neu=-1: at most one of them may be -1 (the remaining devices)"
     return None
 
   def planted(c):
