@@ -24,7 +24,8 @@ Exit status 1 unless every case is clean.
 import os
 import sys
 
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":   # run as a script: import the repository's main.py and ucore
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -90,7 +91,7 @@ FIELDS = {
         "bos_id": ("-2", "99999"), "eos_id": ("-2", "99999"),
         "model_vocab_size": ("-1", "100"), "mask_exclude_ids": ("99999", "-5", "x"),
         "encode_batch_docs": COUNT1, "shard_rows": COUNT1, "chunk_rows": COUNT1,
-        "write_block_rows": COUNT1, "log_every_s": POSITIVE,
+        "write_block_rows": COUNT1, "log_every_s": NONNEG,
     },
     "train": {
         "seeds": ("", "-1", "0,0", "x", "0,-2"), "model.n_layer": COUNT1, "model.n_embd": ("0", "33"),
@@ -208,6 +209,8 @@ def run_argv(argv: list) -> tuple:
   from absl import flags
   main = _main_module()
   flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)   # --config.x overrides of the previous run (defined per parse)
   err, exc, status = io.StringIO(), None, 0
   saved = sys.argv
   sys.argv = ["main.py", *argv]   # ml_collections reads --config.x overrides from sys.argv

@@ -362,11 +362,16 @@ def _write_stage(config, wd, p, recipe, hook):
   tpath, lpath = os.path.join(wd.path, storemod.TOKENS), os.path.join(wd.path, storemod.LABELS)
   w = read_json(wd.b(WRITE)) if os.path.exists(wd.b(WRITE)) else None
   chunk = min(chunk, max(k, 1))
-  if w is None or (w["num_rows"], w["block_rows"], w["chunk_rows"]) != (k, block, chunk):
+  if w is None or (w["num_rows"], w["block_rows"], w["chunk_rows"]) != (k, block, chunk) or \
+      "chunk_sha256" not in w:   # (a write stage begun before checksums: begun again)
     tokens = storemod.create_array(tpath, (k, ctx), (chunk, ctx))
-    lab_arr = storemod.create_array(lpath, (k,), (max(1, min(k, 1 << 16)),))
+    label_chunk = max(1, min(k, storemod.LABEL_CHUNK_ROWS))
+    lab_arr = storemod.create_array(lpath, (k,), (label_chunk,))
     lab_arr.write(labels).result()
-    w = {"num_rows": k, "block_rows": block, "chunk_rows": chunk, "blocks_done": 0}
+    # content checksums of every chunk, from the rows as written (ucore.data.store CHECKSUMS)
+    w = {"num_rows": k, "block_rows": block, "chunk_rows": chunk, "blocks_done": 0,
+         "label_chunk_rows": label_chunk,
+         "label_sha256": storemod.chunk_digests(labels, label_chunk), "chunk_sha256": []}
     write_json(wd.b(WRITE), w)
   else:
     tokens = storemod.open_array(tpath, write=True)
@@ -387,6 +392,8 @@ def _write_stage(config, wd, p, recipe, hook):
       out[m] = mm[s][off[m]]
     tokens[bi * block:bi * block + idx.shape[0]].write(out).result()
     hook("block_written", block=bi)
+    del w["chunk_sha256"][bi * block // chunk:]   # a block redone after a kill
+    w["chunk_sha256"] += storemod.chunk_digests(out, chunk)   # blocks hold whole chunks
     w["blocks_done"] = bi + 1
     write_json(wd.b(WRITE), w)
     hook("block_committed", block=bi)
@@ -396,7 +403,7 @@ def _write_stage(config, wd, p, recipe, hook):
       rate = (bi + 1 - done0) * block / max(now - t0, 1e-9)
       logging.info("write: %d / %d rows, %.0f rows/s, ETA %.0fs", min((bi + 1) * block, k), k,
                    rate, (nblocks - bi - 1) * block / max(rate, 1e-9))
-  return k, labels, names, chunk
+  return k, labels, names, w
 
 
 # ---------------------------------------------------------------- entry point
@@ -436,7 +443,7 @@ def build_store(config, workdir: str, _hook=None):
       for name in (BUILD_DIR, storemod.TOKENIZER_DIR):
         shutil.rmtree(os.path.join(wd.path, name), ignore_errors=True)
     raise
-  k, labels, names, chunk = _write_stage(config, wd, p, recipe, hook)
+  k, labels, names, w = _write_stage(config, wd, p, recipe, hook)
   kept = np.bincount(labels, minlength=len(names)) if k else np.zeros(len(names), np.int64)
   counts = {}
   for i, name in enumerate(names):
@@ -458,8 +465,10 @@ def build_store(config, workdir: str, _hook=None):
                  "documents_dropped": sum(p["docs_dropped"].values()),
                  "tokens": p["tokens_total"], "rows_built": p["rows_total"], "rows": k},
       "arrays": {"tokens": {"path": storemod.TOKENS, "dtype": "int32", "shape": [k, recipe["ctx"]],
-                            "chunk_rows": chunk},
-                 "labels": {"path": storemod.LABELS, "dtype": "int32", "shape": [k]}},
+                            "chunk_rows": w["chunk_rows"], storemod.CHECKSUMS: w["chunk_sha256"]},
+                 "labels": {"path": storemod.LABELS, "dtype": "int32", "shape": [k],
+                            "chunk_rows": w["label_chunk_rows"],
+                            storemod.CHECKSUMS: w["label_sha256"]}},
       "job": job,
   }
   # the store_id must not depend on where resolved_revision could be looked up

@@ -204,7 +204,7 @@ TOKENIZE = {
     "shard_rows": Count(1),
     "chunk_rows": Count(1),
     "write_block_rows": Count(1),
-    "log_every_s": Positive(),
+    "log_every_s": Float(0),   # 0 = a progress line at every step
 }
 
 
@@ -226,8 +226,8 @@ def _bpe_fits_model(c):
             f"{c.model_vocab_size}: the model's embedding would not cover every token id")
   if str(c.tokenizer).strip() == "gpt2" and c.model_vocab_size and \
       GPT2_VOCAB > c.model_vocab_size:
-    return (f"model_vocab_size={c.model_vocab_size} is smaller than GPT-2's tokenizer "
-            f"({GPT2_VOCAB} ids)")
+    return (f"model_vocab_size={c.model_vocab_size}: GPT-2's tokenizer has {GPT2_VOCAB} ids "
+            f"but the model's vocabulary has {c.model_vocab_size}; they do not match")
   return None
 
 
