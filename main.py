@@ -105,7 +105,7 @@ def _parse_flags(argv):
   (the command line and the config file it names), so every failure here is the user's."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, SyntaxError, OSError, AttributeError, KeyError, TypeError,
+  except (flags.Error, SyntaxError, ImportError, OSError, AttributeError, KeyError, TypeError,
           ValueError) as e:
     from ucore.jobs.errors import UserError
     what = str(e)

@@ -203,9 +203,10 @@ def _main_module():
   return sys.modules["main"]
 
 
-def run_argv(argv: list) -> tuple:
+def run_argv(argv: list, stdout=None) -> tuple:
   """(exit status, stderr text, escaped exception or None) of `python main.py *argv`, run in
-  this process through main.py's flag parser and dispatch."""
+  this process through main.py's flag parser and dispatch; its stdout goes to `stdout` (a
+  text stream) or is dropped."""
   from absl import flags
   main = _main_module()
   flags.FLAGS.unparse_flags()
@@ -215,7 +216,7 @@ def run_argv(argv: list) -> tuple:
   saved = sys.argv
   sys.argv = ["main.py", *argv]   # ml_collections reads --config.x overrides from sys.argv
   try:
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout or io.StringIO()):
       try:
         rest = main._parse_flags(sys.argv)
         if hasattr(main, "dispatch"):
