@@ -180,3 +180,47 @@ def test_many_problems_are_one_line_with_a_count():
             families__n_unigrams=0, entropy__n_random=0)
   with pytest.raises(UserError, match=r"\(and 2 more\)$"):
     schema.check(c, "analyze")
+
+
+# ---- the sweep (benchmarks/config_sweep.py) through the CLI entry, a subset of every class
+def _sweep_subset():
+  from benchmarks import config_sweep as S
+  cases = S.cases()
+  picked, seen = [], set()
+  for c in cases:   # the issue's wrong results, and the first case of every class and field kind
+    if c.opens_models:   # needs trained models: the benchmark's own fixtures cover it
+      continue
+    kind = (c.klass, c.args[-1].rsplit("=", 1)[-1])
+    if c.wrong or kind not in seen or len(c.args) > 1:
+      picked.append(c)
+      seen.add(kind)
+  return picked
+
+
+@pytest.fixture(scope="module")
+def sweep_fixtures(tmp_path_factory):
+  """The sweep's inputs, as far as a refusal reads them: a real token store (its vocabulary
+  and rows bound correlate's ids and analyze's rows); model and table paths that never get
+  opened when the config is refused first."""
+  import json
+  from ucore.data import build
+  tmp = tmp_path_factory.mktemp("sweep")
+  src = tmp / "docs.jsonl"
+  words = "the dog river mountain quick brown fox jumps over lazy data of and to in".split()
+  src.write_text("".join(json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)]
+                                                        for j in range(60)), "label": "a"}) + "\n"
+                         for i in range(200)))
+  c = config_files.load("tokenize_default", "bpe")
+  # 128-token rows and 512 ids, as the sweep's own store (some cases are wrong only for it)
+  c.source, c.ctx, c.num_tokens, c.bpe_vocab_size, c.log_every_s = str(src), 128, 0, 512, 0.0
+  store = build.build_store(c, str(tmp / "store"))
+  return {"store": store.path, "seed0": str(tmp / "no_model_a"), "seed1": str(tmp / "no_model_b"),
+          "tables": str(tmp / "no_tables")}
+
+
+@pytest.mark.parametrize("case", _sweep_subset(), ids=lambda c: c.name[:80])
+def test_sweep_case_is_one_clean_line_naming_the_field(case, sweep_fixtures, tmp_path):
+  from benchmarks import config_sweep as S
+  outcome, last = S.run_case(case, sweep_fixtures, str(tmp_path))
+  assert outcome == "clean", (outcome, last)
+  assert last.startswith("error: ") and case.field.split(".")[-1] in last, last

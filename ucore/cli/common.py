@@ -158,6 +158,8 @@ def check_config(command: str) -> None:
   schema.check(config, family, vocab_size=_input_vocab(config, family))
   if family == "analyze":
     _check_against_store(config)
+  if family == "train":
+    _check_train_against_store(config)
 
 
 def _manifest(path):
@@ -175,11 +177,16 @@ def _input_vocab(config, family):
     m = _manifest(config.token_store)
     if m is not None:
       return int(m["tokenizer"]["vocab_size"]), f"token store {config.token_store}"
-  if family == "tokenize" and os.path.isdir(str(config.tokenizer)):
+  spec = str(config.get("tokenizer", "")).strip()
+  if family == "tokenize" and spec not in ("gpt2", "bpe"):
+    from ucore.jobs.errors import UserError
     from ucore.models import tokenizer as tokmod
-    files = tokmod.files_in_dir(str(config.tokenizer))
-    if files is not None:
-      return tokmod.vocab_size(files), f"tokenizer {config.tokenizer}"
+    files = tokmod.files_in_dir(spec) if os.path.isdir(spec) else None
+    if files is None:
+      raise UserError(f"config.tokenizer={spec!r}: use 'gpt2', 'bpe' (train one on the "
+                      "source) or a directory holding vocab.json + merges.txt or a HF "
+                      "tokenizer.json")
+    return tokmod.vocab_size(files), f"tokenizer {spec}"
   return None
 
 
@@ -197,3 +204,25 @@ def _check_against_store(config):
   if hi > ctx:
     raise UserError(f"config.attention.positions={tuple(config.attention.positions)} reaches "
                     f"past the token store's {ctx}-token rows; use an end <= {ctx}")
+
+
+def _check_train_against_store(config):
+  """train: the model's context and vocabulary cover the store's rows and ids, and the rows
+  used leave a batch after the held-out rows."""
+  from ucore.jobs.errors import UserError
+  m = _manifest(config.data.store)
+  if m is None:
+    return
+  rows, ctx, vocab = int(m["num_rows"]), int(m["recipe"]["ctx"]), int(m["tokenizer"]["vocab_size"])
+  n_pos, n_vocab = int(config.model.n_positions), int(config.model.vocab_size)
+  if n_pos and n_pos < ctx:
+    raise UserError(f"config.model.n_positions={n_pos} is shorter than the token store's "
+                    f"{ctx}-token rows; use 0 (= row length) or a larger value")
+  if n_vocab and n_vocab < vocab:
+    raise UserError(f"config.model.vocab_size={n_vocab} is smaller than the token store's "
+                    f"{vocab}-id vocabulary; use 0 (= the store's) or a larger value")
+  used = min(int(config.data.max_rows) or rows, rows)
+  if used - int(config.heldout_rows) < int(config.batch_rows):
+    raise UserError(f"the token store's {used} rows used leave {used - int(config.heldout_rows)}"
+                    f" training rows after config.heldout_rows={config.heldout_rows}; need at "
+                    f"least config.batch_rows={config.batch_rows}")
