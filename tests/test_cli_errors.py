@@ -46,7 +46,7 @@ CASES = {
     "list_token_ids": (["correlate", TINY, "--config.exclude_ids=x,2", "--workdir={wd}"],
                        "every element must be an int"),
     "config_file_token_ids": (["correlate", "--config={bad_ids}", "--workdir={wd}"],
-                              "config.exclude_ids element 'eos' must be an integer"),
+                              "config.exclude_ids=('eos', 198) holds 'eos', which must be"),
     "list_empty_element": (["correlate", TINY, "--config.models=a,,b", "--workdir={wd}"],
                            "empty element"),
     "list_literal": (["correlate", TINY, "--config.exclude_ids=(1,", "--workdir={wd}"],

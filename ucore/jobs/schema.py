@@ -54,44 +54,44 @@ class Rule:
   what: str = ""   # the meaning of a special value, for the message
 
   def problem(self, value) -> Optional[str]:
-    """Why `value` breaks this rule (without the field name), or None."""
+    """Why `value` breaks this rule ("must be ...", to follow "field=value"), or None."""
     if self.kind == "seq":
       if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        return f"must be a list (comma-separated on the command line), got {value!r}"
+        return "must be a list (comma-separated on the command line)"
       if self.nonempty and not value:
         return "must not be empty"
       if self.length is not None and len(value) != self.length:
-        return f"must have exactly {self.length} elements, got {len(value)}"
+        return f"must have exactly {self.length} elements, not {len(value)}"
       if self.distinct and len(set(value)) != len(value):
-        return f"must not repeat an element, got {list(value)!r}"
+        return "must not repeat an element"
       for v in value:
         p = self.item.problem(v)
         if p:
-          return f"element {v!r} {p}"
+          return f"holds {v!r}, which {p}"
       return None
     if self.kind == "bool":
-      return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+      return None if isinstance(value, bool) else "must be true or false"
     if self.kind == "str":
       if not isinstance(value, str):
-        return f"must be a string, got {value!r}"
+        return "must be a string"
       if self.nonempty and not value.strip():
         return "must not be empty"
       if self.choices and value not in self.choices:
-        return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        return f"must be one of {', '.join(map(repr, self.choices))}"
       return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
         (self.kind == "int" and not float(value).is_integer()):
-      return f"must be {'an integer' if self.kind == 'int' else 'a number'}, got {value!r}"
+      return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
     if value in self.also:
       return None
     if self.finite and not math.isfinite(value):
-      return f"must be a finite number, got {value!r}"
+      return "must be a finite number"
     if self.choices and value not in self.choices:
-      return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+      return f"must be one of {', '.join(map(repr, self.choices))}"
     low_bad = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
     high_bad = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
     if low_bad or high_bad:
-      return f"must be {self.range_text()}, got {value!r}"
+      return f"must be {self.range_text()}"
     return None
 
   def range_text(self) -> str:
@@ -559,14 +559,15 @@ def problems(config, family: str, vocab_size=None) -> list:
       continue
     if not _has(config, path):
       continue   # an older config without the field: its reader's default applies
-    p = rule.problem(_get(config, path))
+    value = _get(config, path)
+    p = rule.problem(value)
     if p:
-      out.append(f"{path} {p}")
+      out.append(f"{path}={value!r} {p}")
   if family == "pipeline":
     for prefix, fam in STAGES.items():
       if prefix in config:
         out += [f"{prefix}.{e}" for e in (f(config[prefix]) for f in fam.cross) if e]
-    e = _pipeline_cross(config)
+    e = None if out else _pipeline_cross(config)   # (over fields that passed their rules)
     if e:
       out.append(e)
     return out
