@@ -269,7 +269,7 @@ def run_case(case: Case, fixtures: dict, tmp: str) -> tuple:
 
 
 def build_fixtures(root: str) -> dict:
-  """A tiny BPE store, a 2-seed tiny family trained on it and their correlation tables, made
+  """A tiny BPE store, a 2-seed, 2-layer tiny family trained on it and their correlation tables, made
   with the CLI once (reused when `root` holds them)."""
   fx = {"store": os.path.join(root, "store"), "family": os.path.join(root, "family"),
         "corr": os.path.join(root, "corr")}
@@ -282,7 +282,7 @@ def build_fixtures(root: str) -> dict:
         "--config.bpe_vocab_size=512", "--config.num_tokens=40000", f"--workdir={fx['store']}"]),
       (os.path.join(fx["family"], "family.json"),
        ["train", "--config=configs/train_tiny.py", f"--config.data.store={fx['store']}",
-        f"--workdir={fx['family']}"]),
+        "--config.model.n_layer=2", f"--workdir={fx['family']}"]),   # attention needs 2 layers
       (os.path.join(fx["tables"], "summary.json"),
        ["correlate", "--config=configs/correlate_default.py",
         f"--config.models={fx['seed0']},{fx['seed1']}", "--config.model_names=a,b",
@@ -301,13 +301,17 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--classes", default="", help="comma list of case classes (default: all)")
   ap.add_argument("--fixtures", default=os.path.join(tempfile.gettempdir(), "ucore_sweep_fx"))
+  ap.add_argument("--match", default="", help="only cases whose name (class:args) has this "
+                  "regular expression")
   ap.add_argument("--verbose", action="store_true", help="print every case that is not clean")
   a = ap.parse_args()
   os.chdir(ROOT)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import logging
   logging.set_verbosity(logging.ERROR)
-  todo = [c for c in cases() if not a.classes or c.klass in a.classes.split(",")]
+  import re
+  todo = [c for c in cases() if (not a.classes or c.klass in a.classes.split(",")) and
+          re.search(a.match, c.name)]
   t0 = time.time()
   fixtures = build_fixtures(a.fixtures)
   print(f"fixtures ready in {time.time() - t0:.0f}s ({a.fixtures})", flush=True)

@@ -155,7 +155,10 @@ def check_config(command: str) -> None:
   config = config_value()
   if family is None or config is None:
     return
-  schema.check(config, family, vocab_size=_input_vocab(config, family))
+  schema.check(config, family)   # the fields and their cross rules first
+  vocab = _input_vocab(config, family)
+  if vocab is not None:   # then token ids against the vocabulary of an input on disk
+    schema.check(config, family, vocab_size=vocab)
   if family == "analyze":
     _check_against_store(config)
   if family == "train":
