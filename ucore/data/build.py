@@ -114,7 +114,7 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
     else:
       logging.info("training a byte-level BPE (vocab %d) on up to %d documents of %s",
                    tok_spec["vocab_size"], tok_spec["train_documents"], src.name)
-      texts = _training_texts(src, recipe["min_chars"], tok_spec["train_documents"])
+      texts = sources.kept_texts(src, recipe["min_chars"], tok_spec["train_documents"])
       staging = wd.b("tokenizer-train")
       shutil.rmtree(staging, ignore_errors=True)
       tokmod.train_byte_level_bpe(texts, tok_spec["vocab_size"], staging)
@@ -152,16 +152,6 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
     desc.update(bpe_vocab_size=tok_spec["vocab_size"],
                 train_documents=tok_spec["train_documents"])
   return tok, desc, exclude
-
-
-def _training_texts(src, min_chars, limit):
-  n = 0
-  for text, _ in sources.iter_documents(src):
-    if len(text) > min_chars:
-      yield text
-      n += 1
-      if limit and n >= limit:
-        return
 
 
 # ---------------------------------------------------------------- stage A: tokenize
@@ -453,7 +443,7 @@ def build_store(config, workdir: str, _hook=None):
                     "rows": int(kept[i])}
   manifest = {
       "format": storemod.FORMAT, "version": storemod.VERSION,
-      "source": dict(src.identity(), resolved_revision=_resolved_revision(src)),
+      "source": dict(src.identity(), resolved_revision=sources.resolved_revision(src)),
       "recipe": dict(recipe, join="eos", remainder="dropped",
                      order="label groups by sorted name, rows in creation order; then "
                            "numpy default_rng(seed).permutation; first ceil(num_tokens/ctx)"),
@@ -482,15 +472,3 @@ def build_store(config, workdir: str, _hook=None):
   logging.info("token store %s complete: %d rows x %d tokens, labels %s", wd.path, k,
                recipe["ctx"], {n: c["rows"] for n, c in counts.items()})
   return storemod.open_store(wd.path)
-
-
-def _resolved_revision(src):
-  """The hub commit sha of the dataset, when the hub can be asked (else None)."""
-  if src.kind != "hub" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or \
-      os.environ.get("HF_HUB_OFFLINE") == "1":
-    return None
-  try:
-    from huggingface_hub import HfApi
-    return HfApi().dataset_info(src.name, revision=src.revision or None).sha
-  except Exception:  # offline or private: the config's revision is what we have
-    return None
