@@ -26,7 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ucore.cli import common  # noqa: F401  (defines --config, --workdir)
+from ucore.cli import common  # defines --config, --workdir; checks --config
 
 COMMANDS = ("pipeline", "convert", "export", "tokenize", "correlate", "plan", "train",
             "analyze", "sweep")
@@ -51,32 +51,54 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
 
 
-def main(argv):
+def dispatch(args) -> int:
+  """Runs `main.py <args>` (flags already parsed); returns the exit status: 0, or 2 after
+  writing the one `error:` line of a UserError or an environment failure. Any other exception
+  is a bug and propagates with its traceback."""
   from ucore.jobs.errors import UserError, environment_error
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  args = argv[1:]
   command = args[0] if args else DEFAULT_COMMAND
   if command not in _MODULES:
     sys.stderr.write(f"error: unknown command {command!r}; available: "
                      f"{', '.join(_MODULES)}\n")
-    sys.exit(2)
+    return 2
   try:
     foreign = _foreign_flags(command)
     if foreign:
       raise UserError(", ".join(f"--{f} is a flag of `{c}`" for f, c in foreign) +
                       f", not of `{command}`")
+    common.check_config(command)   # every config field, before the subcommand writes anything
     _MODULES[command].run(args[1:])
   except UserError as e:
     logging.flush()
     sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    return 2
   except Exception as e:   # a full disk or an unwritable workdir: the environment's, not a bug
     line = environment_error(e)
     if line is None:
       raise
     logging.flush()
     sys.stderr.write(f"error: {line}\n")
-    sys.exit(2)
+    return 2
+  return 0
+
+
+def _exit_quietly(status: int):
+  """Ends the process right after the error line: background threads of orbax and asyncio
+  whose writes failed with it (a full disk, a read-only workdir) would otherwise print their
+  own tracebacks during interpreter shutdown, burying the one line that says what to do.
+  Every write is atomic and flock-held workdirs are released by the OS, so nothing that
+  shutdown would run is needed."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  status = dispatch(argv[1:])
+  if status:
+    _exit_quietly(status)
 
 
 def _parse_flags(argv):
@@ -85,7 +107,7 @@ def _parse_flags(argv):
   (the command line and the config file it names), so every failure here is the user's."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, SyntaxError, OSError, AttributeError, KeyError, TypeError,
+  except (flags.Error, SyntaxError, ImportError, OSError, AttributeError, KeyError, TypeError,
           ValueError) as e:
     from ucore.jobs.errors import UserError
     what = str(e)

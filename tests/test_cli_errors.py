@@ -46,7 +46,7 @@ CASES = {
     "list_token_ids": (["correlate", TINY, "--config.exclude_ids=x,2", "--workdir={wd}"],
                        "every element must be an int"),
     "config_file_token_ids": (["correlate", "--config={bad_ids}", "--workdir={wd}"],
-                              "config.exclude_ids=('eos', 198) must be a list of token ids"),
+                              "config.exclude_ids=('eos', 198) holds 'eos', which must be"),
     "list_empty_element": (["correlate", TINY, "--config.models=a,,b", "--workdir={wd}"],
                            "empty element"),
     "list_literal": (["correlate", TINY, "--config.exclude_ids=(1,", "--workdir={wd}"],
@@ -137,19 +137,21 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
 
 
-def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store):
+@pytest.mark.parametrize("code,message", [("ENOSPC", "the disk is full"),
+                                          ("EPERM", "Operation not permitted")])
+def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code, message):
   """The same for `main.py train`: the write of a kept checkpoint fails (its staging folder
   is removed, so no half checkpoint is left); the rerun completes the run from its committed
   state, each loss line once. (That a resumed run equals an uninterrupted one is
-  test_train_family's kill tests.)"""
+  test_train_family's kill tests.) EPERM: the workdir turned immutable (chattr +i) or
+  forbidden while the job ran (issue 21 item 3); nothing of orbax's follows the line."""
   import json
   from ucore.models.hooked import load_model
   train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
            "--config.num_steps=6", "--config.checkpoint_steps=0,3,6", "--config.eval_every=3",
            "--config.state_every=3", "--config.log_every=3"]   # GPT-2's vocabulary: few steps
   wd = tmp_path / "fam"
-  _one_error_line(_main_failing("checkpoint-3", "ENOSPC", *train, f"--workdir={wd}"),
-                  "the disk is full")
+  _one_error_line(_main_failing("checkpoint-3", code, *train, f"--workdir={wd}"), message)
   assert not (wd / "family.json").exists()
   assert not (wd / "seed0" / "checkpoint-3").exists()
   assert not list(wd.glob("seed*/checkpoint-*.partial-*"))
@@ -165,7 +167,8 @@ def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store):
 
 def test_unwritable_workdir_is_one_line(tmp_path):
   """EROFS / EACCES (a read-only or forbidden workdir; injected, the tests run as root)."""
-  for code, text in (("EROFS", "Read-only file system"), ("EACCES", "Permission denied")):
+  for code, text in (("EROFS", "Read-only file system"), ("EACCES", "Permission denied"),
+                     ("EPERM", "Operation not permitted")):   # EPERM: an immutable directory
     wd = tmp_path / code
     last = _one_error_line(_main_failing(1, code, *TOK, f"--workdir={wd}"), text)
     assert "--workdir" in last
@@ -185,5 +188,8 @@ def test_environment_error_looks_through_causes_and_library_messages():
   ts = ValueError("Error writing local file \"/w/tokens/c/0\": [OS error: No space left on "
                   "device]")
   assert "No space left on device" in environment_error(ts)
+  ts = ValueError("Error writing local file \"/w/tokens/c/0\": [OS error: Operation not "
+                  "permitted]")   # a workdir made immutable while tensorstore writes
+  assert "Operation not permitted" in environment_error(ts)
   assert environment_error(ValueError("bad shape")) is None
   assert environment_error(OSError(errno.ENOENT, "No such file")) is None

@@ -21,9 +21,11 @@ def test_bad_number_refused_before_writing(tmp_path, key, value):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.correlate.top_k=0", "config.top_k=0 must be >= 1"),
-    ("--config.train.batch_rows=0", "config.batch_rows=0 must be > 0"),
-    ("--config.train.checkpoint_steps=(0,100000)", "config.checkpoint_steps [100000] lie outside")])
+    # (the schema names each stage's field with its prefix: ucore/jobs/schema.py)
+    ("--config.correlate.top_k=0", "config.correlate.top_k=0 must be >= 1"),
+    ("--config.train.batch_rows=0", "config.train.batch_rows=0 must be >= 1"),
+    ("--config.train.checkpoint_steps=(0,100000)",
+     "config.train.checkpoint_steps [100000] lie past num_steps")])
 def test_pipeline_checks_numbers_before_its_first_stage(tmp_path, override, message):
   import subprocess
   import sys

@@ -146,7 +146,7 @@ def test_bad_pipeline_config_refused_before_any_work(tmp_path):
   r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}",
             "--config.persistence_steps=(7,)")
   assert r.returncode == 2
-  assert r.stderr.strip().splitlines()[-1].startswith("error: persistence_steps [7]")
+  assert r.stderr.strip().splitlines()[-1].startswith("error: config.persistence_steps [7]")
   assert not os.path.exists(workdir)
 
 

@@ -267,19 +267,67 @@ def _corr(config, model):
 
 @dataclasses.dataclass
 class Run:
-  """What an analyze run produced: report sections, the analyses run, the correlation table."""
+  """What an analyze run produced: report sections, the analyses run, the correlation table;
+  complete: True when an earlier run had already finished them for the same inputs."""
   sections: list
   analyses: list
   corr: Optional[object]
+  complete: bool = False
+
+
+SECTIONS = "sections.json"   # written last: the analyses of its "inputs" are complete
+REPORT_DIR = "report"
+
+
+def _inputs_identity(config, inp: Inputs, todo: list) -> dict:
+  """What the workdir's results depend on: the config, the analyses run, and the inputs'
+  contents (the model's weights, the token store's id, the correlation table's values)."""
+  from ucore.jobs import identity
+  import hashlib
+  corr = None
+  if inp.corr is not None:
+    corr = hashlib.sha256(pd.util.hash_pandas_object(inp.corr, index=True).values.tobytes() +
+                          ",".join(map(str, inp.corr.columns)).encode()).hexdigest()
+  return identity.normalize({"config": config.to_dict(), "analyses": list(todo),
+                             "model": str(inp.model.fingerprint), "store": inp.store.store_id,
+                             "corr": corr})
+
+
+def _finished(workdir: str, inputs: dict) -> bool:
+  path = os.path.join(workdir, SECTIONS)
+  try:
+    return os.path.isfile(path) and atomic.read_json(path).get("inputs") == inputs
+  except (OSError, ValueError):
+    return False
+
+
+def _remove_earlier_outputs(workdir: str) -> None:
+  """A redone run starts clean: the completion marker first, then every analysis directory
+  and the report of an earlier run (their figures would otherwise linger beside the new)."""
+  import shutil
+  marker = os.path.join(workdir, SECTIONS)
+  if os.path.exists(marker):
+    os.unlink(marker)
+  for name in (*REGISTRY, REPORT_DIR):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
 
 
 @workdir_lock.locked
 def run(config, workdir: str, analyses: str = "all") -> Run:
-  """Runs the selected analyses (see parse_analyses) into `workdir`; writes sections.json."""
+  """Runs the selected analyses (see parse_analyses) into `workdir`; writes sections.json.
+  A workdir whose sections.json records the same inputs is complete: nothing is recomputed
+  or written. Otherwise the outputs of an earlier run there are removed first."""
   os.makedirs(workdir, exist_ok=True)
   inp = _load(config)
   inp.corr = _corr(config, inp.model)
   todo = parse_analyses(analyses, inp.corr is not None)
+  inputs = _inputs_identity(config, inp, todo)
+  if _finished(workdir, inputs):
+    logging.info("analyses in %s are complete for these inputs; nothing to do", workdir)
+    return Run(read_sections(workdir), todo, inp.corr, complete=True)
+  _remove_earlier_outputs(workdir)
   if inp.corr is not None and not inp.corr["universal"].astype(bool).any():
     logging.warning("no universal neurons in %s: the universality sections use the top %d "
                     "neurons by excess correlation", config.corr_table,
@@ -292,8 +340,8 @@ def run(config, workdir: str, analyses: str = "all") -> Run:
     sections += [tuple(s) for s in REGISTRY[name].run(inp, out)]
     inp.out_dirs[name] = out
     timings[name] = round(time.time() - t0, 2)
-  atomic.write_json(os.path.join(workdir, "sections.json"),
-                    {"analyses": todo, "seconds": timings,
+  atomic.write_json(os.path.join(workdir, SECTIONS),
+                    {"analyses": todo, "seconds": timings, "inputs": inputs,
                      # figure paths relative to the workdir, which can move
                      "sections": [[s[0], _relative(s[1], workdir), *s[2:]] for s in sections]})
   return Run(sections, todo, inp.corr)
@@ -308,7 +356,7 @@ def _relative(path, workdir):
 
 def read_sections(workdir: str) -> list:
   """The [(title, png_path, caption)] of `<workdir>/sections.json`, paths under `workdir`."""
-  meta = atomic.read_json(os.path.join(workdir, "sections.json"))
+  meta = atomic.read_json(os.path.join(workdir, SECTIONS))
   return [(s[0], os.path.join(workdir, s[1]) if isinstance(s[1], str) else s[1], *s[2:])
           for s in meta["sections"]]
 
@@ -324,6 +372,9 @@ def report(config, workdir: str, r: Run) -> Optional[str]:
   table lacks the report's columns)."""
   if r.corr is None:
     return None
+  done = os.path.join(workdir, REPORT_DIR, "index.html")
+  if r.complete and os.path.isfile(done):   # written by the run that did the analyses
+    return done
   from ucore.report.figures import REQUIRED_COLUMNS
   from ucore.report.html import write_report
   missing = [c for c in REQUIRED_COLUMNS if c not in r.corr.columns]
@@ -332,6 +383,6 @@ def report(config, workdir: str, r: Run) -> Optional[str]:
     return None
   from ucore.report.browser import write_beside_report
   return write_beside_report(write_report(
-      os.path.join(workdir, "report"), {"model": r.corr}, figures_extra=r.sections,
+      os.path.join(workdir, REPORT_DIR), {"model": r.corr}, figures_extra=r.sections,
       summary={"model": config.model_dir, "token_store": config.token_store,
                "analyses": ", ".join(r.analyses)}), os.path.join(workdir, "browser"))

@@ -62,6 +62,8 @@ def run(config, workdir: str) -> dict:
   from ucore.train import checkpoint_steps
   from ucore.train.loop import validate_config
   from ucore.corr.driver import check_numbers
+  from ucore.jobs import schema
+  schema.check(config, "pipeline")   # every stage's fields, before the first stage writes
   validate_config(config.train)   # every number before the first stage writes anything
   check_numbers(config.correlate)
   kept = checkpoint_steps(config.train)

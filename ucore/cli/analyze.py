@@ -22,5 +22,9 @@ def run(argv):
   from ucore import analyze as runner
   r = runner.run(config, workdir, ANALYSIS.value)
   html = runner.report(config, workdir, r) if config.get("report", True) else None
+  if r.complete:
+    print(f"analyses in {workdir} are already complete for these inputs; nothing written"
+          + (f" (report {html})" if html else ""))
+    return
   print(f"analyses written to {workdir}: {len(r.sections)} figures (sections.json)"
         + (f"; report {html}" if html else ""))

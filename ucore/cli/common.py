@@ -146,3 +146,93 @@ def require_config():
   if config is None:
     raise UserError("--config is required: pass one of configs/*.py (see README).")
   return config
+
+
+# The config family (ucore.jobs.schema) of each subcommand's --config.
+FAMILY = {"tokenize": "tokenize", "train": "train", "correlate": "correlate",
+          "plan": "correlate", "analyze": "analyze", "pipeline": "pipeline"}
+
+
+def check_config(command: str) -> None:
+  """Checks --config (when given) against its family's schema before the subcommand runs:
+  every field, the cross-field rules, and token ids against the vocabulary of the inputs it
+  names that exist already (a tokenizer directory, a token store). Reads, never writes."""
+  from ucore.jobs import schema
+  family = FAMILY.get(command)
+  config = config_value()
+  if family is None or config is None:
+    return
+  schema.check(config, family)   # the fields and their cross rules first
+  vocab = _input_vocab(config, family)
+  if vocab is not None:   # then token ids against the vocabulary of an input on disk
+    schema.check(config, family, vocab_size=vocab)
+  if family == "analyze":
+    _check_against_store(config)
+  if family == "train":
+    _check_train_against_store(config)
+
+
+def _manifest(path):
+  import os
+  from ucore.data import store
+  if not path or not os.path.isfile(os.path.join(str(path), store.MANIFEST)):
+    return None   # missing: the subcommand reports it when it opens the store
+  return store.read_manifest(str(path))
+
+
+def _input_vocab(config, family):
+  """(size, where) of the vocabulary an existing input fixes, else None."""
+  import os
+  if family == "correlate" and not config.synthetic.enabled:
+    m = _manifest(config.token_store)
+    if m is not None:
+      return int(m["tokenizer"]["vocab_size"]), f"token store {config.token_store}"
+  spec = str(config.get("tokenizer", "")).strip()
+  if family == "tokenize" and spec not in ("gpt2", "bpe"):
+    from ucore.jobs.errors import UserError
+    from ucore.models import tokenizer as tokmod
+    files = tokmod.files_in_dir(spec) if os.path.isdir(spec) else None
+    if files is None:
+      raise UserError(f"config.tokenizer={spec!r}: use 'gpt2', 'bpe' (train one on the "
+                      "source) or a directory holding vocab.json + merges.txt or a HF "
+                      "tokenizer.json")
+    return tokmod.vocab_size(files), f"tokenizer {spec}"
+  return None
+
+
+def _check_against_store(config):
+  """analyze: the rows and positions it asks for exist in the token store."""
+  from ucore.jobs.errors import UserError
+  m = _manifest(config.token_store)
+  if m is None:
+    return
+  rows, ctx = int(m["num_rows"]), int(m["recipe"]["ctx"])
+  if not 0 <= int(config.start_row) < rows:
+    raise UserError(f"config.start_row={config.start_row} lies outside the token store's "
+                    f"{rows} rows")
+  hi = int(config.attention.positions[1])
+  if hi > ctx:
+    raise UserError(f"config.attention.positions={tuple(config.attention.positions)} reaches "
+                    f"past the token store's {ctx}-token rows; use an end <= {ctx}")
+
+
+def _check_train_against_store(config):
+  """train: the model's context and vocabulary cover the store's rows and ids, and the rows
+  used leave a batch after the held-out rows."""
+  from ucore.jobs.errors import UserError
+  m = _manifest(config.data.store)
+  if m is None:
+    return
+  rows, ctx, vocab = int(m["num_rows"]), int(m["recipe"]["ctx"]), int(m["tokenizer"]["vocab_size"])
+  n_pos, n_vocab = int(config.model.n_positions), int(config.model.vocab_size)
+  if n_pos and n_pos < ctx:
+    raise UserError(f"config.model.n_positions={n_pos} is shorter than the token store's "
+                    f"{ctx}-token rows; use 0 (= row length) or a larger value")
+  if n_vocab and n_vocab < vocab:
+    raise UserError(f"config.model.vocab_size={n_vocab} is smaller than the token store's "
+                    f"{vocab}-id vocabulary; use 0 (= the store's) or a larger value")
+  used = min(int(config.data.max_rows) or rows, rows)
+  if used - int(config.heldout_rows) < int(config.batch_rows):
+    raise UserError(f"the token store's {used} rows used leave {used - int(config.heldout_rows)}"
+                    f" training rows after config.heldout_rows={config.heldout_rows}; need at "
+                    f"least config.batch_rows={config.batch_rows}")

@@ -31,6 +31,8 @@ def run(argv):
     n_dev = DEVICES.value
   if n_dev < 1:
     raise UserError("--plan_devices must be ≥ 1.")
+  if TOKENS.value is not None and not 0 < TOKENS.value < float("inf"):
+    raise UserError(f"--plan_tokens={TOKENS.value} must be a positive, finite token count")
   tok = int(config.mesh.tok)
   if tok == -1 or n_dev % max(tok, 1):
     tok = 1

@@ -24,7 +24,7 @@ import time
 import numpy as np
 from absl import logging
 
-from ucore.jobs import atomic, identity, workdir_lock
+from ucore.jobs import atomic, identity, schema, workdir_lock
 from ucore.models import tokenizer as tokmod
 from ucore.jobs.atomic import read_json, write_json
 from ucore.data import mask, sources, store as storemod
@@ -43,23 +43,14 @@ def _noop_hook(event, **info):
 
 # ---------------------------------------------------------------- config and identity
 def _validated(config) -> dict:
-  """Plain dict of the recipe fields, checked."""
-  c = {
+  """Plain dict of the recipe fields, checked with the whole config (ucore.jobs.schema)."""
+  schema.check(config, "tokenize")
+  return {
       "ctx": int(config.ctx), "min_chars": int(config.min_chars),
       "num_tokens": int(config.num_tokens), "seed": int(config.seed),
       "shuffle": bool(config.get("shuffle", True)),
       "max_documents": int(config.get("max_documents", 0) or 0),
   }
-  if c["ctx"] < 2:
-    raise UserError(f"config.ctx={c['ctx']}: rows need at least 2 tokens (BOS + 1)")
-  if c["min_chars"] < 0 or c["max_documents"] < 0:
-    raise UserError("config.min_chars and config.max_documents must be >= 0")
-  if c["num_tokens"] < 0:
-    raise UserError(f"config.num_tokens={c['num_tokens']} must be >= 0 (0 = keep every row)")
-  for name in ("encode_batch_docs", "shard_rows", "chunk_rows", "write_block_rows"):
-    if int(config.get(name, 1)) <= 0:
-      raise UserError(f"config.{name} must be > 0")
-  return c
 
 
 def _tokenizer_spec(config):
@@ -123,7 +114,7 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
     else:
       logging.info("training a byte-level BPE (vocab %d) on up to %d documents of %s",
                    tok_spec["vocab_size"], tok_spec["train_documents"], src.name)
-      texts = _training_texts(src, recipe["min_chars"], tok_spec["train_documents"])
+      texts = sources.kept_texts(src, recipe["min_chars"], tok_spec["train_documents"])
       staging = wd.b("tokenizer-train")
       shutil.rmtree(staging, ignore_errors=True)
       tokmod.train_byte_level_bpe(texts, tok_spec["vocab_size"], staging)
@@ -140,6 +131,8 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
   if eos is None or bos is None:
     raise UserError(f"tokenizer {config.tokenizer!r} has no {tokmod.ENDOFTEXT} token: set "
                     "config.eos_id and config.bos_id")
+  # token-id fields against the tokenizer now read (a directory's size is known only here)
+  schema.check(config, "tokenize", vocab_size=(vsize, f"tokenizer {config.tokenizer!r}"))
   for name, i in (("bos_id", bos), ("eos_id", eos)):
     if not 0 <= i < vsize:
       raise UserError(f"config.{name}={i} is outside the tokenizer's vocabulary [0, {vsize})")
@@ -159,16 +152,6 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
     desc.update(bpe_vocab_size=tok_spec["vocab_size"],
                 train_documents=tok_spec["train_documents"])
   return tok, desc, exclude
-
-
-def _training_texts(src, min_chars, limit):
-  n = 0
-  for text, _ in sources.iter_documents(src):
-    if len(text) > min_chars:
-      yield text
-      n += 1
-      if limit and n >= limit:
-        return
 
 
 # ---------------------------------------------------------------- stage A: tokenize
@@ -369,11 +352,16 @@ def _write_stage(config, wd, p, recipe, hook):
   tpath, lpath = os.path.join(wd.path, storemod.TOKENS), os.path.join(wd.path, storemod.LABELS)
   w = read_json(wd.b(WRITE)) if os.path.exists(wd.b(WRITE)) else None
   chunk = min(chunk, max(k, 1))
-  if w is None or (w["num_rows"], w["block_rows"], w["chunk_rows"]) != (k, block, chunk):
+  if w is None or (w["num_rows"], w["block_rows"], w["chunk_rows"]) != (k, block, chunk) or \
+      "chunk_sha256" not in w:   # (a write stage begun before checksums: begun again)
     tokens = storemod.create_array(tpath, (k, ctx), (chunk, ctx))
-    lab_arr = storemod.create_array(lpath, (k,), (max(1, min(k, 1 << 16)),))
+    label_chunk = max(1, min(k, storemod.LABEL_CHUNK_ROWS))
+    lab_arr = storemod.create_array(lpath, (k,), (label_chunk,))
     lab_arr.write(labels).result()
-    w = {"num_rows": k, "block_rows": block, "chunk_rows": chunk, "blocks_done": 0}
+    # content checksums of every chunk, from the rows as written (ucore.data.store CHECKSUMS)
+    w = {"num_rows": k, "block_rows": block, "chunk_rows": chunk, "blocks_done": 0,
+         "label_chunk_rows": label_chunk,
+         "label_sha256": storemod.chunk_digests(labels, label_chunk), "chunk_sha256": []}
     write_json(wd.b(WRITE), w)
   else:
     tokens = storemod.open_array(tpath, write=True)
@@ -394,6 +382,8 @@ def _write_stage(config, wd, p, recipe, hook):
       out[m] = mm[s][off[m]]
     tokens[bi * block:bi * block + idx.shape[0]].write(out).result()
     hook("block_written", block=bi)
+    del w["chunk_sha256"][bi * block // chunk:]   # a block redone after a kill
+    w["chunk_sha256"] += storemod.chunk_digests(out, chunk)   # blocks hold whole chunks
     w["blocks_done"] = bi + 1
     write_json(wd.b(WRITE), w)
     hook("block_committed", block=bi)
@@ -403,7 +393,7 @@ def _write_stage(config, wd, p, recipe, hook):
       rate = (bi + 1 - done0) * block / max(now - t0, 1e-9)
       logging.info("write: %d / %d rows, %.0f rows/s, ETA %.0fs", min((bi + 1) * block, k), k,
                    rate, (nblocks - bi - 1) * block / max(rate, 1e-9))
-  return k, labels, names, chunk
+  return k, labels, names, w
 
 
 # ---------------------------------------------------------------- entry point
@@ -443,7 +433,7 @@ def build_store(config, workdir: str, _hook=None):
       for name in (BUILD_DIR, storemod.TOKENIZER_DIR):
         shutil.rmtree(os.path.join(wd.path, name), ignore_errors=True)
     raise
-  k, labels, names, chunk = _write_stage(config, wd, p, recipe, hook)
+  k, labels, names, w = _write_stage(config, wd, p, recipe, hook)
   kept = np.bincount(labels, minlength=len(names)) if k else np.zeros(len(names), np.int64)
   counts = {}
   for i, name in enumerate(names):
@@ -453,7 +443,7 @@ def build_store(config, workdir: str, _hook=None):
                     "rows": int(kept[i])}
   manifest = {
       "format": storemod.FORMAT, "version": storemod.VERSION,
-      "source": dict(src.identity(), resolved_revision=_resolved_revision(src)),
+      "source": dict(src.identity(), resolved_revision=sources.resolved_revision(src)),
       "recipe": dict(recipe, join="eos", remainder="dropped",
                      order="label groups by sorted name, rows in creation order; then "
                            "numpy default_rng(seed).permutation; first ceil(num_tokens/ctx)"),
@@ -465,8 +455,10 @@ def build_store(config, workdir: str, _hook=None):
                  "documents_dropped": sum(p["docs_dropped"].values()),
                  "tokens": p["tokens_total"], "rows_built": p["rows_total"], "rows": k},
       "arrays": {"tokens": {"path": storemod.TOKENS, "dtype": "int32", "shape": [k, recipe["ctx"]],
-                            "chunk_rows": chunk},
-                 "labels": {"path": storemod.LABELS, "dtype": "int32", "shape": [k]}},
+                            "chunk_rows": w["chunk_rows"], storemod.CHECKSUMS: w["chunk_sha256"]},
+                 "labels": {"path": storemod.LABELS, "dtype": "int32", "shape": [k],
+                            "chunk_rows": w["label_chunk_rows"],
+                            storemod.CHECKSUMS: w["label_sha256"]}},
       "job": job,
   }
   # the store_id must not depend on where resolved_revision could be looked up
@@ -480,15 +472,3 @@ def build_store(config, workdir: str, _hook=None):
   logging.info("token store %s complete: %d rows x %d tokens, labels %s", wd.path, k,
                recipe["ctx"], {n: c["rows"] for n, c in counts.items()})
   return storemod.open_store(wd.path)
-
-
-def _resolved_revision(src):
-  """The hub commit sha of the dataset, when the hub can be asked (else None)."""
-  if src.kind != "hub" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or \
-      os.environ.get("HF_HUB_OFFLINE") == "1":
-    return None
-  try:
-    from huggingface_hub import HfApi
-    return HfApi().dataset_info(src.name, revision=src.revision or None).sha
-  except Exception:  # offline or private: the config's revision is what we have
-    return None

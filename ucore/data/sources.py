@@ -201,3 +201,27 @@ def iter_documents(src: Source, skip: int = 0):
       label = NO_LABEL
     yield ("" if text is None else str(text)), label
     index += 1
+
+
+def kept_texts(src: Source, min_chars: int, limit: int = 0):
+  """The texts of the documents the token recipe keeps (more than min_chars characters), in
+  source order; the first `limit` of them (0 = all). A trained BPE learns from these."""
+  n = 0
+  for text, _ in iter_documents(src):
+    if len(text) > min_chars:
+      yield text
+      n += 1
+      if limit and n >= limit:
+        return
+
+
+def resolved_revision(src: Source):
+  """The hub commit sha of the dataset, when the hub can be asked (else None)."""
+  if src.kind != "hub" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or \
+      os.environ.get("HF_HUB_OFFLINE") == "1":
+    return None
+  try:
+    from huggingface_hub import HfApi
+    return HfApi().dataset_info(src.name, revision=src.revision or None).sha
+  except Exception:  # offline or private: the config's revision is what we have
+    return None

@@ -9,6 +9,16 @@ Layout of a store directory:
 
 Readers open only what they read: `read_rows(a, b)` touches the chunks of rows [a, b);
 `iter_batches(..., process_index, process_count)` reads only this process's rows.
+
+Content checksums (issue 21): the manifest records the sha256 of every chunk's rows
+(manifest["arrays"][name]["chunk_sha256"], of the little-endian int32 bytes of the chunk's
+rows), written by the builder from the rows it writes. Every chunk a reader touches is read
+whole and checked before any of its rows is used, so a chunk replaced by another (valid)
+chunk, truncated or edited is refused with one line. The cost is one sha256 pass over what is
+read (BENCHMARKS.md "Reliability": a few percent of the read itself), so there is no cheaper
+mode. Stores written before the checksums (no chunk_sha256) are still read, with their
+missing-chunk and fill-value checks, and a warning that says their contents are not verified
+and that a fresh `tokenize` records them.
 """
 import hashlib
 import json
@@ -16,6 +26,7 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 
 from ucore.jobs.errors import UserError
 
@@ -26,6 +37,9 @@ TOKENS = "tokens"
 LABELS = "labels"
 TOKENIZER_DIR = "tokenizer"
 FILL_VALUE = -1   # never a token id: unwritten chunks read as -1 (and are never trusted)
+CHECKSUMS = "chunk_sha256"   # per array in manifest["arrays"]: sha256 of each chunk's rows
+LABEL_CHUNK_ROWS = 1 << 16   # rows per chunk of the labels array (fewer in a smaller store)
+_CACHED_CHUNKS = 4           # verified chunks kept per array (a reader reads rows in order)
 
 
 def _kvstore(path: str) -> dict:
@@ -59,6 +73,60 @@ def open_array(path: str, write: bool = False):
   import tensorstore as ts
   spec = {"driver": "zarr3", "kvstore": _kvstore(path)}
   return ts.open(spec, open=True, read=True, write=write).result()
+
+
+def chunk_digest(rows: np.ndarray) -> str:
+  """sha256 of one chunk's rows (its little-endian int32 bytes): the content checksum."""
+  return hashlib.sha256(np.ascontiguousarray(rows, dtype="<i4").tobytes()).hexdigest()
+
+
+def chunk_digests(rows: np.ndarray, chunk_rows: int) -> list:
+  """chunk_digest of each run of `chunk_rows` rows of `rows` (the last may be shorter)."""
+  return [chunk_digest(rows[i:i + chunk_rows]) for i in range(0, rows.shape[0], chunk_rows)]
+
+
+class _VerifiedArray:
+  """Reads rows of a zarr array a whole chunk at a time, each chunk checked against its
+  recorded sha256 before use; the last few verified chunks are kept (sequential readers read
+  every chunk once). Without recorded digests it reads rows as they are."""
+
+  def __init__(self, path, name, arr, chunk_rows, digests):
+    self.path, self.name, self.arr = path, name, arr
+    self.chunk_rows, self.digests = int(chunk_rows), digests
+    self._cache = {}
+
+  def _chunk(self, i: int) -> np.ndarray:
+    if i not in self._cache:
+      a = i * self.chunk_rows
+      b = min(a + self.chunk_rows, int(self.arr.shape[0]))
+      rows = _read(self.arr, a, b, self.path)
+      if rows.size and rows.min() < 0:   # the fill value of a chunk that is not there
+        raise UserError(f"token store {self.path} is incomplete: chunk {i} of {self.name} "
+                        f"holds the fill value {FILL_VALUE} (a chunk file is missing); rebuild it")
+      if chunk_digest(rows) != self.digests[i]:
+        raise UserError(f"token store {self.path} is corrupt: chunk {i} of {self.name} (rows "
+                        f"[{a}, {b})) does not match its recorded checksum (replaced, edited "
+                        "or damaged); rebuild the store with `python main.py tokenize`")
+      if len(self._cache) >= _CACHED_CHUNKS:
+        self._cache.pop(next(iter(self._cache)))
+      self._cache[i] = rows
+    return self._cache[i]
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    if self.digests is None:
+      return _read(self.arr, start, stop, self.path)
+    c = self.chunk_rows
+    parts = [self._chunk(i)[max(start - i * c, 0):stop - i * c]
+             for i in range(start // c, (stop - 1) // c + 1)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _read(arr, start, stop, path) -> np.ndarray:
+  try:
+    return np.asarray(arr[start:stop].read().result(), dtype=np.int32)
+  except Exception as e:   # tensorstore: a truncated or damaged chunk file
+    raise UserError(f"token store {path} is corrupt: rows [{start}, {stop}) are "
+                    f"unreadable ({' '.join(str(e).split())[:200]}); rebuild it") from e
 
 
 def store_id_of(manifest: dict) -> str:
@@ -95,8 +163,19 @@ class TokenStore:
     self.bos_id = int(manifest["tokenizer"]["bos_id"])
     self.eos_id = int(manifest["tokenizer"]["eos_id"])
     self.mask_exclude_ids = tuple(manifest["mask_exclude_ids"])
-    self._tokens = tokens
-    self._labels = labels
+    arrays = manifest.get("arrays") or {}
+    self.verified = all(CHECKSUMS in (arrays.get(n) or {}) for n in (TOKENS, LABELS))
+    if not self.verified:
+      logging.warning("token store %s has no chunk checksums (written before they were "
+                      "recorded): its chunk contents are not verified; `python main.py "
+                      "tokenize` into a new workdir records them", path)
+
+    def verified(name, arr):
+      spec = arrays.get(name) or {}
+      return _VerifiedArray(path, name, arr, spec.get("chunk_rows") or arr.chunk_layout.read_chunk.shape[0],
+                            spec.get(CHECKSUMS) if self.verified else None)
+    self._tokens = verified(TOKENS, tokens)
+    self._labels = verified(LABELS, labels)
 
   def __repr__(self):
     return (f"TokenStore({self.path!r}, rows={self.num_rows}, ctx={self.ctx}, "
@@ -117,11 +196,7 @@ class TokenStore:
     start, stop = self._check_range(start, stop)
     if start == stop:
       return np.zeros((0, self.ctx), np.int32)
-    try:
-      rows = np.asarray(self._tokens[start:stop].read().result(), dtype=np.int32)
-    except Exception as e:   # tensorstore: a truncated or damaged chunk file
-      raise UserError(f"token store {self.path} is corrupt: rows [{start}, {stop}) are "
-                      f"unreadable ({' '.join(str(e).split())[:200]}); rebuild it") from e
+    rows = self._tokens.read(start, stop)
     if rows.size and rows.min() < 0:   # the fill value of a chunk that is not there
       bad = start + int(np.nonzero((rows < 0).any(axis=1))[0][0])
       raise UserError(f"token store {self.path} is incomplete: row {bad} holds the fill value "
@@ -133,7 +208,7 @@ class TokenStore:
     start, stop = self._check_range(start, stop)
     if start == stop:
       return np.zeros((0,), np.int32)
-    return np.asarray(self._labels[start:stop].read().result(), dtype=np.int32)
+    return self._labels.read(start, stop)
 
   def iter_batches(self, batch_rows: int, start_row: int = 0, stop_row: int | None = None,
                    process_index: int = 0, process_count: int = 1, pad_id: int | None = None):
@@ -269,6 +344,14 @@ def open_store(path: str) -> TokenStore:
                        f"int32[{num_rows}, {ctx}]")
     if tuple(labels.shape) != (num_rows,):
       raise ValueError(f"labels array has shape {list(labels.shape)}, expected [{num_rows}]")
+    for name, arr in ((TOKENS, tokens), (LABELS, labels)):
+      spec = (manifest.get("arrays") or {}).get(name) or {}
+      if CHECKSUMS in spec:
+        rows = int(arr.chunk_layout.read_chunk.shape[0])
+        if int(spec.get("chunk_rows", rows)) != rows or \
+            len(spec[CHECKSUMS]) != -(-num_rows // rows):
+          raise ValueError(f"the {name} array's chunks ({rows} rows) do not match the "
+                           f"manifest's {len(spec[CHECKSUMS])} chunk checksums")
     missing = _missing_chunks(os.path.join(path, TOKENS), tokens) + \
         _missing_chunks(os.path.join(path, LABELS), labels)
     if missing:

@@ -11,8 +11,10 @@ import os as _os
 # A full disk or quota: every write is atomic (ucore.jobs.atomic, committed checkpoints), so what
 # was written stays consistent and the same command resumes once space is freed.
 DISK_FULL = (_errno.ENOSPC, _errno.EFBIG, _errno.EDQUOT)
-# The path cannot be written at all: nothing was written there.
-NOT_WRITABLE = (_errno.EROFS, _errno.EACCES)
+# The path cannot be written (read-only filesystem, permissions, an immutable file or
+# directory: EPERM), also when it turns so while the job runs: every write is atomic, so what
+# was written before stays consistent and the same command resumes once it is writable.
+NOT_WRITABLE = (_errno.EROFS, _errno.EACCES, _errno.EPERM)
 
 
 class UserError(Exception):
@@ -44,7 +46,10 @@ def environment_error(exc):
           f"the disk is full: {_os.strerror(code if code in DISK_FULL else named[0])}{where}; "
           "what was written so far is consistent: free space and rerun the same command "
           "to resume"))
-    if code in NOT_WRITABLE:
+    named = [c for c in NOT_WRITABLE if _os.strerror(c) in str(e)]
+    if code in NOT_WRITABLE or (code is None and named):
+      code = code if code in NOT_WRITABLE else named[0]
       return str(UserError(f"{_os.strerror(code)}{where}: the workdir must be writable and "
-                           "its inputs readable; choose another --workdir or fix permissions"))
+                           "its inputs readable; fix permissions (or choose another --workdir) "
+                           "and rerun the same command to resume"))
   return None

@@ -220,6 +220,14 @@ def write_report(out_dir: str, tables: Mapping[str, pd.DataFrame], *,
   out_dir = os.path.abspath(out_dir)
   fig_dir = os.path.join(out_dir, FIGURES_DIR)
   os.makedirs(fig_dir, exist_ok=True)
+  # figures of an earlier report here are rewritten or stale: removed, so that a rerun's
+  # copies keep their names (no name-1.png beside name.png) and no orphan lingers
+  sources = {os.path.abspath(sec.png_path) for sec in map(_as_section, figures_extra)
+             if sec.png_path}
+  for name in os.listdir(fig_dir):
+    path = os.path.join(fig_dir, name)
+    if os.path.isfile(path) and path not in sources:
+      os.unlink(path)
   rel = lambda p: os.path.relpath(p, out_dir).replace(os.sep, "/")
 
   summaries = {name: table_summary(F.check_table(t, f"table {name!r}"), threshold)
