@@ -55,6 +55,8 @@ def test_mirrored_constants_match_their_homes():
   assert schema.ACTIVATIONS == ACTIVATIONS
   assert schema.BASELINE_KINDS == KINDS
   assert schema.GPT2_VOCAB == tokmod.vocab_size(tokmod.gpt2_files_offline())
+  from converters.convert import PROCESSING
+  assert schema.SWEEP_OWN["process"].choices == PROCESSING
 
 
 def _with(name, variant="", **overrides):

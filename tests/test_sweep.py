@@ -264,10 +264,10 @@ def _config(family, cache, **overrides):
 @pytest.mark.parametrize("overrides,message", [
     ({"checkpoints": ["@step1000"]}, "is a hub revision but model"),
     ({"checkpoints": ["checkpoint-999"]}, "does not exist"),
-    ({"checkpoints": ["checkpoint-100", "checkpoint-100"]}, "repeat an entry"),
+    ({"checkpoints": ["checkpoint-100", "checkpoint-100"]}, "config.checkpoints=['checkpoint-100', 'checkpoint-100'] must not repeat an element"),
     ({"steps": (1, 2)}, "config.steps has 2 steps for 3 checkpoints"),
-    ({"steps": (5, 5, 6)}, "must be distinct"),
-    ({"model_names": ["a", "a", "b", "c"]}, "repeat; set config.model_names"),
+    ({"steps": (5, 5, 6)}, "config.steps=(5, 5, 6) must not repeat an element"),
+    ({"model_names": ["a", "a", "b", "c"]}, "config.model_names=['a', 'a', 'b', 'c'] must not repeat an element"),
     ({"models": ["pythia-70m", "pythia-70m-seed1"], "checkpoints": ["@step1500"]},
      "step 1500 is not a kept Pythia checkpoint; nearest: step1000, step2000"),
     ({"models": ["pythia-70m", "pythia-70m-seed1"], "checkpoints": ["checkpoint-10"]},
@@ -278,7 +278,7 @@ def _config(family, cache, **overrides):
     ({"correlate_models": ["x", "y"]}, "set per checkpoint by the sweep"),
     ({"correlate_mode": "all_pairs"}, "mode 'reference'"),
     ({"correlate_batch_rows": 0}, "batch_rows=0 must be >= 1"),
-    ({"process": "fold"}, "choose one of none, transformer_lens"),
+    ({"process": "fold"}, "config.process='fold' must be one of 'none', 'transformer_lens'"),
 ])
 def test_bad_sweeps_refused_before_writing(family, tmp_path, overrides, message):
   from ucore import sweep

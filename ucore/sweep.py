@@ -42,7 +42,6 @@ STEP_DIR = "step{}"
 CHECKPOINT_JOB = "checkpoint.json"
 OUT_DIR = "over_training"
 SUMMARY = "summary.json"
-PROCESSING = ("none", "transformer_lens")
 # the training step a checkpoint name carries: step1000, checkpoint-1000, checkpoint_1000
 _STEP_IN_NAME = re.compile(r"(?:^|[^A-Za-z])(?:step|checkpoint)[-_]?(\d+)$")
 
@@ -227,43 +226,23 @@ def plan(config):
   """[(step, checkpoint, [reference per model])] in step order, and the model names; every
   field checked (UserError) before anything is written."""
   from ucore.corr.driver import check_numbers
+  from ucore.jobs import schema
+  schema.check(config, "sweep")   # every field and cross-field rule (ucore/jobs/schema.py)
   models, checkpoints = list(config.models), list(config.checkpoints)
-  if len(models) < 2:
-    raise UserError("config.models must list at least two models (the family; the first is "
-                    "the reference)")
-  if not checkpoints:
-    raise UserError("config.checkpoints is empty: list @revisions (hub models) or "
-                    "subdirectories (local models), e.g. @step1000,@step143000")
-  if len(set(checkpoints)) != len(checkpoints):
-    raise UserError(f"config.checkpoints {checkpoints} repeat an entry")
   names = list(config.model_names) or [_default_name(m) for m in models]
-  if len(names) != len(models):
-    raise UserError(f"config.model_names has {len(names)} names for {len(models)} models")
   for n in names:
     atomic.check_safe_name(n, "model name")
   if len(set(names)) != len(names):
     raise UserError(f"model names {names} repeat; set config.model_names")
   steps = list(config.steps) or [step_of(c) for c in checkpoints]
-  if len(steps) != len(checkpoints):
-    raise UserError(f"config.steps has {len(steps)} steps for {len(checkpoints)} checkpoints")
   unnamed = [c for c, s in zip(checkpoints, steps) if s is None]
   if unnamed:
     raise UserError(f"checkpoints {unnamed} carry no step in their name; give every "
                     "checkpoint's training step in config.steps")
   steps = [int(s) for s in steps]
-  if min(steps) < 0 or len(set(steps)) != len(steps):
-    raise UserError(f"checkpoint steps {steps} must be distinct and >= 0")
-  if config.process not in PROCESSING:
-    raise UserError(f"config.process={config.process!r}; choose one of {', '.join(PROCESSING)}")
-  if int(config.fallback_k) < 1:
-    raise UserError(f"config.fallback_k={config.fallback_k} must be >= 1")
+  if len(set(steps)) != len(steps):
+    raise UserError(f"checkpoint steps {steps} must be distinct")
   c = config.correlate
-  if list(c.models) or list(c.model_names):
-    raise UserError("config.correlate.models / model_names are set per checkpoint by the "
-                    "sweep: use config.models and config.model_names")
-  if c.mode != "reference":
-    raise UserError(f"config.correlate.mode={c.mode!r}: a sweep correlates the reference "
-                    "against the others (mode 'reference')")
   if not c.token_store:
     raise UserError("config.correlate.token_store is required (a directory made by "
                     "`main.py tokenize` with the family's tokenizer)")

@@ -150,7 +150,7 @@ def require_config():
 
 # The config family (ucore.jobs.schema) of each subcommand's --config.
 FAMILY = {"tokenize": "tokenize", "train": "train", "correlate": "correlate",
-          "plan": "correlate", "analyze": "analyze", "pipeline": "pipeline"}
+          "plan": "correlate", "analyze": "analyze", "pipeline": "pipeline", "sweep": "sweep"}
 
 
 def check_config(command: str) -> None:

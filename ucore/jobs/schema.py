@@ -1,12 +1,12 @@
 """One declarative description of every config family's fields, checked for a whole config
 before anything is written (issue 21).
 
-A family (tokenize, train, correlate, analyze, pipeline) is a table {dotted field: rule} plus
-cross-field rules (functions of the whole config returning an error or None). `check(config,
-family)` checks every field the table describes and every cross-field rule, and raises one
-UserError naming every bad field (at most a few, then a count). The pipeline's table nests the
-other four under its own prefixes, so one call checks every stage's sub-config at pipeline
-start.
+A family (tokenize, train, correlate, analyze, pipeline, sweep) is a table {dotted field:
+rule} plus cross-field rules (functions of the whole config returning an error or None).
+`check(config, family)` checks every field the table describes and every cross-field rule, and
+raises one UserError naming every bad field (at most a few, then a count). The pipeline's
+table nests the other four under its own prefixes (the sweep's nests correlate), so one call
+checks every stage's sub-config at pipeline start.
 
 Token ids: fields whose rule says `token_id` are checked against the vocabulary. Where the
 vocabulary follows from the config itself (tokenize: gpt2 = 50257, bpe = bpe_vocab_size; the
@@ -509,20 +509,65 @@ def _pipeline_cross(c):
   return "; ".join(out) or None
 
 
+# ---- sweep (ucore/sweep.py): the family, its checkpoints, and a correlate sub-config --------
+SWEEP_OWN = {
+    "models": Seq(Str(nonempty=True), nonempty=True),
+    "model_names": Seq(Str(nonempty=True), distinct=True),
+    "checkpoints": Seq(Str(nonempty=True), nonempty=True, distinct=True),
+    "steps": Seq(Count(0), distinct=True),
+    "process": Str("none", "transformer_lens"),
+    "cache_dir": Str(),
+    "fallback_k": Count(1),
+}
+# The sweep sets these per checkpoint from its own fields.
+SWEEP_SET = ("correlate.models", "correlate.model_names")
+
+
+def _sweep_cross(c):
+  out = []
+  if not SWEEP_OWN["models"].problem(c.models) and len(c.models) < 2:
+    out.append(f"models={list(c.models)}: a sweep correlates a family and needs at least two "
+               "models (the first is the reference)")
+  if not SWEEP_OWN["model_names"].problem(c.model_names) and c.model_names and \
+      len(c.model_names) != len(c.models):
+    out.append(f"model_names has {len(c.model_names)} names for {len(c.models)} models")
+  if not SWEEP_OWN["steps"].problem(c.steps) and c.steps and \
+      len(c.steps) != len(c.checkpoints):
+    out.append(f"steps has {len(c.steps)} steps for {len(c.checkpoints)} checkpoints")
+  if list(c.correlate.models) or list(c.correlate.model_names):
+    out.append("correlate.models / correlate.model_names are set per checkpoint by the sweep: "
+               "use models and model_names")
+  if c.correlate.mode != "reference":
+    out.append(f"correlate.mode={c.correlate.mode!r}: a sweep correlates the reference against "
+               "the others (mode 'reference')")
+  return "; ".join(out) or None
+
+
 FAMILIES = {"tokenize": TOKENIZE_FAMILY, "train": TRAIN_FAMILY, "correlate": CORRELATE_FAMILY,
             "analyze": ANALYZE_FAMILY}
+# Families that nest others under a prefix: (own fields, {prefix: family}, fields the command
+# sets itself (not read from the config), cross rule over the whole config).
+NESTED = {
+    "pipeline": (PIPELINE_OWN, STAGES, PIPELINE_SET, _pipeline_cross),
+    "sweep": (SWEEP_OWN, {"correlate": CORRELATE_FAMILY}, SWEEP_SET, _sweep_cross),
+}
 
 
-def pipeline_fields() -> dict:
-  """Every pipeline field with its rule (stages' fields under their prefix)."""
-  out = dict(PIPELINE_OWN)
-  for prefix, fam in STAGES.items():
+def nested_fields(family: str) -> dict:
+  """Every field of a nesting family with its rule (the nested families' under their prefix)."""
+  own, stages, _, _ = NESTED[family]
+  out = dict(own)
+  for prefix, fam in stages.items():
     out.update({f"{prefix}.{k}": r for k, r in fam.fields.items()})
   return out
 
 
+def pipeline_fields() -> dict:
+  return nested_fields("pipeline")
+
+
 def fields_of(family: str) -> dict:
-  return pipeline_fields() if family == "pipeline" else FAMILIES[family].fields
+  return nested_fields(family) if family in NESTED else FAMILIES[family].fields
 
 
 # ---- checking -------------------------------------------------------------------------------
@@ -554,8 +599,9 @@ def problems(config, family: str, vocab_size=None) -> list:
     return [f"--config is not a {family} config: it lacks {len(fields) - len(present)} of the "
             f"{len(fields)} fields of one (e.g. {', '.join(p for p in fields if p not in present)[:120]})"]
   out = []
+  own_set = NESTED[family][2] if family in NESTED else ()
   for path, rule in fields.items():
-    if family == "pipeline" and path in PIPELINE_SET:
+    if path in own_set:
       continue
     if not _has(config, path):
       continue   # an older config without the field: its reader's default applies
@@ -563,11 +609,12 @@ def problems(config, family: str, vocab_size=None) -> list:
     p = rule.problem(value)
     if p:
       out.append(f"{path}={value!r} {p}")
-  if family == "pipeline":
-    for prefix, fam in STAGES.items():
+  if family in NESTED:
+    _, stages, _, cross = NESTED[family]
+    for prefix, fam in stages.items():
       if prefix in config:
         out += [f"{prefix}.{e}" for e in (f(config[prefix]) for f in fam.cross) if e]
-    e = None if out else _pipeline_cross(config)   # (over fields that passed their rules)
+    e = None if out else cross(config)   # (over fields that passed their rules)
     if e:
       out.append(e)
     return out
