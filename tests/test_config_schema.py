@@ -57,6 +57,10 @@ def test_mirrored_constants_match_their_homes():
   assert schema.GPT2_VOCAB == tokmod.vocab_size(tokmod.gpt2_files_offline())
   from converters.convert import PROCESSING
   assert schema.SWEEP_OWN["process"].choices == PROCESSING
+  from ucore.corr.precision import NAMES
+  from ucore.data.mask import GPT2_EOS_ID
+  assert schema.CORRELATE["precision"].choices == NAMES
+  assert schema.GPT2_VOCAB == GPT2_EOS_ID + 1   # <|endoftext|> is GPT-2's last id
 
 
 def _with(name, variant="", **overrides):

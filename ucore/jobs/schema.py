@@ -28,7 +28,9 @@ from typing import Callable, Optional
 
 from ucore.jobs.errors import UserError
 
-GPT2_VOCAB = 50257   # OpenAI's GPT-2 BPE (ids 0..50256; 50256 = <|endoftext|>)
+# Constants mirrored from higher layers (this module is in the lowest layer: the token store
+# build checks its config here too); tests/test_config_schema.py holds each equal to its home.
+GPT2_VOCAB = 50257   # OpenAI's GPT-2 BPE: ids 0..ucore.data.mask.GPT2_EOS_ID
 BPE_MIN_VOCAB = 258   # a byte-level BPE: 256 byte symbols + <|endoftext|> + at least one merge
 
 
@@ -321,7 +323,7 @@ CORRELATE = {
     "batch_rows": Count(1),
     "exclude_ids": Seq(TOKEN_ID),
     "pad_id": Int(lo=0, also=(-1,), what="none", token_id=True),
-    "precision": Str("highest", "bf16_3x", "tf32"),
+    "precision": Str("highest", "bf16_3x", "tf32"),   # = ucore.corr.precision.NAMES (tested)
     "overlap": Bool(),
     "compensated": Bool(),
     "dead_rel_std": Float(0),
