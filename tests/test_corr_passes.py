@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One correlate run in a fresh process (2 CPU devices, mesh 1 × 2). argv: workdir, the cap as
 # a fraction of the per-device state (0 = none), and the global step at which the process
-# SIGKILLs itself (0 = never).
+# SIGKILLs itself (0 = never); optional: the threshold (a finalize-only field).
 _RUN = """
 import json, os, signal, sys
 from absl import logging
@@ -28,6 +28,8 @@ from ucore.corr import driver, moments as M
 workdir, frac, kill_at = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 logging.set_verbosity(logging.INFO)
 c = config_files.load("correlate_tiny")
+if len(sys.argv) > 4:
+  c.threshold = float(sys.argv[4])
 c.synthetic.n_models, c.synthetic.n_layers, c.synthetic.d_mlp, c.synthetic.rows = 5, 4, 128, 16
 c.batch_rows, c.checkpoint.every_steps, c.selfcheck.sample = 4, 2, 48
 c.mesh.tok, c.mesh.neu = 1, 2
@@ -45,9 +47,11 @@ print(json.dumps({"state_per_device": state, "cap": c.memory.device_gib * 2 ** 3
 STEPS_PER_PASS = 4   # 16 rows, 4 per step
 
 
-def _run(workdir, frac=0.0, kill_at=0):
+def _run(workdir, frac=0.0, kill_at=0, threshold=None):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-c", _RUN, str(workdir), str(frac), str(kill_at)],
+  extra = [] if threshold is None else [str(threshold)]
+  return subprocess.run([sys.executable, "-c", _RUN, str(workdir), str(frac), str(kill_at)]
+                        + extra,
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -101,6 +105,17 @@ def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(si
   many, s2 = _summary(wd)
   assert one == many and s2["passes"] == len(tiles) and "passes" not in s1
   assert s2["selfcheck"]["status"] == "ok" and s2["selfcheck"]["entries_checked"] > 0
+  # a finalize-only change re-finalizes every pass's committed moments (no re-accumulation)
+  # to the tables a single-pass run re-finalizes to
+  for wd_ in (single, wd):
+    r = _run(wd_, frac=1 / 3 if wd_ == wd else 0.0, threshold=0.05)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "re-finalizing" in r.stderr and "starting pass" not in r.stderr, r.stderr[-2000:]
+  _identical(_tables(single), _tables(wd))
+  one_low, _ = _summary(single)
+  many_low, s3 = _summary(wd)
+  assert one_low == many_low and s3["threshold"] == 0.05 and s3["passes"] == len(tiles)
+  assert one_low["universal"] != one["universal"]   # the lower threshold changed the tables
 
 
 def test_tiles_cover_every_pair_and_reference_row_once():
