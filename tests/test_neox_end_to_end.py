@@ -1,10 +1,12 @@
 """A tiny GPT-NeoX family end to end, offline: HF checkpoints with their own tokenizer.json ->
-convert -> tokenize (with the converted tokenizer) -> correlate -> analyze -> report."""
+convert -> tokenize (with the converted tokenizer) -> correlate -> analyze -> report; and the
+same family in mode all_pairs (every model against every other) against float64 numpy."""
 import json
 import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from converters.convert import convert
 from tests import hf_fixtures
@@ -27,7 +29,11 @@ def _corpus(path, n=60):
   return str(path)
 
 
-def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+  """Three converted NeoX models (one and two slightly perturbed copies) and a token store
+  tokenized with their converted tokenizer: (model dirs, store)."""
+  tmp_path = tmp_path_factory.mktemp("neox_family")
   corpus = _corpus(tmp_path / "docs.jsonl")
   cfg = hf_fixtures.neox_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
                                 intermediate_size=32, vocab_size=320, max_position_embeddings=32)
@@ -48,7 +54,11 @@ def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
   tc.label_field, tc.tokenizer, tc.model_vocab_size = "label", dirs[0] + "/tokenizer", 320
   store = build.build_store(tc, str(tmp_path / "store"))
   assert store.bos_id == 0   # <|endoftext|> of the checkpoint's tokenizer.json
+  return dirs, store
 
+
+def test_neox_family_tokenize_correlate_analyze_report(family, tmp_path):
+  dirs, store = family
   c = config_files.load("correlate_default")
   c.models, c.model_names = dirs, ["a", "b", "c"]
   c.token_store = store.path
@@ -70,3 +80,44 @@ def test_neox_family_tokenize_correlate_analyze_report(tmp_path):
   stats = pd.read_parquet(os.path.join(wd, "stats", "neuron_stats.parquet"))
   assert len(stats) == 64
   assert load_model(dirs[0]).config.architecture == "gpt_neox"
+
+
+def test_neox_family_all_pairs_matches_float64(family, tmp_path):
+  """mode all_pairs on the NeoX family: every model's max correlation with every sibling
+  and its Haar baseline, against float64 numpy on the models' own activations."""
+  from ucore.corr import baselines as BL, moments as M, tables as TB
+  from ucore.data.mask import token_mask
+  dirs, store = family
+  names = ["a", "b", "c"]
+  c = config_files.load("correlate_default")
+  c.models, c.model_names, c.token_store, c.mode = dirs, names, store.path, "all_pairs"
+  c.max_tokens, c.batch_rows, c.top_k = 0, 4, 2
+  c.baseline.kinds, c.baseline.primary, c.baseline.draws = ("haar",), "haar", 1
+  c.baseline.seed = 0
+  tables = driver.run(c, str(tmp_path / "corr"))
+
+  tokens = store.read_rows(0, store.num_rows)
+  keep = np.asarray(token_mask(tokens, exclude_ids=store.mask_exclude_ids)).reshape(-1)
+  acts = []
+  for d in dirs:
+    a = np.asarray(load_model(d).neuron_activations(tokens, layers=[0, 1]), np.float64)
+    acts.append(a.reshape(-1, a.shape[-1])[keep])
+  L, D = 2, acts[0].shape[1] // 2
+  z = [(a - a.mean(0)) / a.std(0) for a in acts]
+  mesh = M.make_mesh(1, -1)
+  d_pad = M.make_spec(["a", "b"], [range(L)] * 2, D, mesh).d_pad
+  for own in range(3):
+    agg = TB.read_neurons(tables, names[own])
+    for part in range(3):
+      if part == own:
+        continue
+      n = len(z[own])
+      mx = (z[own].T @ z[part] / n).max(1)
+      rmat = np.asarray(BL.mixing_stack("haar", D, d_pad, tuple(range(L)), seed=0, draw=0,
+                                        model=part, mesh=mesh), np.float64)[:, :D, :D]
+      centred = acts[part] - acts[part].mean(0)
+      rot = np.concatenate([centred[:, l * D:(l + 1) * D] @ rmat[l].T for l in range(L)], 1)
+      base = (z[own].T @ (rot / np.sqrt((rot ** 2).mean(0))) / n).max(1)
+      np.testing.assert_allclose(agg[f"corr__{names[part]}"], mx, atol=2e-5)
+      np.testing.assert_allclose(agg[f"baseline__{names[part]}"], base, atol=2e-5)
+  assert TB.read_seed_matrix(tables).shape == (3, 4)
