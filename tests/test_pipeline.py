@@ -97,11 +97,31 @@ def test_report_has_every_universality_section_populated(pipeline_run):
 
 def test_pipeline_rerun_skips_finished_stages(pipeline_run):
   workdir, _ = pipeline_run
-  before = os.path.getmtime(os.path.join(workdir, "family", "family.json"))
+  kept = [os.path.join("family", "family.json"), os.path.join("report", "index.html")]
+  kept += [os.path.join("report", f) for f in os.listdir(os.path.join(workdir, "report"))
+           if f.endswith(".png")]
+  before = {f: os.stat(os.path.join(workdir, f)).st_mtime_ns for f in kept}
   r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert os.path.getmtime(os.path.join(workdir, "family", "family.json")) == before
+  # nothing rewritten: not the family, not the report (issue 21: reruns rewrote the report)
+  assert {f: os.stat(os.path.join(workdir, f)).st_mtime_ns for f in kept} == before
   summary = json.load(open(os.path.join(workdir, "pipeline.json")))
+  assert summary["stage_seconds"]["train"] < 5 and summary["stage_seconds"]["analyze"] < 5
+  assert "report" not in summary["stage_seconds"] and "[pipeline] report" not in r.stdout
+  assert summary["report"] == os.path.join(workdir, "report", "index.html")
+
+
+def test_pipeline_rerun_with_another_report_field_rewrites_the_report(pipeline_run, tmp_path):
+  workdir, _ = pipeline_run
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy, symlinks=True)
+  html = os.path.join(copy, "report", "index.html")
+  before = os.stat(html).st_mtime_ns
+  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={copy}", "--config.report_top_k=3")
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(os.path.join(copy, "pipeline.json")))
+  assert os.stat(html).st_mtime_ns != before and "report" in summary["stage_seconds"]
+  assert summary["report_inputs"]["config"]["report_top_k"] == 3
   assert summary["stage_seconds"]["train"] < 5 and summary["stage_seconds"]["analyze"] < 5
 
 

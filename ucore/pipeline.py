@@ -1,6 +1,7 @@
 """The default study end to end: tokens -> seed family -> correlations (+ over training) ->
 analyses -> report. Every stage is itself resumable and skips work already finished, so
-re-running the pipeline after a kill continues where it stopped.
+re-running the pipeline after a kill continues where it stopped; a finished pipeline rerun with
+the same config keeps its report (pipeline.json, written last, records the report's inputs).
 
 Layout of the workdir:
   tokens/            token store (ucore.data)
@@ -127,8 +128,16 @@ def run(config, workdir: str) -> dict:
   analyses_dir = os.path.join(workdir, "analyses")
   sections = _stage("analyze", lambda: _analyze(config, family, seeds, tokens_dir, train_rows,
                                                 tables_dir, analyses_dir), timings)
-  examples = _stage("examples", lambda: _examples(config, finals[0], tokens_dir, train_rows,
-                                                  neurons), timings)
+  # The report is a function of the config and the finished stages' outputs: a rerun with
+  # the same inputs keeps the report it wrote (pipeline.json records the inputs, last).
+  report_inputs = _report_inputs(config, tables_dir, analyses_dir, workdir)
+  report_done = _report_finished(workdir, report_inputs)
+  if report_done:
+    logging.info("pipeline: the report in %s is complete for these inputs; kept", workdir)
+  elif os.path.exists(os.path.join(workdir, SUMMARY)):
+    os.unlink(os.path.join(workdir, SUMMARY))   # complete again only when rewritten
+  examples = None if report_done else _stage(
+      "examples", lambda: _examples(config, finals[0], tokens_dir, train_rows, neurons), timings)
 
   def report():
     from ucore.report import sections as RS
@@ -165,7 +174,7 @@ def run(config, workdir: str) -> dict:
                         threshold=float(config.correlate.threshold),
                         top_k=int(config.report_top_k))
   from ucore.report.browser import write_beside_report   # the neuron browser beside it
-  html = _stage("report", lambda: write_beside_report(
+  html = report_done or _stage("report", lambda: write_beside_report(
       report(), os.path.join(analyses_dir, "browser")), timings)
 
   n_univ = int(neurons["universal"].sum())
@@ -187,9 +196,35 @@ def run(config, workdir: str) -> dict:
                             if focus_by_step is not None else None)},
       "selfcheck": corr_summary.get("selfcheck"),
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
+      "report_inputs": report_inputs,
   }
   atomic.write_json(os.path.join(workdir, SUMMARY), result)
   return result
+
+
+def _report_inputs(config, tables_dir, analyses_dir, workdir) -> dict:
+  """What the examples and the report are computed from: the pipeline's config, the final
+  correlations' identity and finalize settings, the analyses' completion stamp (paths inside
+  the workdir relative to it: a moved workdir keeps its report)."""
+  from ucore.corr import tables
+  corr = tables.read_summary(tables_dir)
+  stamp_path = os.path.join(analyses_dir, "pipeline_stamp.json")
+  inputs = {"config": config.to_dict(),
+            "correlations": {k: corr.get(k) for k in ("identity", "finalize")},
+            "analyses": atomic.read_json(stamp_path) if os.path.exists(stamp_path) else None}
+  return identity.relative_paths(identity.normalize(inputs), os.path.abspath(workdir))
+
+
+def _report_finished(workdir, inputs):
+  """The report's index.html when pipeline.json says a run finished it for `inputs`."""
+  path, html = os.path.join(workdir, SUMMARY), os.path.join(workdir, "report", "index.html")
+  if not (os.path.exists(path) and os.path.isfile(html)):
+    return None
+  try:
+    done = atomic.read_json(path)
+  except (OSError, ValueError):
+    return None   # unreadable: rewritten below
+  return html if done.get("report_inputs") == inputs else None
 
 
 def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir):
