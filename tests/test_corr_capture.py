@@ -252,3 +252,26 @@ def test_merge_of_passes_takes_maxima():
   assert m["max_abs_corr"] == 3e-5 and m["arithmetic_max_abs_rotated"] == 5e-7
   assert m["entries_checked"] == 10 and m["sampling_max_abs_r"] == 0.8
   assert m["sampling_se_at_max_r"] == 0.36e-3 and m["capture_max_abs_corr"] == 1e-5
+
+
+def test_model_source_runs_its_forward_in_the_chosen_dtype(tmp_path):
+  from ucore.corr import activations as S
+  from ucore.corr.synthetic import SyntheticTokens
+  from ucore.models.gpt2 import GPT2Config
+  from ucore.models.hooked import init_params, save_model
+  cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, d_mlp=24)
+  p = str(tmp_path / "m")
+  save_model(p, cfg, init_params(cfg, seed=0), manifest={"source": "test", "seed": 0})
+  tokens = SyntheticTokens(num_rows=4, ctx=16, seed=1).read_rows(0, 4)
+  f32 = S.ModelSource(p, "m", "blocks.*.mlp.hook_post")
+  bf = S.ModelSource(p, "m", "blocks.*.mlp.hook_post", dtype="bfloat16")
+  assert (f32.forward_dtype, bf.forward_dtype) == ("float32", "bfloat16")
+  assert bf.fingerprint == f32.fingerprint        # the weights' (analyze matches tables by it)
+  a32 = np.asarray(f32.acts(tokens, [0, 1]))
+  a16 = np.asarray(bf.acts(tokens, [0, 1]))
+  assert a16.dtype == np.float32 and a16.shape == a32.shape == (4, 16, 48)
+  np.testing.assert_array_equal(bf16_np(a16), a16)   # bf16 numbers: a bf16 capture is exact
+  rel = np.abs(a16 - a32).max() / np.abs(a32).max()
+  assert 1e-4 < rel < 5e-2                          # bf16 rounding, not a different forward
+  with pytest.raises(UserError, match="forward_dtype='float16' is not one of"):
+    S.ModelSource(p, "m", "blocks.*.mlp.hook_post", dtype="float16")
