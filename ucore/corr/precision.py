@@ -37,6 +37,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ucore.jobs.errors import UserError
 
@@ -66,10 +67,27 @@ def capture_dtype(name: str):
 
 def capture(x, name: str):
   """x (numpy or jax, any float dtype) rounded to the mode's capture dtype, as float32 (round
-  to nearest even); x as float32 for the modes that do not round."""
+  to nearest even, fp16's subnormals and overflow to inf included); x as float32 for the modes
+  that do not round. On device the rounding is explicit arithmetic (reduce_precision, and a
+  fixed-point rounding for fp16's subnormals), never a convert pair: XLA may drop a
+  f32 → bf16 → f32 convert chain where it allows excess precision (its GPU default)."""
   dt = capture_dtype(name)
+  if isinstance(x, np.ndarray):
+    x = x.astype(np.float32)
+    if dt is None:
+      return x
+    with np.errstate(over="ignore"):   # beyond fp16's range: inf, as on device (docstring)
+      return x.astype(dt).astype(np.float32)
   x = x.astype(jnp.float32)
-  return x if dt is None else x.astype(dt).astype(jnp.float32)
+  if dt is None:
+    return x
+  if dt == jnp.bfloat16:
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+  # fp16: reduce_precision flushes fp16's subnormals (|x| < 2^-14) to zero; they are the
+  # multiples of 2^-24, so round those on that grid (scaling by powers of 2 is exact)
+  sub = jnp.round(x * 2.0 ** 24) * 2.0 ** -24
+  return jnp.where(jnp.abs(x) < 2.0 ** -14, sub,
+                   jax.lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10))
 
 
 def _algorithm(name: str):
