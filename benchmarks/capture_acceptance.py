@@ -87,7 +87,13 @@ def main():
           f"{'≤' if margin[i] <= bound else '>'} self-check bound {bound:.2e}")
   print(f"max |Δ| over neurons: per-partner max corr {d_corr:.2e}, excess_corr {d_exc:.2e}")
   print(f"neurons within the bound of the threshold (either side): "
-        f"{int((margin <= bound).sum())}")
+        f"{int((margin <= bound).sum())}; within the largest |Δexcess| {d_exc:.2e}: "
+        f"{int((margin <= d_exc).sum())}; the closest |excess − threshold| of the finished "
+        f"run: {np.nanmin(margin):.2e}; universal_strict equal: "
+        f"{bool((a['universal_strict'] == b['universal_strict']).all())}")
+  print(f"median |Δ|: per-partner max corr "
+        f"{np.nanmedian(np.abs(a[corr_cols].to_numpy() - b[corr_cols].to_numpy())):.1e}, "
+        f"excess_corr {np.nanmedian(np.abs(a['excess_corr'] - b['excess_corr'])):.1e}")
   print(f"self-check ({new_s['precision']}): {SC.describe(chk)}")
   print(f"self-check ({ref_s['precision']}): {SC.describe(ref_s['selfcheck'])}")
   print(f"wall {secs:.0f} s for the {new_s['precision']} run (its summary: "

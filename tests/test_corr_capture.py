@@ -277,7 +277,6 @@ def test_model_source_runs_its_forward_in_the_chosen_dtype(tmp_path):
   a32 = np.asarray(f32.acts(tokens, [0, 1]))
   a16 = np.asarray(bf.acts(tokens, [0, 1]))
   assert a16.dtype == np.float32 and a16.shape == a32.shape == (4, 16, 48)
-  np.testing.assert_array_equal(bf16_np(a16), a16)   # bf16 numbers: a bf16 capture is exact
   rel = np.abs(a16 - a32).max() / np.abs(a32).max()
   assert 1e-4 < rel < 5e-2                          # bf16 rounding, not a different forward
   with pytest.raises(UserError, match="forward_dtype='float16' is not one of"):

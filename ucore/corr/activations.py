@@ -12,8 +12,10 @@ is ucore.corr.synthetic. Its forward runs in `dtype` (config.forward_dtype, `for
 float32 (the default; parity with transformers' fp32 ≤ 1e-5) or bfloat16 (weights, residual
 stream and MLP in bf16; LayerNorm, attention scores and softmax in float32; every activation
 carries ~1e-2 relative rounding: BENCHMARKS.md "Forward parity per compute dtype"). The
-activations it hands over are float32 either way (bf16 numbers, in the bf16 forward: a `bf16`
-capture then rounds nothing further).
+activations it hands over are float32 either way. In the bf16 forward they are close to, but
+not always, bf16 numbers (XLA may keep a fused op's result in float32 where it allows excess
+precision: seen on CPU inside correlate), so a `bf16` capture still rounds them, and the
+self-check's split reports it.
 """
 from __future__ import annotations
 
