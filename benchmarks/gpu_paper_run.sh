@@ -107,7 +107,7 @@ fi
 
 # 6. the default pipeline's GPU variant, end to end (issue 23)
 if want pipeline; then
-  if [ "$SIZE" = tiny ]; then PV=quick; PT=300; else PV=gpu; PT=590; fi
+  if [ "$SIZE" = tiny ]; then PV=quick; PT=900; else PV=gpu; PT=590; fi
   log "pipeline :$PV"
   rm -rf "$W/pipe"
   t0=$(date +%s)
