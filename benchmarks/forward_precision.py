@@ -5,7 +5,10 @@ relative to each tensor's max |value|, on random GPT-2 and GPT-NeoX weights.
   .venv/bin/python benchmarks/forward_precision.py [--n_layer=4] [--n_embd=256] [--seq=128]
 
 Modes: float32 (the default; parity 1e-5 is a test, tests/test_convert_parity.py) and bfloat16
-(weights and activations in bf16; LayerNorm, attention scores and softmax in float32).
+(weights and activations in bf16; LayerNorm, attention scores and softmax in float32). Beside
+them, the float32 forward's activations as a capture precision mode sees them (ucore.corr.
+precision: "bf16" rounds them to bfloat16, "tf32_fp16" to float16), and the bfloat16 forward's
+under a bf16 capture (a no-op: they are bf16 numbers already). Logits are not captured.
 """
 import argparse
 import os
@@ -42,6 +45,7 @@ def main():
   import numpy as np
   from converters.convert import convert
   from tests import hf_fixtures
+  from ucore.corr import precision
   from ucore.models.hooked import load_model
 
   L, D = args.n_layer, args.n_embd
@@ -53,7 +57,8 @@ def main():
                                           intermediate_size=4 * D,
                                           max_position_embeddings=args.seq, vocab_size=4096),
   }
-  print(f"{'arch':9s} {'dtype':9s} {'logits max|Δ|/max':>18s} {'mlp.hook_post max|Δ|/max':>26s}")
+  print(f"{'arch':9s} {'dtype (+capture)':20s} {'logits max|Δ|/max':>18s} "
+        f"{'mlp.hook_post max|Δ|/max':>26s}")
   for arch, cfg in archs.items():
     hf_model = hf_fixtures.random_hf_model(cfg, seed=0)
     tokens = np.random.default_rng(0).integers(0, 4096, (args.batch, args.seq), dtype=np.int32)
@@ -66,9 +71,15 @@ def main():
         names = [f"blocks.{l}.mlp.hook_post" for l in range(L)]
         logits, cache = model.run_with_cache(tokens, names_filter=names)
         dl = np.abs(np.asarray(logits, np.float32) - ref_logits).max() / np.abs(ref_logits).max()
-        da = max(np.abs(np.asarray(cache[n], np.float32) - ref_acts[l]).max()
-                 / np.abs(ref_acts[l]).max() for l, n in enumerate(names))
-        print(f"{arch:9s} {jnp.dtype(dtype).name:9s} {dl:18.2e} {da:26.2e}")
+        captures = ("highest", "bf16", "tf32_fp16") if dtype == jnp.float32 else ("highest", "bf16")
+        for mode in captures:
+          acts = {n: np.asarray(precision.capture(np.asarray(cache[n], np.float32), mode))
+                  for n in names}
+          da = max(np.abs(acts[n] - ref_acts[l]).max() / np.abs(ref_acts[l]).max()
+                   for l, n in enumerate(names))
+          label = jnp.dtype(dtype).name + ("" if mode == "highest" else f" +{mode}")
+          logit = f"{dl:18.2e}" if mode == "highest" else f"{'—':>18s}"
+          print(f"{arch:9s} {label:20s} {logit} {da:26.2e}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ BATCHES = (7, 100, 1, 0, 33, 64, 195)   # uneven, an empty and a 1-token batch; 
 
 
 def accumulate(acts, mask, layer_ids=None, mode="reference", layer_mode="all",
-               compensated=True, mesh=None, batches=BATCHES):
+               compensated=True, mesh=None, batches=BATCHES, precision="highest"):
   """(spec, mesh, Accumulator) after streaming `acts` [T, L, d] per model in `batches`."""
   import jax
   from ucore.corr import moments as M
@@ -14,7 +14,7 @@ def accumulate(acts, mask, layer_ids=None, mode="reference", layer_mode="all",
   K, L, d = len(acts), acts[0].shape[1], acts[0].shape[2]
   layer_ids = layer_ids or [tuple(range(L))] * K
   spec = M.make_spec([f"m{i}" for i in range(K)], layer_ids, d, mesh, mode=mode,
-                     layer_mode=layer_mode, compensated=compensated)
+                     layer_mode=layer_mode, compensated=compensated, precision=precision)
   acc = M.Accumulator(spec, mesh)
   s = 0
   for b in batches:

@@ -20,3 +20,29 @@ def test_plan_time_follows_the_gemm_rate_of_the_precision():
   assert "bf16_3x GEMM rate" in P.format_plan(bf)
   with pytest.raises(UserError, match="v100 has no bf16_3x"):
     P.plan("x", 5, arch, devices=1, device="v100", precision="bf16_3x")
+
+
+def test_plan_knows_the_capture_modes_as_estimates():
+  arch = P.ARCHS["gpt2-small"]
+  hi = P.plan("x", 5, arch, devices=1, device="h100", precision="highest")
+  b3 = P.plan("x", 5, arch, devices=1, device="h100", precision="bf16_3x")
+  bf = P.plan("x", 5, arch, devices=1, device="h100", precision="bf16")
+  tf = P.plan("x", 5, arch, devices=1, device="h100", precision="tf32_fp16")
+  # bf16: one pass at 3 × the measured bf16_3x dot rate; tf32_fp16: the TF32 dot's rate
+  want = (bf.corr_flops_per_token / 468e12 + bf.forward_flops_per_token / 67e12) * 1e8 / 0.7
+  assert bf.est_hours == pytest.approx(want / 3600, rel=1e-12)
+  want = (tf.corr_flops_per_token / 275e12 + tf.forward_flops_per_token / 67e12) * 1e8 / 0.7
+  assert tf.est_hours == pytest.approx(want / 3600, rel=1e-12)
+  assert bf.est_hours < tf.est_hours < b3.est_hours < hi.est_hours
+  # one bf16 copy of the operands: half of bf16_3x's split
+  assert bf.step_gib_per_device == pytest.approx(
+      hi.step_gib_per_device + hi.captured_gib_per_device, rel=1e-12)
+  assert tf.step_gib_per_device == pytest.approx(hi.step_gib_per_device, rel=1e-12)
+  for p in (bf, tf):
+    assert "an estimate: not measured" in P.format_plan(p)
+  assert "an estimate" not in P.format_plan(b3)
+  for name in ("bf16", "tf32_fp16"):
+    with pytest.raises(UserError, match=f"v100 has no {name}"):
+      P.plan("x", 5, arch, devices=1, device="v100", precision=name)
+  with pytest.raises(UserError, match="tpu-v4 has no tf32_fp16"):
+    P.plan("x", 5, arch, devices=1, device="tpu-v4", precision="tf32_fp16")

@@ -12,6 +12,11 @@ Numerics (stated, and checked by tests/test_corr_moments.py):
     `compensated=True` (default): their merge error then stays O(eps) instead of growing
     with the number of steps, at the price of one more buffer.
   * Counts are int32 (≤ 2.1e9 kept tokens).
+  * Capture modes (precision "bf16" / "tf32_fp16", ucore.corr.precision): the activations are
+    rounded once to bf16 / fp16 in `prepare` (so every moment is that of the rounded
+    activations) and the C/S GEMMs run on the raw masked rounded activations — exact products,
+    one 16-bit pass — with the batch's co-moment formed as raw − n_b·μ_x·μ_yᵀ (μ = hi + lo).
+    The means, M2 and the Chan merge are as above.
 
 Layout. Model m's activations are [tokens, L_m, d_pad] (d_pad = d_mlp padded with zero
 "dead" neurons to a multiple of the mesh sizes; padding is dropped at finalize). For each pair
@@ -243,6 +248,9 @@ def _local_step(spec: Spec, state, xs, w):
   [L_m, d_pad, T_loc]; w [T_loc] (1 = counted)."""
   comp = spec.compensated
   gemm = precision_names.dot_precision(spec.precision)
+  # capture modes: raw (uncentred) rounded operands, exact 16-bit products (module docstring)
+  raw = precision_names.capture_dtype(spec.precision)
+  operand = ((lambda v: v.astype(raw)) if raw == jnp.bfloat16 else (lambda v: v))
   r = jax.lax.axis_size(TOK)
   c = jax.lax.axis_size(NEU)
   dr, dc = spec.d_pad // r, spec.d_pad // c
@@ -258,6 +266,7 @@ def _local_step(spec: Spec, state, xs, w):
   need_rows = {x for x, _ in spec.pairs} | set(spec.rotated)
   stats_cols = spec.col_stats_models()
   rows_c, cols_c, d_rows, d_cols = {}, {}, {}, {}
+  mu_rows, mu_cols = {}, {}     # capture modes: this device's slices of the batch means (hi, lo)
   for pos, m in enumerate(spec.active):   # a tile's other models keep their (zero) moments
     slabs = {}
     if m in need_rows:
@@ -278,14 +287,25 @@ def _local_step(spec: Spec, state, xs, w):
     sl_r = lambda v: jax.lax.dynamic_slice_in_dim(v, i * dr, dr, axis=1)
     sl_c = lambda v: jax.lax.dynamic_slice_in_dim(v, j * dc, dc, axis=1)
     if "cols" in slabs:
-      cols_c[m] = xc_l
+      cols_c[m] = operand(slabs["cols"] * wg) if raw is not None else xc_l
+      mu_cols[m] = (sl_c(hi), sl_c(lo))
       d_cols[m] = sl_c(d_m)
     if "rows" in slabs:
-      if which == "rows" or (r == 1 and c == 1):   # the stats slab / one device: same slab
+      if raw is not None:
+        rows_c[m] = operand(slabs["rows"] * wg)
+      elif which == "rows" or (r == 1 and c == 1):   # the stats slab / one device: same slab
         rows_c[m] = xc_l
       else:
         rows_c[m] = _center(slabs["rows"], sl_r(hi), sl_r(lo), wg)
+      mu_rows[m] = (sl_r(hi), sl_r(lo))
       d_rows[m] = sl_r(d_m)
+
+  def mean_outer(a, b, expand_a, expand_b):
+    """n_b·μ_a·μ_bᵀ (μ = hi + lo; lo·lo dropped): what a raw batch GEMM holds beyond the
+    batch's centred co-moment. expand_*: index functions placing [L, k] into the block."""
+    (ha, la), (hb, lb) = a, b
+    ha, la, hb, lb = expand_a(ha), expand_a(la), expand_b(hb), expand_b(lb)
+    return nbf * (ha * hb + (ha * lb + la * hb))
 
   def merge(key, term):
     st = state[key]
@@ -305,20 +325,30 @@ def _local_step(spec: Spec, state, xs, w):
                                (((1,), (1,)), ((), ())), precision=gemm,
                                preferred_element_type=jnp.float32)
       term = cb.reshape(lx, dr, ly, dc) + f * (da[:, :, None, None] * db[None, None])
+      if raw is not None:
+        term = term - mean_outer(mu_rows[x], mu_cols[y], lambda v: v[:, :, None, None],
+                                 lambda v: v[None, None])
     else:
       pl = spec.partner_layer(x, y)               # [L, 3]
       idx = np.where(pl < 0, 0, pl)
       valid = jnp.asarray((pl >= 0).astype(np.float32))
-      xb = cols_c[y][idx] * valid[:, :, None, None]             # [L, 3, dc, T]
+      xb = cols_c[y][idx] * valid[:, :, None, None].astype(cols_c[y].dtype)  # [L, 3, dc, T]
       db = d_cols[y][idx] * valid[:, :, None]                   # [L, 3, dc]
       cb = jax.lax.dot_general(xa, xb.reshape(lx, 3 * dc, T), (((2,), (2,)), ((0,), (0,))),
                                precision=gemm, preferred_element_type=jnp.float32)
       term = cb.reshape(lx, dr, 3, dc) + f * (da[:, :, None, None] * db[:, None, :, :])
+      if raw is not None:
+        term = term - mean_outer(mu_rows[x], mu_cols[y], lambda v: v[:, :, None, None],
+                                 lambda v: (v[idx] * valid[:, :, None])[:, None, :, :])
     merge(f"C/{x}_{y}", term)
   for y in spec.rotated:
     sb = jax.lax.dot_general(rows_c[y], cols_c[y], (((2,), (2,)), ((0,), (0,))),
                              precision=gemm, preferred_element_type=jnp.float32)
-    merge(f"S/{y}", sb + f * (d_rows[y][:, :, None] * d_cols[y][:, None, :]))
+    term = sb + f * (d_rows[y][:, :, None] * d_cols[y][:, None, :])
+    if raw is not None:
+      term = term - mean_outer(mu_rows[y], mu_cols[y], lambda v: v[:, :, None],
+                               lambda v: v[:, None, :])
+    merge(f"S/{y}", term)
   return new
 
 
@@ -344,10 +374,10 @@ def step_flops(spec: Spec, tokens: int) -> float:
   return fl
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
-def _to_layout(a, L, d, d_pad, Tp, sharding):
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
+def _to_layout(a, L, d, d_pad, Tp, sharding, precision):
   T = a.shape[0]
-  a = a.astype(jnp.float32).reshape(T, L, d).transpose(1, 2, 0)
+  a = precision_names.capture(a, precision).reshape(T, L, d).transpose(1, 2, 0)
   a = jnp.pad(a, ((0, 0), (0, d_pad - d), (0, Tp - T)))
   return jax.lax.with_sharding_constraint(a, sharding)
 
@@ -389,9 +419,10 @@ class Accumulator:
         # there: no host round trip), then resharded to the step's layout
         if not isinstance(a, jax.Array):
           a = jnp.asarray(np.asarray(a, np.float32))
-        xs.append(_to_layout(a, spec.n_layers[m], spec.d_mlp, spec.d_pad, Tp, self._xsh))
+        xs.append(_to_layout(a, spec.n_layers[m], spec.d_mlp, spec.d_pad, Tp, self._xsh,
+                             spec.precision))
         continue
-      a = np.asarray(a, np.float32)
+      a = np.asarray(precision_names.capture(np.asarray(a), spec.precision), np.float32)
       buf = np.zeros((spec.n_layers[m], spec.d_pad, Tp), np.float32)
       buf[:, :spec.d_mlp, :T] = a.reshape(T, spec.n_layers[m], spec.d_mlp).transpose(1, 2, 0)
       xs.append(jax.make_array_from_process_local_data(self._xsh, buf))

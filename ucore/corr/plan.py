@@ -34,16 +34,30 @@ DEVICES = {
 # figure. H100: XLA dots measured on the lent H100 (issue 13; BF16_BF16_F32_X3 156, TF32 275);
 # elsewhere dense bf16 peak / 3 and the TF32 peak from the vendors' sheets. None: the device
 # has no such dot (V100: no bf16/TF32 tensor cores; TPUs: no TF32).
+# The capture modes (issue 23) are ESTIMATES until measured: `bf16` (one BF16_BF16_F32 pass)
+# at 3 × the bf16_3x rate (H100/H200: 468, 47% of the 989 dense bf16 peak; the H200's measured
+# dots, BENCHMARKS.md (7): bf16_3x 206, so ~620 there), elsewhere the dense bf16 peak;
+# `tf32_fp16` runs the same TF32 dot as `tf32` (its rate is that dot's; the rounding at
+# capture costs no GEMM time). CPU: both run as float32 dots (ucore.corr.precision).
 FAST_TFLOPS = {
-    "cpu": {"bf16_3x": 0.15, "tf32": None},
-    "v100": {"bf16_3x": None, "tf32": None},
-    "a100": {"bf16_3x": 312 / 3, "tf32": 156.0},
-    "h100": {"bf16_3x": 156.0, "tf32": 275.0},
-    "h200": {"bf16_3x": 156.0, "tf32": 275.0},
-    "tpu-v4": {"bf16_3x": 275 / 3, "tf32": None},
-    "tpu-v5e": {"bf16_3x": 197 / 3, "tf32": None},
-    "tpu-v5p": {"bf16_3x": 459 / 3, "tf32": None},
+    "cpu": {"bf16_3x": 0.15, "tf32": None, "bf16": 0.15, "tf32_fp16": 0.15},
+    "v100": {"bf16_3x": None, "tf32": None, "bf16": None, "tf32_fp16": None},
+    "a100": {"bf16_3x": 312 / 3, "tf32": 156.0, "bf16": 312.0, "tf32_fp16": 156.0},
+    "h100": {"bf16_3x": 156.0, "tf32": 275.0, "bf16": 3 * 156.0, "tf32_fp16": 275.0},
+    "h200": {"bf16_3x": 156.0, "tf32": 275.0, "bf16": 3 * 156.0, "tf32_fp16": 275.0},
+    "tpu-v4": {"bf16_3x": 275 / 3, "tf32": None, "bf16": 275.0, "tf32_fp16": None},
+    "tpu-v5e": {"bf16_3x": 197 / 3, "tf32": None, "bf16": 197.0, "tf32_fp16": None},
+    "tpu-v5p": {"bf16_3x": 459 / 3, "tf32": None, "bf16": 459.0, "tf32_fp16": None},
 }
+# rates above that no device measurement backs yet (format_plan labels them)
+ESTIMATED = {"bf16", "tf32_fp16"}
+
+
+def operand_split_bytes(precision: str, captured: float) -> float:
+  """Temporaries the dot's operand conversion adds beside the fp32 step: bf16_3x splits
+  every operand into bf16 hi + lo (measured on an H200: 2 × one step's captured activations,
+  issue 13); bf16 makes one bf16 copy (estimate: half of that); the others none."""
+  return {"bf16_3x": 2 * captured, "bf16": captured}.get(precision, 0.0)
 
 
 def gemm_tflops(device: str, precision: str = "highest") -> float:
@@ -173,7 +187,7 @@ def tile_bytes(t, arch: Arch, *, devices, tok, tokens_per_step, precision="highe
                       + sum(t.n_layers[m] for m in cols) * d_pad / neu)
   gemm = max(t.n_layers[x] * d_pad / tok * t.band(x, y) * d_pad / neu * 4 for x, y in t.pairs)
   captured = T * sum(t.n_layers[m] for m in t.active) * arch.d_mlp * 4 / devices
-  split = 2 * captured if precision == "bf16_3x" else 0
+  split = operand_split_bytes(precision, captured)
   fin = max(t.n_layers[m] for m in t.active) * d_pad * d_pad * 4 / tok
   return {"state": state, "step": state + acts + gemm + split, "captured": captured,
           "fin": fin}
@@ -257,7 +271,7 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   # bf16_3x: the dots' operands split into bf16 parts, temporaries the fp32 dot has not. One
   # H200 (jax 0.11.2), 5 × GPT-2 small, 4096 tokens/step: compiled 64.69 GiB vs 59.06 at
   # highest's estimate; the gap is 2 × captured (issue 13)
-  split = 2 * captured if precision == "bf16_3x" else 0
+  split = operand_split_bytes(precision, captured)
   params = arch.n_params()
   weights = n_models * params * 4
   # finalize transient: one partner layer of rotated block per device
@@ -375,7 +389,9 @@ def format_plan(p: Plan) -> str:
           f"{p.peak_gib_per_device:.1f} GiB/device of {p.device_gib} ({fit})\n"
           f"  FLOPs/token: correlations {p.corr_flops_per_token / 1e9:.2f} G + forwards "
           f"{p.forward_flops_per_token / 1e9:.2f} G; total {p.total_flops:.3g} → ≈ "
-          f"{p.est_hours:.2f} h at 70% of the {p.precision} GEMM rate (the original: "
+          f"{p.est_hours:.2f} h at 70% of the {p.precision} GEMM rate"
+          f"{' (an estimate: not measured on a device yet)' if p.precision in ESTIMATED else ''}"
+          f" (the original: "
           f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)"
           + passes)
 

@@ -16,6 +16,20 @@ reference and reports max |Δcorr| and max |Δrotated| (the max over units is 1-
 |Δbaseline| is bounded by the latter over the same units); summary.json and the report carry
 them. A deliberately corrupted accumulator shows up as a large error.
 
+The reference is always float64 of the activations as the models produced them (unrounded). In
+a capture mode (ucore.corr.precision: "bf16", "tf32_fp16") the engine sees them rounded to a
+16-bit type, so the reference also keeps float64 sums of the same sample rounded the same way,
+and the error is split (per entry; the maxima below are over the same checked entries):
+  capture     |float64(rounded) − float64(unrounded)|: what the rounding itself costs
+  arithmetic  |engine − float64(rounded)|: the GEMMs' and merges' float32 error
+In the other modes nothing is rounded (the whole error is arithmetic) and no split is written.
+Beside them stands the sampling error of the same correlations, (1 − r²)/√n over the run's n
+tokens (the standard error of a Pearson r from n independent samples; neighbouring tokens are
+correlated, so the true one is larger): at r = 0, the typical sampled pair (the default run's
+median sampled |r| is 0.06) and the largest value, and at r = 0.9, a universal neuron's
+partner. Both depend on n only, so a multi-pass run's passes agree on them: an error far
+below them changes nothing a finite corpus can tell.
+
 The reference sums are shifted by the first batch's means (float64, no raw power sums of
 offset data) and persisted with every committed checkpoint (`to_bytes` / `from_bytes`), so a
 resumed run verifies all its tokens. Single-process runs only (multi-process: reported as
@@ -32,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ucore.corr import precision as precision_names
 from ucore.jobs.errors import UserError
 
 FILE = "selfcheck.npz"
@@ -50,6 +65,9 @@ class SelfCheck:
     and the rotations are the whole run's, restricted to the tile's pairs (and reference
     layers), so the passes together check exactly what a single pass checks."""
     self.spec, self.sample, self.seed = spec, int(sample), int(seed)
+    # capture modes: the engine's activations are rounded; a second, rounded reference
+    self.capture = spec.precision if precision_names.capture_dtype(spec.precision) else None
+    self.split_missing = ""   # why a resumed reference has no rounded half ('' = it has)
     whole = spec if whole is None else whole
     d = spec.d_mlp
     rng = np.random.default_rng([self.seed, 0x5E1F])
@@ -81,7 +99,10 @@ class SelfCheck:
   # ------------------------------------------------------------------ identity / persistence
 
   def settings(self) -> dict:
-    return {"sample": self.sample, "seed": self.seed, "rotation": ROTATION}
+    out = {"sample": self.sample, "seed": self.seed, "rotation": ROTATION}
+    if self.capture:   # (absent otherwise: older runs' settings resume unchanged)
+      out["capture"] = self.capture
+    return out
 
   def to_bytes(self) -> bytes:
     arrays = {"n": np.asarray(self.n, np.int64)}
@@ -102,11 +123,22 @@ class SelfCheck:
     except (OSError, ValueError, KeyError) as e:
       raise UserError(f"{where}: the self-check's reference sums are unreadable ({e}); "
                       "delete the workdir's state/ to recompute") from e
+    if self.capture and self.n and not any(k.startswith("s1/r") for k in self.sums):
+      # the total error stays measured (unrounded reference); its split cannot be
+      self.split_missing = (f"unavailable (resumed from {where}, whose reference sums "
+                            "have no rounded half)")
 
   # ------------------------------------------------------------------ accumulation
 
   def _gather_fn(self, acts):
-    """Device side of one step: sampled columns of every model, rotated units of partners."""
+    """Device side of one step: sampled columns of every model, rotated units of partners;
+    in a capture mode also those of the rounded activations (else None)."""
+    rounded = None
+    if self.capture:
+      rounded = self._gather_one([precision_names.capture(a, self.capture) for a in acts])
+    return self._gather_one(acts), rounded
+
+  def _gather_one(self, acts):
     d = self.spec.d_mlp
     cols = {m: jnp.take(acts[m].reshape(acts[m].shape[0], -1), jnp.asarray(self.ids[m]), axis=1)
             for m in self.spec.active}
@@ -131,16 +163,22 @@ class SelfCheck:
 
   def add(self, gathered, mask: np.ndarray) -> None:
     """float64 reference sums over the tokens of `mask` (host; blocks on the device)."""
-    cols, rots = gathered
+    (cols, rots), rounded = gathered
     keep = np.asarray(mask, bool).reshape(-1)
     if not keep.any():
       return
-    data = {f"x{m}": np.asarray(c, np.float64)[keep] for m, c in cols.items()}
-    for y, (u, centres) in rots.items():
-      lay, rows = self.rot[y]
-      shift = np.concatenate([rows[lay == l].astype(np.float64) @ c.astype(np.float64)
-                              for l, c in zip(np.unique(lay), np.asarray(centres))])
-      data[f"u{y}"] = np.asarray(u, np.float64)[keep] + shift
+    # x<m>/u<y>: the activations as produced; r<m>/v<y>: rounded (capture modes)
+    parts = [("x", "u", cols, rots)] + ([("r", "v", *rounded)] if rounded is not None else [])
+    data = {}
+    for xk, uk, cols, rots in parts:
+      data.update({f"{xk}{m}": np.asarray(c, np.float64)[keep] for m, c in cols.items()})
+      for y, (u, centres) in rots.items():
+        lay, rows = self.rot[y]
+        shift = np.concatenate([rows[lay == l].astype(np.float64) @ c.astype(np.float64)
+                                for l, c in zip(np.unique(lay), np.asarray(centres))])
+        data[f"{uk}{y}"] = np.asarray(u, np.float64)[keep] + shift
+    if self.split_missing:   # a resumed reference without the rounded half: none from here
+      data = {k: v for k, v in data.items() if k[0] in "xu"}
     if not self.shift:
       self.shift = {k: v.mean(axis=0) for k, v in data.items()}
     data = {k: v - self.shift[k] for k, v in data.items()}
@@ -152,6 +190,10 @@ class SelfCheck:
       terms[f"xy/{x}_{y}"] = data[f"x{x}"].T @ data[f"x{y}"]
       if y in self.rot:
         terms[f"xu/{x}_{y}"] = data[f"x{x}"].T @ data[f"u{y}"]
+      if self.capture and not self.split_missing:
+        terms[f"rxy/{x}_{y}"] = data[f"r{x}"].T @ data[f"r{y}"]
+        if y in self.rot:
+          terms[f"rxu/{x}_{y}"] = data[f"r{x}"].T @ data[f"v{y}"]
     for k, v in terms.items():
       self.sums[k] = self.sums.get(k, 0.0) + v
     self.n += int(keep.sum())
@@ -168,16 +210,37 @@ class SelfCheck:
       return cov / np.sqrt(np.outer(va, vb)), va, vb
 
   def measure(self, state, moments) -> dict:
-    """{'max_abs_corr', 'max_abs_rotated', 'pairs_checked', ...} from the accumulator state
-    (`moments`: ucore.corr.finalize.moments_host's per-model list)."""
+    """{'max_abs_corr', 'max_abs_rotated', 'entries_checked', ...} from the accumulator state
+    (`moments`: ucore.corr.finalize.moments_host's per-model list), with the error's split
+    into capture and arithmetic and the sampling error beside it (module docstring)."""
     from ucore.corr import finalize as F
     spec, d = self.spec, self.spec.d_mlp
     out = {"sample": self.sample, "seed": self.seed, "tokens": int(self.n),
            "rotation": ROTATION, "max_abs_corr": 0.0, "max_abs_rotated": 0.0,
            "entries_checked": 0, "rotated_checked": 0}
+    split = bool(self.capture) and not self.split_missing
+    if split:
+      out.update({k: 0.0 for k in SPLIT_KEYS})
+    elif self.split_missing:
+      out["split"] = self.split_missing
+    out.update(sampling_error(self.n))
     if self.n < 2:
-      out["max_abs_corr"] = out["max_abs_rotated"] = float("nan")
+      for k in list(out):
+        if k.startswith(("max_abs", "capture_max", "arithmetic_max")):
+          out[k] = float("nan")
       return out
+
+    def record(what, eng, ref, ref_r, ok):
+      """Maxima over the checked entries `ok` of the total error and of its split."""
+      if not ok.any():
+        return 0
+      out[f"max_abs_{what}"] = max(out[f"max_abs_{what}"], float(np.max(np.abs(eng - ref)[ok])))
+      if split:
+        for part, err in (("capture", ref_r - ref), ("arithmetic", eng - ref_r)):
+          key = f"{part}_max_abs_{what}"
+          out[key] = max(out[key], float(np.max(np.abs(err)[ok])))
+      return int(ok.sum())
+
     for x, y in spec.pairs:
       ix, iy = self.ids[x], self.ids[y]
       lx, ux = ix // d, ix % d
@@ -193,6 +256,7 @@ class SelfCheck:
         return np.where(hit.any(1), hit.argmax(1), -1)
 
       ref, va, vb = self._ref_corr(f"x{x}", f"x{y}", f"xy/{x}_{y}")
+      ref_r = self._rounded_ref(f"r{x}", f"r{y}", f"rxy/{x}_{y}", ref)
       b = band_pos(ly)
       cov = np.take_along_axis(rows[:, :, uy].transpose(0, 2, 1), np.maximum(b, 0)[..., None],
                                axis=2)[..., 0]
@@ -200,10 +264,9 @@ class SelfCheck:
       with np.errstate(invalid="ignore", divide="ignore"):
         eng = cov / np.outer(std_x, std_y)
       ok = ((b >= 0) & ~dead_x[:, None] & ~moments[y]["dead"][ly, uy][None, :]
-            & (va[:, None] > 0) & (vb[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref))
-      if ok.any():
-        out["max_abs_corr"] = max(out["max_abs_corr"], float(np.max(np.abs(eng - ref)[ok])))
-        out["entries_checked"] += int(ok.sum())
+            & (va[:, None] > 0) & (vb[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref)
+            & np.isfinite(ref_r))
+      out["entries_checked"] += record("corr", eng, ref, ref_r, ok)
       if y not in self.rot:
         continue
       lay, rmat = self.rot[y]
@@ -220,15 +283,51 @@ class SelfCheck:
         var[lay == l] = F._to_host(jnp.einsum("kn,nm,km->k", rl, s_l, rl,
                                               precision=jax.lax.Precision.HIGHEST))
       ref, va, vu = self._ref_corr(f"x{x}", f"u{y}", f"xu/{x}_{y}")
+      ref_r = self._rounded_ref(f"r{x}", f"v{y}", f"rxu/{x}_{y}", ref)
       with np.errstate(invalid="ignore", divide="ignore"):
         eng = crt / np.outer(std_x, np.sqrt(np.maximum(var, 0.0)))
       ok = ((b >= 0) & ~dead_x[:, None] & (var[None, :] > 0) & (va[:, None] > 0)
-            & (vu[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref))
-      if ok.any():
-        out["max_abs_rotated"] = max(out["max_abs_rotated"],
-                                     float(np.max(np.abs(eng - ref)[ok])))
-        out["rotated_checked"] += int(ok.sum())
+            & (vu[None, :] > 0) & np.isfinite(eng) & np.isfinite(ref) & np.isfinite(ref_r))
+      out["rotated_checked"] += record("rotated", eng, ref, ref_r, ok)
     return out
+
+  def _rounded_ref(self, a, b, cross, unrounded):
+    """float64 correlations of the rounded sample; the unrounded ones where nothing is
+    rounded (or, on a resumed reference without the rounded half, unused: no split)."""
+    if not self.capture or self.split_missing:
+      return unrounded
+    return self._ref_corr(a, b, cross)[0]
+
+
+def sampling_error(n: int) -> dict:
+  """(1 − r²)/√n — the standard error of a Pearson r over n independent tokens — at r = 0
+  (the typical sampled pair, and the largest value) and at r = 0.9."""
+  if n < 2:
+    return {"sampling_se_r0": float("nan"), "sampling_se_r09": float("nan")}
+  return {"sampling_se_r0": float(1.0 / np.sqrt(n)),
+          "sampling_se_r09": float((1.0 - 0.9 ** 2) / np.sqrt(n))}
+
+
+SPLIT_KEYS = ("capture_max_abs_corr", "capture_max_abs_rotated", "arithmetic_max_abs_corr",
+              "arithmetic_max_abs_rotated")
+
+
+def merge(results) -> dict:
+  """Several passes' measured results as one (ucore.corr.passes: each pass checks its own
+  pairs, over the same tokens): error maxima over the passes (the capture/arithmetic split's
+  too), counts summed; the sampling error depends on the tokens only."""
+  res = dict(results[0])
+  for r in results[1:]:
+    for key in ("max_abs_corr", "max_abs_rotated") + SPLIT_KEYS:
+      if key in res and key in r:
+        res[key] = max(res[key], r[key]) if np.isfinite(res[key]) else res[key]
+    for key in ("entries_checked", "rotated_checked"):
+      res[key] += r[key]
+    if "split" in r:
+      res["split"] = r["split"]
+      for key in SPLIT_KEYS:
+        res.pop(key, None)
+  return res
 
 
 def describe(result) -> str:
@@ -237,10 +336,21 @@ def describe(result) -> str:
     return "not recorded (tables made before the self-check existed)"
   if "max_abs_corr" not in result:
     return f"{result.get('status')} (precision {result.get('precision')})"
-  return (f"{result['status']}: max |Δcorr| {result['max_abs_corr']:.1e}, max |Δrotated corr| "
+  line = (f"{result['status']}: max |Δcorr| {result['max_abs_corr']:.1e}, max |Δrotated corr| "
           f"{result['max_abs_rotated']:.1e} vs float64 on {result['sample']} × "
           f"{result['sample']} sampled neurons per pair over {result['tokens']:,} tokens "
           f"(precision {result['precision']}; bound {result['fail_above']:g})")
+  if "capture_max_abs_corr" in result:
+    line += (f"; of which capture rounding ≤ {result['capture_max_abs_corr']:.1e} (rotated "
+             f"{result['capture_max_abs_rotated']:.1e}), arithmetic ≤ "
+             f"{result['arithmetic_max_abs_corr']:.1e} (rotated "
+             f"{result['arithmetic_max_abs_rotated']:.1e})")
+  elif "split" in result:
+    line += f"; capture/arithmetic split {result['split']}"
+  if "sampling_se_r0" in result:
+    line += (f"; sampling error (1 − r²)/√n {result['sampling_se_r0']:.1e} at r = 0 (typical "
+             f"pair), {result['sampling_se_r09']:.1e} at r = 0.9")
+  return line
 
 
 def digest(data: bytes) -> str:

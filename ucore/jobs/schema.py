@@ -323,7 +323,7 @@ CORRELATE = {
     "batch_rows": Count(1),
     "exclude_ids": Seq(TOKEN_ID),
     "pad_id": Int(lo=0, also=(-1,), what="none", token_id=True),
-    "precision": Str("highest", "bf16_3x", "tf32"),   # = ucore.corr.precision.NAMES (tested)
+    "precision": Str("highest", "bf16_3x", "tf32", "bf16", "tf32_fp16"),   # = ucore.corr.precision.NAMES (tested)
     "overlap": Bool(),
     "compensated": Bool(),
     "dead_rel_std": Float(0),
