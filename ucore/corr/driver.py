@@ -789,6 +789,13 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
           "universal_per_layer": {n: [int(v) for v in lc["universal"]]
                                   for n, lc in res["layer_counts"].items() if "universal" in lc},
           "threshold": float(config.threshold),
+          # neurons whose excess lies within two baseline standard errors (over the draws)
+          # of the threshold: the draws alone could move them across it
+          "near_threshold": {n: int(df["near_threshold"].sum())
+                             for n, df in res["neurons"].items() if "near_threshold" in df},
+          "baseline_se": {n: _quantiles(df["mean_baseline_se"])
+                          for n, df in res["neurons"].items() if "mean_baseline_se" in df},
+          "baseline_draws": int(config.baseline.draws),
           "identity": ident,
           "finalize": finalize_settings(config),
           "seconds": time.time() - t_start,
@@ -799,6 +806,17 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
   return tables_dir
+
+
+def _quantiles(col) -> dict:
+  """{median, p95, max} of a column over its finite values (None where it has none, e.g.
+  the baseline SE of a one-draw run)."""
+  v = col.to_numpy(np.float64)
+  v = v[np.isfinite(v)]
+  if not v.size:
+    return None
+  return {"median": float(np.median(v)), "p95": float(np.quantile(v, 0.95)),
+          "max": float(v.max())}
 
 
 def workdir_of(tables_dir):
