@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.baseline.primary = "haar"    # the one used for mean/min/max_baseline and excess_corr
   c.baseline.draws = 1           # random matrices per kind (each reported separately)
   c.baseline.seed = 0            # seed of the mixing matrices
+  c.intervals = ml_collections.ConfigDict()
+  c.intervals.blocks = 20        # row blocks of the jackknife intervals (one forward-only pass); 0 = off
   c.selfcheck = ml_collections.ConfigDict()
   c.selfcheck.sample = 256       # neurons per model checked against a float64 reference; 0 = off
   c.selfcheck.seed = 0           # seed of the sample and of the check's rotation

@@ -293,6 +293,18 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
                     baselines=baselines, baseline_units=units_)
 
 
+def unit_ids(spec: Spec, own, part, flat):
+  """baseline_units' flat b·d_pad + unit [L_own, d_mlp] -> (partner layer id, unit), -1
+  where there is none."""
+  flat = np.asarray(flat)
+  none = flat < 0
+  b, unit = np.maximum(flat, 0) // spec.d_pad, np.maximum(flat, 0) % spec.d_pad
+  pl = spec.partner_layer(own, part)                          # [L_own, B]
+  pos = np.take_along_axis(pl, b, axis=1)
+  lay = np.asarray(spec.layer_ids[part])[np.maximum(pos, 0)]
+  return np.where(none, -1, lay), np.where(none, -1, unit)
+
+
 def full_corr_blocks(spec: Spec, state, x, y, dead_rel_std=1e-6, moments=None):
   """Correlation matrix of pair (x, y) as a sharded jax array [L_x, d_pad, B, d_pad]
   (NaN for dead); stays sharded like the accumulator (for the optional zarr export)."""

@@ -11,6 +11,8 @@ Per pair (one row model against one partner model), file `pairs/<own>__<partner>
                                              only the mean and SE: per-draw columns would bloat
                                              the files, and nothing reads them)
   top<k>_corr, top<k>_layer, top<k>_neuron   top-k partners, k = 1..top_k
+  baseline_unit_layer, baseline_unit         where draw 0 of the primary baseline found its
+                                             max (partner layer, rotated unit); -1 = none
 Per row model, file `neurons_<own>.parquet` (aggregated over its partners M):
   corr__<m>, baseline__<m>, max_sim_layer__<m>, max_sim_neuron__<m>   per partner m
   mean_corr, min_corr, max_corr              over m of each partner's max_corr
@@ -78,7 +80,8 @@ def draw_se(draws: np.ndarray) -> np.ndarray:
   return draws.std(axis=0, ddof=1) / np.sqrt(n)
 
 
-def pair_table(res, layer_ids, primary: str, dead_value=None) -> pd.DataFrame:
+def pair_table(res, layer_ids, primary: str, dead_value=None, unit=None) -> pd.DataFrame:
+  """unit: (partner layer id, rotated unit) [L, d] each of the primary's draw 0, or None."""
   L, d, k = res.corr.shape
   cols = {}
   fill = (lambda a: a) if dead_value is None else (lambda a: np.where(np.isnan(a), dead_value, a))
@@ -98,6 +101,9 @@ def pair_table(res, layer_ids, primary: str, dead_value=None) -> pd.DataFrame:
     cols[f"top{j + 1}_corr"] = fill(res.corr[..., j].reshape(-1))
     cols[f"top{j + 1}_layer"] = res.layer[..., j].reshape(-1).astype(np.int32)
     cols[f"top{j + 1}_neuron"] = res.neuron[..., j].reshape(-1).astype(np.int32)
+  if unit is not None:
+    cols["baseline_unit_layer"] = np.asarray(unit[0]).reshape(-1).astype(np.int32)
+    cols["baseline_unit"] = np.asarray(unit[1]).reshape(-1).astype(np.int32)
   df = pd.DataFrame(cols, index=_index(layer_ids, d))
   order = ["max_corr", "max_sim_layer", "max_sim_neuron"] + (
       ["baseline", "baseline_se"] if res.baselines else [])

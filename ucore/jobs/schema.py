@@ -337,6 +337,7 @@ CORRELATE = {
     "baseline.primary": Str(*BASELINE_KINDS),
     "baseline.draws": Count(1),
     "baseline.seed": SEED,
+    "intervals.blocks": Int(lo=2, hi=1000, also=(0,), what="off"),
     "selfcheck.sample": Count(0),
     "selfcheck.seed": SEED,
     "selfcheck.fail_above": Positive(),
