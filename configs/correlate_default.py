@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.n_layers = 2       # layers per model
   c.synthetic.d_mlp = 128        # neurons per layer (small d makes rotation baselines high)
   c.synthetic.n_planted = 4      # planted universal neurons
+  c.synthetic.n_graded = 0       # graded shared neurons (excess from weak to strong; intervals)
   c.synthetic.seed = 0           # data seed
   c.synthetic.offset = 100.0     # mean offset added to every activation
   c.synthetic.ctx = 16           # tokens per row

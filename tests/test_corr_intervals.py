@@ -104,3 +104,25 @@ def test_blocks_merge_batches_exactly():
       k = bid != b
       np.testing.assert_allclose(c_loo[b, j], np.corrcoef(x[k, j], y[k, j])[0, 1], rtol=1e-12)
       np.testing.assert_allclose(cu_loo[b, j], np.corrcoef(x[k, j], u[k, j])[0, 1], rtol=1e-10)
+
+
+def test_count_interval_and_headline():
+  """The count interval: zero width when no neuron is near the threshold relative to its SE;
+  widening with replicates that move near-threshold neurons; the one-line headline."""
+  from ucore.report.headline import universal_line
+  excess = np.array([0.9, 0.1, 0.51, np.nan])
+  se = np.array([0.01, 0.01, 0.02, np.nan])
+  far = np.tile(np.array([0.9, 0.1, 0.9, np.nan]), (4, 1))
+  count, lo, hi = IV.count_interval(excess, se, 0.5, block_excess=far)
+  assert (count, lo, hi) == (2, 2.0, 2.0)   # replicates all alike: nothing moves
+  reps = np.array([[0.9, 0.1, e, np.nan] for e in (0.47, 0.53, 0.50, 0.54)])
+  count, lo, hi = IV.count_interval(excess, se, 0.5, block_excess=reps)
+  sm = np.array([IV.smoothed_count(r, 0.5, se) for r in reps])
+  half = IV.Z95 * np.sqrt(3 / 4 * np.sum((sm - sm.mean()) ** 2))
+  assert count == 2 and np.isclose(lo, 2 - half) and np.isclose(hi, min(3.0, 2 + half))
+  assert 0 < half < 1
+  entry = {"count": 86, "of": 3072, "share": 86 / 3072, "share_ci95": [0.0251, 0.0309],
+           "leave_one_seed_out": {"share_min": 0.0241, "share_max": 0.0326}}
+  assert universal_line(entry) == ("86 of 3072 (2.80%, 95% interval 2.51–3.09%; leaving one "
+                                   "seed out 2.41–3.26%)")
+  assert universal_line({"count": 3, "of": 4, "share": 0.75}) == "3 of 4 (75.00%)"
