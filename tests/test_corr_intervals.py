@@ -113,16 +113,30 @@ def test_count_interval_and_headline():
   excess = np.array([0.9, 0.1, 0.51, np.nan])
   se = np.array([0.01, 0.01, 0.02, np.nan])
   far = np.tile(np.array([0.9, 0.1, 0.9, np.nan]), (4, 1))
-  count, lo, hi = IV.count_interval(excess, se, 0.5, block_excess=far)
-  assert (count, lo, hi) == (2, 2.0, 2.0)   # replicates all alike: nothing moves
+  count, lo, hi, half = IV.count_interval(excess, se, 0.5, block_excess=far)
+  assert (count, lo, hi, half) == (2, 2, 2, 0.0)   # replicates all alike: nothing moves
   reps = np.array([[0.9, 0.1, e, np.nan] for e in (0.47, 0.53, 0.50, 0.54)])
-  count, lo, hi = IV.count_interval(excess, se, 0.5, block_excess=reps)
+  count, lo, hi, half = IV.count_interval(excess, se, 0.5, block_excess=reps)
   sm = np.array([IV.smoothed_count(r, 0.5, se) for r in reps])
-  half = IV.Z95 * np.sqrt(3 / 4 * np.sum((sm - sm.mean()) ** 2))
-  assert count == 2 and np.isclose(lo, 2 - half) and np.isclose(hi, min(3.0, 2 + half))
-  assert 0 < half < 1
+  ref = IV.Z95 * np.sqrt(3 / 4 * np.sum((sm - sm.mean()) ** 2))
+  assert np.isclose(half, ref) and 0.5 < half < 1.5
+  # integers within half + 0.5 of the count (continuity correction), inside [0, live]
+  assert count == 2 and (lo, hi) == (int(np.ceil(2 - ref - 0.5)), 3)
   entry = {"count": 86, "of": 3072, "share": 86 / 3072, "share_ci95": [0.0251, 0.0309],
            "leave_one_seed_out": {"share_min": 0.0241, "share_max": 0.0326}}
   assert universal_line(entry) == ("86 of 3072 (2.80%, 95% interval 2.51–3.09%; leaving one "
                                    "seed out 2.41–3.26%)")
   assert universal_line({"count": 3, "of": 4, "share": 0.75}) == "3 of 4 (75.00%)"
+
+
+def test_interval_covers_the_planted_truth():
+  """benchmarks/interval_coverage.py in small (4 repetitions of 128 rows, each with its own
+  rows and baseline.seed): the 95% count interval holds the planted family's true count
+  (mean excess over the repetitions vs the threshold) in ≥ 3 of 4 and is not trivially wide.
+  The benchmark's 50 repetitions are in BENCHMARKS.md."""
+  from benchmarks import interval_coverage
+  res = interval_coverage.main(["--reps", "4", "--rows", "128", "--draws", "4",
+                                "--truth_factor", "2", "--truth_draws", "4"])
+  assert res["coverage"] >= 0.75, res["rows"]
+  assert res["mean_width"] <= 3, res["rows"]
+  assert 4 <= res["truth"] <= 4 + 16   # the 4 planted and some graded neurons

@@ -108,7 +108,10 @@ def run(config, workdir: str) -> dict:
     c = _copy(config.correlate)
     c.token_store, c.start_row = tokens_dir, int(train_rows)
     c.max_tokens = int(config.persistence_max_tokens)
-    c.intervals.blocks = 0   # over training only the excess is read; the interval is the headline's
+    # over training only the excess is read: one draw, no interval pass (both cost finalize
+    # time at every step; the headline's draws and interval are the final correlations')
+    c.intervals.blocks = 0
+    c.baseline.draws = 1
     universal_at = {}
     for step in config.persistence_steps:
       step = int(step)

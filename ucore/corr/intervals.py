@@ -17,8 +17,9 @@ Leave-one-block-out (delete-1 block jackknife over `blocks` groups of rows) then
 The universal count's 95% interval combines blocks (jackknife of the count) and draws
 (leave-one-draw-out jackknife of the count); the count jackknifed is the smoothed count
 Σ Φ((excess - threshold)/excess_se) (an indicator's jackknife is zero unless a neuron flips,
-which with 20 blocks it almost never does), centred on the plain count; plus, where a model
-has ≥ 2 partners, the min / max of the count leaving one partner (seed) out.
+which with 20 blocks it almost never does), centred on the plain count, and the interval is
+of integers (continuity correction: k is in when |k - count| ≤ 1.96·SE + 0.5); plus, where
+a model has ≥ 2 partners, the min / max of the count leaving one partner (seed) out.
 Replicates move the table's values by the pass's own leave-one-out shift (replicate − the
 pass's full-data value), so they agree with the tables at zero shift whatever the rounding.
 """
@@ -61,31 +62,43 @@ def make_batch_fn(pairs):
   def f(acts, w, part_idx, unit_idx, rots):
     n = w.sum(1)
     inv = 1.0 / jnp.maximum(n, 1.0)
+    n_all = jnp.maximum(w.sum(), 1.0)
 
-    def centred(v):   # two-pass within the batch's slots: float32 sums of small numbers
-      mean = jnp.einsum("st,tn->sn", w, v, precision=hi) * inv[:, None]
-      dev = v[None] - mean[:, None, :]
-      return mean, dev, jnp.einsum("st,stn->sn", w, dev * dev, precision=hi)
+    # Every value is shifted by its mean over the batch's counted tokens (so float32 sums are
+    # of small numbers); per slot then only sums of shifted values and of their products
+    # ([S, T] @ [T, N] GEMMs, nothing of size S·T·N), turned into centred moments here.
+    def shifted(v):
+      c = jnp.einsum("t,tn->n", w.sum(0), v, precision=hi) / n_all
+      vs = v - c[None]
+      return c, vs, jnp.einsum("st,tn->sn", w, vs, precision=hi)
 
-    def cross(a, b):
-      return jnp.einsum("st,stn->sn", w, a * b, precision=hi)
+    def sums(a, b):
+      return jnp.einsum("st,tn->sn", w, a * b, precision=hi)
+
+    def moments(c, a, q):   # shift, Σ(v-c), Σ(v-c)² per slot -> mean, centred m2
+      return c[None] + a * inv[:, None], q - a * a * inv[:, None]
 
     out = {"n": n}
     xs = {}
     for o in owners:
-      mean, dev, m2 = centred(acts[o])
-      xs[o] = dev
-      out[f"x{o}"] = (mean, m2)
+      c, vs, a = shifted(acts[o])
+      xs[o] = (vs, a)
+      out[f"x{o}"] = moments(c, a, sums(vs, vs))
     rot = {}
     for p in parts:
-      a = acts[p]
+      v = acts[p]
       L, d = rots[p].shape[0], rots[p].shape[1]
-      rot[p] = jnp.einsum("tld,lkd->tlk", a.reshape(a.shape[0], L, d), rots[p],
-                          precision=hi).reshape(a.shape[0], L * d)
+      rot[p] = jnp.einsum("tld,lkd->tlk", v.reshape(v.shape[0], L, d), rots[p],
+                          precision=hi).reshape(v.shape[0], L * d)
     for i, (o, p) in enumerate(pairs):
-      my, dy, m2y = centred(jnp.take(acts[p], part_idx[i], axis=1))
-      mu, du, m2u = centred(jnp.take(rot[p], unit_idx[i], axis=1))
-      out[f"p{i}"] = (my, m2y, cross(xs[o], dy), mu, m2u, cross(xs[o], du))
+      xv, xa = xs[o]
+      cy, ys, ya = shifted(jnp.take(acts[p], part_idx[i], axis=1))
+      cu, us, ua = shifted(jnp.take(rot[p], unit_idx[i], axis=1))
+      my, m2y = moments(cy, ya, sums(ys, ys))
+      mu, m2u = moments(cu, ua, sums(us, us))
+      cxy = sums(xv, ys) - xa * ya * inv[:, None]
+      cxu = sums(xv, us) - xa * ua * inv[:, None]
+      out[f"p{i}"] = (my, m2y, cxy, mu, m2u, cxu)
     return out
 
   return f
@@ -183,8 +196,10 @@ def smoothed_count(excess, threshold, scale) -> np.ndarray:
 
 
 def count_interval(excess, excess_se, threshold, block_excess=None, draw_excess=None):
-  """(count, lower, upper): the universal count and its 95% interval. block_excess [B, N]
-  and draw_excess [D, N]: the leave-one-out replicates of every neuron's excess."""
+  """(count, lower, upper, half width): the universal count and its 95% interval, integers
+  (the normal interval count ± half with the continuity correction ±0.5 of a discrete
+  count: k is inside when |k - count| ≤ half + 0.5). block_excess [B, N] and draw_excess
+  [D, N]: the leave-one-out replicates of every neuron's excess."""
   e = np.nan_to_num(excess, nan=-np.inf)
   count = int(np.sum(e > threshold))
   var = 0.0
@@ -193,7 +208,9 @@ def count_interval(excess, excess_se, threshold, block_excess=None, draw_excess=
       var += float(jackknife_se(smoothed_count(reps, threshold, excess_se)[:, None])[0] ** 2)
   half = Z95 * math.sqrt(var)
   n = int(np.sum(np.isfinite(excess)))
-  return count, max(0.0, count - half), min(float(n), count + half)
+  lo = max(0, math.ceil(count - half - 0.5 - 1e-12))
+  hi = min(n, math.floor(count + half + 0.5 + 1e-12))
+  return count, lo, hi, half
 
 
 def annotate(agg, partners: list, pass_corr: dict, draws: dict, threshold: float):
@@ -225,10 +242,10 @@ def annotate(agg, partners: list, pass_corr: dict, draws: dict, threshold: float
     loo = (stack.sum(1, keepdims=True) - stack) / (D - 1)
     draw_excess = corr.mean(0)[None] - loo.mean(0)
   se = agg["excess_se"].to_numpy()
-  count, lo, hi = count_interval(excess, se, threshold, block_excess, draw_excess)
+  count, lo, hi, half = count_interval(excess, se, threshold, block_excess, draw_excess)
   n = len(agg)
   out = {"count": count, "of": n, "share": count / n,
-         "count_ci95": [lo, hi], "share_ci95": [lo / n, hi / n],
+         "count_ci95": [lo, hi], "share_ci95": [lo / n, hi / n], "half_width": half,
          "blocks": int(block_excess.shape[0]), "draws": int(D),
          "excess_se_median": float(np.nanmedian(se[live])) if live.any() else None}
   if len(partners) >= 2:   # leave one partner (seed) out
