@@ -20,6 +20,9 @@ Per row model, file `neurons_<own>.parquet` (aggregated over its partners M):
   mean_baseline_se                           SE over draws of mean_baseline (partners' draws
                                              are independent: √Σ se_m² / M)
   near_threshold                             |excess_corr - threshold| ≤ 2·mean_baseline_se
+  corr_se__<m>, baseline_data_se__<m>,       with intervals.blocks > 0: block-jackknife SEs
+  excess_data_se, excess_se                  from the data (and excess_se with the draws'),
+                                             ucore.corr.intervals
   excess_corr = mean_corr - mean_baseline;  universal = excess_corr > threshold
   strict_excess = min_corr - max_baseline;  universal_strict = strict_excess > threshold
   dead                                       neuron constant over the kept tokens
