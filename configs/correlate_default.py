@@ -39,8 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.baseline = ml_collections.ConfigDict()
   c.baseline.kinds = ("haar", "gaussian_rows")   # one-pass baselines computed
   c.baseline.primary = "haar"    # the one used for mean/min/max_baseline and excess_corr
-  c.baseline.draws = 1           # random matrices per kind (each reported separately)
+  # Random matrices per kind; tables carry their mean and its SE over draws. On the default
+  # family (benchmarks/baseline_draws.py, BENCHMARKS.md "Baseline draws and intervals") one
+  # draw's SD of a neuron's mean baseline is 0.017 (median; 0.025 p95, 0.037 max): SE ≤ 0.005
+  # takes 12 draws for the median neuron, 26 for the 95th percentile, 56 for the worst.
+  c.baseline.draws = 16
   c.baseline.seed = 0            # seed of the mixing matrices
+  c.intervals = ml_collections.ConfigDict()
+  c.intervals.blocks = 20        # row blocks of the jackknife intervals (one forward-only pass); 0 = off
   c.selfcheck = ml_collections.ConfigDict()
   c.selfcheck.sample = 256       # neurons per model checked against a float64 reference; 0 = off
   c.selfcheck.seed = 0           # seed of the sample and of the check's rotation
@@ -60,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.n_layers = 2       # layers per model
   c.synthetic.d_mlp = 128        # neurons per layer (small d makes rotation baselines high)
   c.synthetic.n_planted = 4      # planted universal neurons
+  c.synthetic.n_graded = 0       # graded shared neurons (excess from weak to strong; intervals)
   c.synthetic.seed = 0           # data seed
   c.synthetic.offset = 100.0     # mean offset added to every activation
   c.synthetic.ctx = 16           # tokens per row

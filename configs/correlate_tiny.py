@@ -13,6 +13,7 @@ def get_config():
   c.batch_rows = 8               # rows per step
   c.top_k = 3                    # partners kept per neuron
   c.baseline.draws = 2           # two Haar draws (plus the paper's Gaussian mixing)
+  c.intervals.blocks = 0         # no interval pass (seconds per run; test_corr_intervals turns it on)
   c.checkpoint.every_steps = 2   # commit often (resume tests)
   c.log_every = 2                # progress every 2 steps
   return c

@@ -35,7 +35,10 @@ def get_config(arg: str = ""):
   c.correlate = _config_of("correlate_default")
   c.correlate.max_tokens = 150_000       # held-out tokens correlated
   c.correlate.batch_rows = 64
-  c.correlate.baseline.draws = 1
+  # 8 draws: baseline SE 0.006 for the median neuron (0.009 at the 95th percentile; 12 / 26
+  # draws would reach 0.005), set by the 10-minute budget: a draw of both kinds costs ~10 s
+  # of finalize on the 2-core machine (BENCHMARKS.md "Baseline draws and intervals").
+  c.correlate.baseline.draws = 8
   c.correlate.checkpoint.every_steps = 20
   c.correlate.log_every = 20
   # Universality over training: correlate the family at these earlier checkpoints too

@@ -50,4 +50,5 @@ def get_config():
   c.correlate.batch_rows = 8             # 4,096 tokens per step at ctx 512
   c.correlate.precision = "bf16_3x"      # verified against float64 in every run (selfcheck)
   c.correlate.checkpoint.every_steps = 1_000_000_000   # commit by time only
+  c.correlate.intervals.blocks = 0       # no interval pass per checkpoint (another pass of forwards)
   return c

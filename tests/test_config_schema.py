@@ -154,7 +154,7 @@ GOOD = [
                              "checkpoint_steps": (0, 20)}),
     ("correlate_tiny", "correlate", {"threshold": -1, "pad_id": -1, "mesh__tok": -1, "mesh__neu": 1,
                                      "selfcheck__sample": 0, "max_tokens": 0,
-                                     "synthetic__n_planted": 254}),
+                                     "synthetic__n_planted": 253}),
     ("tokenize_default", "tokenize", {"bos_id": -1, "mask_exclude_ids": (50256, 198),
                                       "num_tokens": 0}),
     ("analyze_default", "analyze", {"attention__top_pairs": 0, "max_rows": 0,

@@ -102,3 +102,26 @@ def test_one_compilation_per_shape():
   assert F._corr_fn.cache_info().currsize == 1
   assert F._baseline_fn.cache_info().currsize == 1
   assert F._baseline_fn.cache_info().hits == len(spec.pairs) - 1
+
+
+def test_baseline_argmax_unit_is_brute_force_argmax():
+  """pair_result also says which rotated unit gave each draw's max (the interval pass
+  re-reads that unit): the brute-force argmax over explicitly rotated activations."""
+  from ucore.corr import moments as M
+  acts, mask = adversarial(K=2, L=2, d=6, T=400, seed=4)
+  spec, mesh, acc = _run(acts, mask, mode="all_pairs", mesh=M.make_mesh(2, 4))  # sharded max
+  assert spec.d_pad == 8
+  for orient in ("fwd", "bwd"):
+    own, part = (0, 1) if orient == "fwd" else (1, 0)
+    res = F.pair_result(spec, mesh, acc.state, 0, 1, orient, baseline_kinds=("haar",),
+                        draws=2, seed=7)
+    for draw in range(2):
+      mats = np.stack([BL.mixing_matrix("haar", 6, seed=7, draw=draw, model=part, layer=l)
+                       for l in range(2)])
+      yr = rotate(acts[part][mask], mats)
+      c = corr64(_flat(acts[own], mask), yr.reshape(yr.shape[0], -1))
+      units = res.baseline_units["haar"][draw].reshape(-1)
+      live = ~np.isnan(res.baselines["haar"][draw].reshape(-1))
+      assert (units[~live] == -1).all() and live.sum() == 11
+      flat = units[live] // spec.d_pad * 6 + units[live] % spec.d_pad
+      np.testing.assert_array_equal(flat, np.nanargmax(c[live], axis=1))

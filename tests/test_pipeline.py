@@ -35,6 +35,16 @@ def test_pipeline_writes_every_stage(pipeline_run):
   diff = (neurons["mean_corr"] - neurons["mean_baseline"] - neurons["excess_corr"]).abs()
   assert diff.max() < 1e-6
   assert f"{summary['n_universal']} of {summary['n_neurons']}" in r.stdout
+  # with its 95% interval (issue 20): the same line in the printout and the report
+  iv = summary["universal_interval"]
+  assert iv["count"] == summary["n_universal"] and iv["draws"] == 8 and iv["blocks"] == 20
+  lo, hi = iv["count_ci95"]
+  assert lo <= iv["count"] <= hi
+  from ucore.report.headline import universal_line
+  assert universal_line(iv) in r.stdout and "95% interval" in universal_line(iv)
+  html = open(os.path.join(workdir, "report", "index.html")).read()
+  assert universal_line(iv) in html
+  assert "near_threshold" in neurons.columns and "excess_se" in neurons.columns
   # the real models' correlations verified themselves against float64 (issue 13)
   chk = summary["selfcheck"]
   assert chk["status"] == "ok" and chk["entries_checked"] > 0 and chk["max_abs_corr"] < 1e-5

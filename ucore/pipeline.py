@@ -99,6 +99,8 @@ def run(config, workdir: str) -> dict:
       config, finals, names, tokens_dir, train_rows, config.correlate.max_tokens,
       os.path.join(workdir, "corr")), timings)
   neurons, hist = _read_tables(tables_dir, ref)
+  ivs = corr_summary.get("intervals")
+  interval = ivs["models"].get(ref) if isinstance(ivs, dict) else None
 
   def persistence():
     # the sweep's code path over the family's kept checkpoints, the final correlations above
@@ -107,6 +109,10 @@ def run(config, workdir: str) -> dict:
     c = _copy(config.correlate)
     c.token_store, c.start_row = tokens_dir, int(train_rows)
     c.max_tokens = int(config.persistence_max_tokens)
+    # over training only the excess is read: one draw, no interval pass (both cost finalize
+    # time at every step; the headline's draws and interval are the final correlations')
+    c.intervals.blocks = 0
+    c.baseline.draws = 1
     universal_at = {}
     for step in config.persistence_steps:
       step = int(step)
@@ -143,6 +149,7 @@ def run(config, workdir: str) -> dict:
     from ucore.report import sections as RS
     from ucore.corr.selfcheck import describe as describe_selfcheck
     from ucore.report.html import write_report
+    from ucore.report.headline import universal_line
     from ucore.train import read_losses
     n_univ = int(neurons["universal"].sum())
     fig_dir = os.path.join(workdir, "report_extra")
@@ -159,7 +166,8 @@ def run(config, workdir: str) -> dict:
         "training": f"{len(seeds)} seeds x {family['num_steps']} steps, final held-out loss "
                     + ", ".join(f"{v:.3f}" for v in family["final_heldout_loss"].values()),
         "held-out tokens correlated": corr_summary["tokens_counted"],
-        "universal neurons": f"{n_univ} of {len(neurons)} ({100 * n_univ / len(neurons):.2f}%)",
+        "universal neurons": universal_line(interval or {
+            "count": n_univ, "of": len(neurons), "share": n_univ / max(len(neurons), 1)}),
         "numerics": corr_summary.get("numerics", ""),
         "float64 self-check": describe_selfcheck(corr_summary.get("selfcheck")),
     }
@@ -182,6 +190,7 @@ def run(config, workdir: str) -> dict:
       "report": html, "tables": tables_dir, "family": os.path.join(workdir, "family"),
       "reference": ref, "n_neurons": int(len(neurons)), "n_universal": n_univ,
       "share_universal": n_univ / max(len(neurons), 1),
+      "universal_interval": interval,
       "excess_corr_median": float(np.nanmedian(neurons["excess_corr"])),
       "mean_corr_median": float(np.nanmedian(neurons["mean_corr"])),
       "mean_baseline_median": float(np.nanmedian(neurons["mean_baseline"])),

@@ -19,10 +19,12 @@ def run(argv):
     raise UserError("--config is not a pipeline config; use configs/pipeline_default.py")
   workdir = common.WORKDIR.value or DEFAULT_WORKDIR
   r = pipeline.run(config, workdir)
+  from ucore.report.headline import universal_line
   layers = " ".join(str(v) for v in r["universal_per_layer"])
+  line = universal_line(r.get("universal_interval") or {
+      "count": r["n_universal"], "of": r["n_neurons"], "share": r["share_universal"]})
   print(f"\nUniversal neurons of {r['reference']} (excess correlation over the rotation "
-        f"baseline > {config.correlate.threshold}): {r['n_universal']} of {r['n_neurons']} "
-        f"({100 * r['share_universal']:.2f}%); per layer: {layers}\n"
+        f"baseline > {config.correlate.threshold}): {line}; per layer: {layers}\n"
         f"medians: mean max corr {r['mean_corr_median']:.3f}, mean baseline "
         f"{r['mean_baseline_median']:.3f}, excess {r['excess_corr_median']:.3f}\n"
         f"report: {r['report']}\n(total {r['seconds']:.0f}s; stages {r['stage_seconds']})")

@@ -529,7 +529,7 @@ def finalize(job: Job, units, live: dict, replace: bool = False) -> str:
   float64 self-check before anything is written."""
   config, mesh = job.config, job.mesh
   dead_rel_std = float(config.dead_rel_std)
-  dfs, dead, checks, count, finalize_s = {}, {}, [], 0, 0.0
+  dfs, dead, checks, count, finalize_s, draws = {}, {}, [], 0, 0.0, {}
   for unit in sorted(units, key=lambda u: u.index not in live):   # in-memory state first
     prog = live.pop(unit.index, None)
     if prog is not None:
@@ -551,7 +551,7 @@ def finalize(job: Job, units, live: dict, replace: bool = False) -> str:
     count = moments[0]
     checks.append(measure_check(config, unit.spec, state, check, moments))
     t = time.time()
-    pair_dfs, pair_dead = pair_tables(config, unit.spec, mesh, state, moments)
+    pair_dfs, pair_dead = pair_tables(config, unit.spec, mesh, state, moments, draws)
     finalize_s += time.time() - t
     for key, df in pair_dfs.items():
       dfs.setdefault(key, []).append(df)
@@ -567,6 +567,7 @@ def finalize(job: Job, units, live: dict, replace: bool = False) -> str:
   res = assemble_tables(config, job.spec, dfs, dead, count)
   finalize_s += time.time() - t
   logging.info("correlate: tables computed from the moments in %.1fs", finalize_s)
+  res["intervals"] = interval_pass(job, res, draws)
   return write_tables_dir(config, job.spec, res, checked, job.tables_dir, job.srcs,
                           job.t_start, job.identity, finalize_s, replace=replace,
                           passes=len(units))
@@ -649,10 +650,13 @@ def _check_baseline_kinds(config) -> tuple:
   return kinds
 
 
-def pair_tables(config, spec, mesh, state, moments):
+def pair_tables(config, spec, mesh, state, moments, draws=None):
   """Per-pair tables of one state (the whole run's or one pass's tile): ({(own, partner)
   model index: df}, {own: (own layer ids, dead [L_own·d_mlp])}) for every row model the
-  run reports (the reference; in all_pairs every model, in both directions of each pair)."""
+  run reports (the reference; in all_pairs every model, in both directions of each pair).
+  draws (optional dict): gets {(own, partner): [(first own layer id, the primary baseline's
+  draws [D, L·d_mlp])]} (the interval's leave-one-draw-out; the tables keep only the
+  draws' mean and SE above TB.MAX_DRAW_COLUMNS draws)."""
   dead_value = float(config.dead_value) if config.fill_dead else None
   _, moms = moments
   kinds = _check_baseline_kinds(config)
@@ -665,8 +669,13 @@ def pair_tables(config, spec, mesh, state, moments):
                           baseline_kinds=kinds, draws=int(config.baseline.draws),
                           seed=int(config.baseline.seed), dead_rel_std=float(config.dead_rel_std),
                           moments=moms)
-      dfs[(own, part)] = TB.pair_table(res, spec.layer_ids[own], config.baseline.primary,
-                                       dead_value)
+      primary = config.baseline.primary
+      unit = (F.unit_ids(spec, own, part, res.baseline_units[primary][0])
+              if kinds else None)
+      dfs[(own, part)] = TB.pair_table(res, spec.layer_ids[own], primary, dead_value, unit)
+      if draws is not None and kinds:
+        draws.setdefault((own, part), []).append(
+            (spec.layer_ids[own][0], res.baselines[primary].reshape(int(config.baseline.draws), -1)))
       dead[own] = (spec.layer_ids[own], moms[own]["dead"][:, :spec.d_mlp].reshape(-1))
   from ucore.corr import baselines
   baselines.clear_cache()   # up to 2 GiB of mixing matrices; nothing later needs them
@@ -715,7 +724,7 @@ def compute_tables(config, spec, mesh, state, moments=None):
 
 
 FINALIZE_FIELDS = ("top_k", "threshold", "dead_rel_std", "fill_dead", "dead_value",
-                   "baseline.primary", "baseline.draws", "baseline.seed")
+                   "baseline.primary", "baseline.draws", "baseline.seed", "intervals.blocks")
 
 
 def finalize_settings(config) -> dict:
@@ -728,6 +737,95 @@ def finalize_settings(config) -> dict:
       node = node[part]
     out[key] = node
   return identity.normalize(out)
+
+
+def interval_pass(job: Job, res: dict, draws: dict):
+  """The universal count's intervals (ucore.corr.intervals): one more pass of the same rows
+  through the forwards, keeping per block of rows the moments of each neuron's selected
+  pairs (best partner, draw 0's argmax rotated unit) only; annotates res["neurons"] in
+  place. Returns summary.json's "intervals" entry ({model: ...} plus the pass's cost), a
+  string saying why there is none, or None when intervals are off. Runs inside finalize:
+  a kill re-runs it, nothing of it is written before the tables."""
+  from ucore.corr import baselines as BL
+  from ucore.corr import intervals as IV
+  config, spec = job.config, job.spec
+  blocks = int(_cfg_get(_cfg_get(config, "intervals", {}), "blocks", 0) or 0)
+  if blocks == 0 or not config.baseline.kinds:
+    return None
+  if jax.process_count() > 1:
+    return "unavailable in multi-process runs"
+  t0 = time.time()
+  n_rows = job.stop_row - int(config.start_row)
+  blocks = min(blocks, n_rows)
+  owners = [0] if config.mode == "reference" else list(range(spec.n_models))
+  pairs = [(o, y if o == x else x) for o in owners for x, y in spec.pairs if o in (x, y)]
+  d = spec.d_mlp
+  names = spec.names
+
+  def flat(p, layers, units):   # (layer id, unit) -> flat index into p's kept layers
+    pos = {l: i for i, l in enumerate(job.layer_ids[p])}
+    li = np.array([pos.get(int(l), 0) for l in layers])
+    return np.where(np.asarray(layers) < 0, 0, li * d + np.maximum(units, 0)).astype(np.int32)
+
+  part_idx, unit_idx = [], []
+  for o, p in pairs:
+    t = res["pairs"][(names[o], names[p])]
+    part_idx.append(flat(p, t["max_sim_layer"].to_numpy(), t["max_sim_neuron"].to_numpy()))
+    unit_idx.append(flat(p, t["baseline_unit_layer"].to_numpy(), t["baseline_unit"].to_numpy()))
+  place_models(job)
+  feed = _Batches(job)
+  rep = jax.sharding.NamedSharding(feed.row_sharding.mesh, jax.sharding.PartitionSpec())
+  rots = [None] * spec.n_models
+  for p in sorted({p for _, p in pairs}):
+    r = BL.mixing_stack(config.baseline.primary, d, spec.d_pad, job.layer_ids[p],
+                        seed=int(config.baseline.seed), draw=0, model=p, mesh=job.mesh)
+    rots[p] = jax.device_put(np.asarray(r)[:, :d, :d], rep)
+  BL.clear_cache()
+  part_idx = tuple(jax.device_put(a, rep) for a in part_idx)
+  unit_idx_d = tuple(jax.device_put(a, rep) for a in unit_idx)
+  fn = IV.make_batch_fn(tuple(pairs))
+  acc = IV.Blocks(blocks, pairs, {o: len(job.layer_ids[o]) * d for o in owners})
+  S = IV.slots_per_batch(int(config.batch_rows), n_rows, blocks)
+  used = sorted({o for o in owners} | {p for _, p in pairs})
+  for g, rows in job.store.iter_batches(config.batch_rows, start_row=int(config.start_row),
+                                        stop_row=job.stop_row):
+    dev_tokens, mask, row_ids = feed.inputs(g, rows)
+    acts = tuple(job.srcs[m].acts(dev_tokens, job.layer_ids[m], row_ids)
+                 .reshape(feed.per_pad * feed.ctx, -1).astype(np.float32)
+                 if m in used else None for m in range(spec.n_models))
+    row_of = np.full(feed.per_pad, -1, np.int64)
+    row_of[:len(row_ids)] = np.asarray(row_ids)
+    tb = np.repeat(IV.block_of_rows(row_of, int(config.start_row), job.stop_row, blocks),
+                   feed.ctx)
+    tb[~mask] = -1
+    present = sorted(set(np.unique(tb[tb >= 0]).tolist()))
+    slot = np.full(S, -1)
+    slot[:len(present)] = present
+    w = np.stack([(tb == b) & (b >= 0) for b in slot]).astype(np.float32)
+    acc.add(slot, jax.device_get(fn(acts, jax.device_put(w, rep), part_idx, unit_idx_d,
+                                     tuple(rots))))
+  out = {}
+  dead_value = float(config.dead_value) if config.fill_dead else None
+  for o in owners:
+    agg = res["neurons"][names[o]]
+    mine = [(i, p) for i, (oo, p) in enumerate(pairs) if oo == o]
+    before = set(agg.columns)
+    out[names[o]] = IV.annotate(
+        agg, [names[p] for _, p in mine],
+        {names[p]: acc.correlations(i) for i, p in mine},
+        {names[p]: np.concatenate([a for _, a in sorted(draws[(o, p)], key=lambda c: c[0])],
+                                  axis=1) for _, p in mine},
+        float(config.threshold))
+    if dead_value is not None:
+      new = [c for c in agg.columns if c not in before]
+      agg[new] = agg[new].fillna(dead_value)
+  seconds = time.time() - t0
+  logging.info("correlate: interval pass (%d blocks of rows, %d pairs) in %.1fs", blocks,
+               len(pairs), seconds)
+  return {"models": out, "blocks": blocks, "seconds": seconds,
+          "method": "delete-1 block jackknife over contiguous row blocks (best partner and "
+                    "draw 0's argmax rotated unit held fixed) + leave-one-draw-out; 95% "
+                    "normal interval of the count"}
 
 
 def measure_check(config, spec, state, check, moments) -> dict:
@@ -789,6 +887,13 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
           "universal_per_layer": {n: [int(v) for v in lc["universal"]]
                                   for n, lc in res["layer_counts"].items() if "universal" in lc},
           "threshold": float(config.threshold),
+          # neurons whose excess lies within two baseline standard errors (over the draws)
+          # of the threshold: the draws alone could move them across it
+          "near_threshold": {n: int(df["near_threshold"].sum())
+                             for n, df in res["neurons"].items() if "near_threshold" in df},
+          "baseline_se": {n: _quantiles(df["mean_baseline_se"])
+                          for n, df in res["neurons"].items() if "mean_baseline_se" in df},
+          "baseline_draws": int(config.baseline.draws),
           "identity": ident,
           "finalize": finalize_settings(config),
           "seconds": time.time() - t_start,
@@ -796,9 +901,22 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
       }
       if passes > 1:
         summary["passes"] = int(passes)
+      if res.get("intervals") is not None:
+        summary["intervals"] = res["intervals"]
       atomic.write_json(os.path.join(tmp, TB.SUMMARY), summary)
     logging.info("correlate: wrote %s (%s universal)", tables_dir, summary["universal"])
   return tables_dir
+
+
+def _quantiles(col) -> dict:
+  """{median, p95, max} of a column over its finite values (None where it has none, e.g.
+  the baseline SE of a one-draw run)."""
+  v = col.to_numpy(np.float64)
+  v = v[np.isfinite(v)]
+  if not v.size:
+    return None
+  return {"median": float(np.median(v)), "p95": float(np.quantile(v, 0.95)),
+          "max": float(v.max())}
 
 
 def workdir_of(tables_dir):

@@ -143,7 +143,8 @@ def _corr_local(geo, k, c_loc, inv_own, inv_part):
 
 
 def _baseline_local(geo, c_loc, s_loc, rmat, inv_own):
-  """Max over rotated partner units of one draw. rmat [L_part, d_pad, d_pad] replicated;
+  """Max over rotated partner units of one draw, and where it is (flat index b·d_pad + unit:
+  partner position b, rotated unit; the interval pass re-reads that unit's activations). rmat [L_part, d_pad, d_pad] replicated;
   s_loc the partner's within-layer co-moment block [L_part, d_pad/r (TOK), d_pad/c (NEU)].
   One partner position per scan step: a [L_own·d_own_loc, d_part_loc] × [d_part_loc, d_pad]
   GEMM, reduce-scattered over the partner axis (no unrolled loop: one compile, any depth)."""
@@ -168,7 +169,10 @@ def _baseline_local(geo, c_loc, s_loc, rmat, inv_own):
   lay_all = jnp.asarray(np.where(pl < 0, 0, pl).T)           # [B, L_own]
   valid_all = jnp.asarray((pl >= 0).T, jnp.float32)           # [B, L_own]
 
-  def step(best, b):
+  jp = jax.lax.axis_index(part_ax)
+
+  def step(carry, b):
+    best, arg = carry
     lay, valid = lay_all[b], valid_all[b]
     cb = _part_slab(orient, c_loc, b)                         # [L_own, do, dp]
     if mode == "all":
@@ -181,10 +185,16 @@ def _baseline_local(geo, c_loc, s_loc, rmat, inv_own):
     ivp = _slice(ivp, part_ax, dp) * valid[:, None]           # [L_own, dp]
     rho = rot * io[:, :, None] * ivp[:, None, :]
     ok = (io[:, :, None] > 0) & (ivp[:, None, :] > 0)
-    return jnp.maximum(best, jnp.max(jnp.where(ok, rho, NEG), axis=2)), None
+    masked = jnp.where(ok, rho, NEG)
+    here = jnp.max(masked, axis=2)
+    at = b * d_pad + jp * dp + jnp.argmax(masked, axis=2).astype(jnp.int32)
+    better = here > best   # ties keep the earlier position (as jnp.max's value does)
+    return (jnp.where(better, here, best), jnp.where(better, at, arg)), None
 
-  best, _ = jax.lax.scan(step, jnp.full((lo, do), NEG, jnp.float32), jnp.arange(B))
-  return jax.lax.pmax(best, part_ax)
+  init = (jnp.full((lo, do), NEG, jnp.float32), jnp.zeros((lo, do), jnp.int32))
+  (best, arg), _ = jax.lax.scan(step, init, jnp.arange(B))
+  v, i = _topk_merge(best.reshape(lo * do, 1), arg.reshape(lo * do, 1), 1, part_ax)
+  return v.reshape(lo, do), i.reshape(lo, do)
 
 
 @functools.lru_cache(maxsize=64)
@@ -198,9 +208,10 @@ def _corr_fn(geo, mesh, k):
 
 @functools.lru_cache(maxsize=64)
 def _baseline_fn(geo, mesh):
+  out_spec = P(None, _axes(geo[4])[0])
   return jax.jit(jax.shard_map(partial(_baseline_local, geo), mesh=mesh,
                                in_specs=(C_SPEC, S_SPEC, P(), P()),
-                               out_specs=P(None, _axes(geo[4])[0]),
+                               out_specs=(out_spec, out_spec),
                                check_vma=False))
 
 
@@ -212,6 +223,9 @@ class PairResult:
   layer: np.ndarray       # [L_own, d_mlp, k] partner layer id (-1 = none)
   neuron: np.ndarray      # [L_own, d_mlp, k]
   baselines: dict         # kind -> [draws, L_own, d_mlp]
+  baseline_units: dict = dataclasses.field(default_factory=dict)
+  # kind -> [draws, L_own, d_mlp] int: the draw's argmax rotated unit, flat b·d_pad + unit
+  # (b: partner position as in spec.partner_layer; -1 where the baseline is NaN)
 
 
 def _inv_std(mom):
@@ -258,7 +272,7 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
   cv, layer, neuron = top_partners(spec, moments, own, part,
                                    *f(_value(state, f"C/{x}_{y}"), inv_own, inv_part))
   dead_own = moments[own]["dead"][:, :spec.d_mlp]
-  baselines = {}
+  baselines, units_ = {}, {}
   if baseline_kinds:
     if part not in spec.rotated:
       raise ValueError(f"model {part} has no within-layer co-moments (not rotated)")
@@ -266,14 +280,29 @@ def pair_result(spec: Spec, mesh, state, x, y, orient, *, top_k=5, baseline_kind
     fb = _baseline_fn(geo, mesh)
     cval, sval = _value(state, f"C/{x}_{y}"), _value(state, f"S/{part}")
     for kind in baseline_kinds:
-      res = []
+      res, units = [], []
       for draw in range(draws):
         rmat = bl.mixing_stack(kind, spec.d_mlp, spec.d_pad, spec.layer_ids[part], seed=seed,
                                draw=draw, model=part, mesh=mesh)
-        res.append(baseline_values(spec, dead_own, fb(cval, sval, rmat, inv_own)))
+        val, arg = fb(cval, sval, rmat, inv_own)
+        res.append(baseline_values(spec, dead_own, val))
+        units.append(np.where(np.isnan(res[-1]), -1, _to_host(arg)[:, :spec.d_mlp]))
       baselines[kind] = np.stack(res)
+      units_[kind] = np.stack(units)
   return PairResult(own=own, partner=part, corr=cv, layer=layer, neuron=neuron,
-                    baselines=baselines)
+                    baselines=baselines, baseline_units=units_)
+
+
+def unit_ids(spec: Spec, own, part, flat):
+  """baseline_units' flat b·d_pad + unit [L_own, d_mlp] -> (partner layer id, unit), -1
+  where there is none."""
+  flat = np.asarray(flat)
+  none = flat < 0
+  b, unit = np.maximum(flat, 0) // spec.d_pad, np.maximum(flat, 0) % spec.d_pad
+  pl = spec.partner_layer(own, part)                          # [L_own, B]
+  pos = np.take_along_axis(pl, b, axis=1)
+  lay = np.asarray(spec.layer_ids[part])[np.maximum(pos, 0)]
+  return np.where(none, -1, lay), np.where(none, -1, unit)
 
 
 def full_corr_blocks(spec: Spec, state, x, y, dead_rel_std=1e-6, moments=None):

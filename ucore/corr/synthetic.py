@@ -55,19 +55,24 @@ class SyntheticFamily:
   one other model only, and a weakly shared latent (ρ ≈ 0.35) → not universal. The reference
   also has a dead (constant) neuron. All activations carry a large offset (GELU-like shape
   plus `offset`).
+  Graded neurons (n_graded, default none): latent g drives neuron G_m[g] of every model with
+  a coupling rising from weak to strong (cross-model correlation ≈ 0.45 … 0.95), so some sit
+  near the universality threshold (interval coverage, benchmarks/interval_coverage.py).
   """
 
   def __init__(self, n_models=3, n_layers=2, d_mlp=128, n_planted=4, seed=0, offset=100.0,
-               ctx=16):
+               ctx=16, n_graded=0):
     self.K, self.L, self.d, self.seed, self.offset, self.ctx = (
         n_models, n_layers, d_mlp, seed, offset, ctx)
     N = n_layers * d_mlp
-    self.n_planted = n_planted
+    self.n_planted, self.n_graded = n_planted, n_graded
     n_lat = n_planted + 2
     self.pos = []           # pos[m][k] = flat neuron driven by latent k in model m
-    for m in range(n_models):
-      self.pos.append(np.random.default_rng([seed, 2, m]).permutation(N)[:n_lat + 1])
+    for m in range(n_models):   # graded neurons after the dead one: earlier positions unchanged
+      self.pos.append(np.random.default_rng([seed, 2, m]).permutation(N)[:n_lat + 1 + n_graded])
     self.dead_ref = int(self.pos[0][n_lat])
+    rho = np.linspace(0.45, 0.95, n_graded) if n_graded else np.zeros(0)
+    self.graded_coupling = np.sqrt(rho / (1 - rho))   # a: corr(a·z + e, a·z + e') = a²/(a²+1)
 
   def planted_reference(self):
     """Set of (layer, neuron) of the reference that are universal by construction."""
@@ -84,6 +89,11 @@ class SyntheticFamily:
     if m in (0, 1):      # decoy 1: shared by the reference and model 1 only
       x[:, P[k]] = 2.0 * lat[:, k] + 0.2 * noise[:, P[k]]
     x[:, P[k + 1]] = 0.6 * lat[:, k + 1] + noise[:, P[k + 1]]   # decoy 2: weak
+    if self.n_graded:
+      g = np.random.default_rng([self.seed, 5, r]).standard_normal((self.ctx, self.n_graded))
+      G = P[n_lat_of(self) + 1:]
+      a = self.graded_coupling   # unit variance, like the noise neurons: a large variance
+      x[:, G] = (a * g + noise[:, G]) / np.sqrt(a * a + 1)   # would dominate the rotations
     y = x * (x > 0) + 0.05 * x                                  # GELU-ish skew
     y = y + self.offset
     if m == 0:
@@ -94,6 +104,11 @@ class SyntheticFamily:
     return _Source(self, m)
 
 
+def n_lat_of(fam) -> int:
+  """Latents before the dead neuron's position (planted + the two decoys)."""
+  return fam.n_planted + 2
+
+
 class _Source:
   """Model m of a SyntheticFamily as an activation source (ucore.corr.activations)."""
 
@@ -102,7 +117,8 @@ class _Source:
     self.name = f"synth{m}"
     self.fingerprint = hashlib.sha256(
         f"synthetic:{fam.seed}:{m}:{fam.K}:{fam.L}:{fam.d}:{fam.n_planted}:"
-        f"{fam.offset}:{fam.ctx}".encode()).hexdigest()
+        f"{fam.offset}:{fam.ctx}".encode()
+        + (f":graded{fam.n_graded}".encode() if fam.n_graded else b"")).hexdigest()
     self.n_layer, self.d_mlp = fam.L, fam.d
 
   def acts(self, tokens, layer_ids, rows):
@@ -118,6 +134,7 @@ class _Source:
 def build(syn):
   """(activation sources, token source, family) of a `config.synthetic` ConfigDict."""
   fam = SyntheticFamily(n_models=syn.n_models, n_layers=syn.n_layers, d_mlp=syn.d_mlp,
-                        n_planted=syn.n_planted, seed=syn.seed, offset=syn.offset, ctx=syn.ctx)
+                        n_planted=syn.n_planted, seed=syn.seed, offset=syn.offset, ctx=syn.ctx,
+                        n_graded=int(syn.get("n_graded", 0)))
   store = SyntheticTokens(num_rows=syn.rows, ctx=syn.ctx, seed=syn.seed)
   return [fam.source(m) for m in range(syn.n_models)], store, fam

@@ -4,12 +4,25 @@ Per pair (one row model against one partner model), file `pairs/<own>__<partner>
   max_corr, max_sim_layer, max_sim_neuron   best partner (signed max correlation)
   baseline                                   primary baseline (mean over draws of the max
                                              over rotated units)
-  baseline_<kind>, baseline_<kind>_<draw>    every baseline kind and draw
+  baseline_se                                its standard error over the draws (std/√draws,
+                                             ddof=1; NaN with one draw)
+  baseline_<kind>, baseline_<kind>_se        every baseline kind: mean over draws, its SE
+  baseline_<kind>_<draw>                     every draw, while draws ≤ MAX_DRAW_COLUMNS (above,
+                                             only the mean and SE: per-draw columns would bloat
+                                             the files, and nothing reads them)
   top<k>_corr, top<k>_layer, top<k>_neuron   top-k partners, k = 1..top_k
+  baseline_unit_layer, baseline_unit         where draw 0 of the primary baseline found its
+                                             max (partner layer, rotated unit); -1 = none
 Per row model, file `neurons_<own>.parquet` (aggregated over its partners M):
   corr__<m>, baseline__<m>, max_sim_layer__<m>, max_sim_neuron__<m>   per partner m
   mean_corr, min_corr, max_corr              over m of each partner's max_corr
   mean_baseline, min_baseline, max_baseline  over m of each partner's baseline
+  mean_baseline_se                           SE over draws of mean_baseline (partners' draws
+                                             are independent: √Σ se_m² / M)
+  near_threshold                             |excess_corr - threshold| ≤ 2·mean_baseline_se
+  corr_se__<m>, baseline_data_se__<m>,       with intervals.blocks > 0: block-jackknife SEs
+  excess_data_se, excess_se                  from the data (and excess_se with the draws'),
+                                             ucore.corr.intervals
   excess_corr = mean_corr - mean_baseline;  universal = excess_corr > threshold
   strict_excess = min_corr - max_baseline;  universal_strict = strict_excess > threshold
   dead                                       neuron constant over the kept tokens
@@ -54,11 +67,24 @@ SEED_MATRIX = "seed_matrix.parquet"            # all_pairs: model × model unive
 K_OF_M = "k_of_m_{}.parquet"                   # all_pairs, per model: siblings per neuron
 
 
+MAX_DRAW_COLUMNS = 8                           # per-draw baseline columns kept up to this many
+
+
 def _index(layer_ids, d):
   return pd.MultiIndex.from_product([list(layer_ids), range(d)], names=["layer", "neuron"])
 
 
-def pair_table(res, layer_ids, primary: str, dead_value=None) -> pd.DataFrame:
+def draw_se(draws: np.ndarray) -> np.ndarray:
+  """Standard error of the mean over axis 0 (the draws): std (ddof=1) / √draws; NaN with
+  fewer than two draws."""
+  n = draws.shape[0]
+  if n < 2:
+    return np.full(draws.shape[1:], np.nan)
+  return draws.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+def pair_table(res, layer_ids, primary: str, dead_value=None, unit=None) -> pd.DataFrame:
+  """unit: (partner layer id, rotated unit) [L, d] each of the primary's draw 0, or None."""
   L, d, k = res.corr.shape
   cols = {}
   fill = (lambda a: a) if dead_value is None else (lambda a: np.where(np.isnan(a), dead_value, a))
@@ -67,16 +93,23 @@ def pair_table(res, layer_ids, primary: str, dead_value=None) -> pd.DataFrame:
   cols["max_sim_neuron"] = res.neuron[..., 0].reshape(-1).astype(np.int32)
   for kind, arr in res.baselines.items():
     cols[f"baseline_{kind}"] = fill(arr.mean(axis=0).reshape(-1))
-    for draw in range(arr.shape[0]):
-      cols[f"baseline_{kind}_{draw}"] = fill(arr[draw].reshape(-1))
+    cols[f"baseline_{kind}_se"] = fill(draw_se(arr).reshape(-1))
+    if arr.shape[0] <= MAX_DRAW_COLUMNS:
+      for draw in range(arr.shape[0]):
+        cols[f"baseline_{kind}_{draw}"] = fill(arr[draw].reshape(-1))
   if res.baselines:
     cols["baseline"] = cols[f"baseline_{primary}"]
+    cols["baseline_se"] = cols[f"baseline_{primary}_se"]
   for j in range(k):
     cols[f"top{j + 1}_corr"] = fill(res.corr[..., j].reshape(-1))
     cols[f"top{j + 1}_layer"] = res.layer[..., j].reshape(-1).astype(np.int32)
     cols[f"top{j + 1}_neuron"] = res.neuron[..., j].reshape(-1).astype(np.int32)
+  if unit is not None:
+    cols["baseline_unit_layer"] = np.asarray(unit[0]).reshape(-1).astype(np.int32)
+    cols["baseline_unit"] = np.asarray(unit[1]).reshape(-1).astype(np.int32)
   df = pd.DataFrame(cols, index=_index(layer_ids, d))
-  order = ["max_corr", "max_sim_layer", "max_sim_neuron"] + (["baseline"] if res.baselines else [])
+  order = ["max_corr", "max_sim_layer", "max_sim_neuron"] + (
+      ["baseline", "baseline_se"] if res.baselines else [])
   return df[order + [c for c in df.columns if c not in order]]
 
 
@@ -89,6 +122,8 @@ def aggregate_table(pair_tables: dict, dead: np.ndarray, threshold: float,
   has_base = "baseline" in first.columns
   base = (np.stack([t["baseline"].to_numpy() for t in pair_tables.values()], 1)
           if has_base else None)
+  base_se = (np.stack([t["baseline_se"].to_numpy() for t in pair_tables.values()], 1)
+             if has_base else None)
   for name, t in pair_tables.items():
     out[f"corr__{name}"] = t["max_corr"]
     if has_base:
@@ -102,6 +137,7 @@ def aggregate_table(pair_tables: dict, dead: np.ndarray, threshold: float,
     out["mean_baseline"] = base.mean(1)
     out["min_baseline"] = base.min(1)
     out["max_baseline"] = base.max(1)
+    out["mean_baseline_se"] = np.sqrt(np.sum(base_se ** 2, axis=1)) / base_se.shape[1]
     excess = out["mean_corr"].to_numpy() - out["mean_baseline"].to_numpy()
     strict = out["min_corr"].to_numpy() - out["max_baseline"].to_numpy()
     out["excess_corr"] = excess
@@ -109,6 +145,8 @@ def aggregate_table(pair_tables: dict, dead: np.ndarray, threshold: float,
     with np.errstate(invalid="ignore"):
       out["universal"] = np.nan_to_num(excess, nan=-np.inf) > threshold
       out["universal_strict"] = np.nan_to_num(strict, nan=-np.inf) > threshold
+      out["near_threshold"] = (np.abs(excess - threshold)
+                               <= 2 * out["mean_baseline_se"].to_numpy())
   out["dead"] = np.asarray(dead, bool)
   if dead_value is not None:
     num = [c for c in out.columns if out[c].dtype.kind == "f"]

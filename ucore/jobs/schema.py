@@ -337,6 +337,7 @@ CORRELATE = {
     "baseline.primary": Str(*BASELINE_KINDS),
     "baseline.draws": Count(1),
     "baseline.seed": SEED,
+    "intervals.blocks": Int(lo=2, hi=1000, also=(0,), what="off"),
     "selfcheck.sample": Count(0),
     "selfcheck.seed": SEED,
     "selfcheck.fail_above": Positive(),
@@ -351,6 +352,7 @@ CORRELATE = {
     "synthetic.n_layers": Count(1),
     "synthetic.d_mlp": Count(1),
     "synthetic.n_planted": Count(0),
+    "synthetic.n_graded": Count(0),
     "synthetic.seed": SEED,
     "synthetic.offset": Float(),
     "synthetic.ctx": Count(2),
@@ -392,11 +394,13 @@ def _correlate_cross(fam):
     return None
 
   def planted(c):
-    if _valid(c, fam, "synthetic.n_planted", "synthetic.d_mlp", "synthetic.n_layers"):
+    if _valid(c, fam, "synthetic.n_planted", "synthetic.n_graded", "synthetic.d_mlp",
+              "synthetic.n_layers"):
       n = c.synthetic.n_layers * c.synthetic.d_mlp
-      if c.synthetic.n_planted + 2 > n:
-        return (f"synthetic.n_planted={c.synthetic.n_planted} does not fit "
-                f"{c.synthetic.n_layers} layers x {c.synthetic.d_mlp} neurons (at most {n - 2})")
+      if c.synthetic.n_planted + c.synthetic.n_graded + 3 > n:
+        return (f"synthetic.n_planted={c.synthetic.n_planted} + n_graded="
+                f"{c.synthetic.n_graded} do not fit {c.synthetic.n_layers} layers x "
+                f"{c.synthetic.d_mlp} neurons (at most {n - 3} together)")
     return None
 
   def top_k(c):
