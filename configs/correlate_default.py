@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_rows = 24              # rows per global step (all processes together)
   c.exclude_ids = ()             # token ids not counted; () = the store's (BOS/EOS, newline)
   c.pad_id = -1                  # padding id not counted; -1 = none
-  c.precision = "highest"        # C/S GEMMs: "highest" (fp32) | "bf16_3x" | "tf32" (GPU)
+  c.precision = "highest"        # C/S GEMMs: "highest" (fp32) | "bf16_3x" | "tf32" (GPU) |
+                                 # "bf16" | "tf32_fp16" (capture rounded; ucore.corr.precision)
+  c.forward_dtype = "float32"    # models' forward: "float32" | "bfloat16" (LayerNorm, scores,
+                                 # softmax stay fp32; ucore.corr.activations)
   c.overlap = True               # prepare step k+1 while step k runs; False: one at a time
   c.compensated = True           # Kahan-compensated float32 running sums (2× state memory)
   c.dead_rel_std = 1e-6          # dead neuron: std ≤ dead_rel_std·|mean| (float32 resolution)

@@ -60,6 +60,8 @@ def test_mirrored_constants_match_their_homes():
   from ucore.corr.precision import NAMES
   from ucore.data.mask import GPT2_EOS_ID
   assert schema.CORRELATE["precision"].choices == NAMES
+  from ucore.corr.activations import FORWARD_DTYPES
+  assert schema.CORRELATE["forward_dtype"].choices == FORWARD_DTYPES
   assert schema.GPT2_VOCAB == GPT2_EOS_ID + 1   # <|endoftext|> is GPT-2's last id
 
 

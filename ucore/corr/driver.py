@@ -74,7 +74,8 @@ def build_sources(config, need_store=True):
   if len(set(names)) != len(names):
     raise UserError(f"model names {names} repeat; give each model its own name with "
                     "config.model_names")
-  srcs = [S.ModelSource(p, n, config.hook) for p, n in zip(models, names)]
+  dtype = str(_cfg_get(config, "forward_dtype", "float32"))
+  srcs = [S.ModelSource(p, n, config.hook, dtype=dtype) for p, n in zip(models, names)]
   if not need_store:
     return srcs, None, None
   if not config.token_store:
@@ -121,6 +122,9 @@ def job_identity(config, spec, srcs, store, mesh, stop_row):
       "stop_row": int(stop_row),
       "exclude_ids": list(exclude_ids(config, store)),
       "pad_id": int(config.pad_id),
+      # the forward's dtype, where not the default (older runs' identity resumes unchanged)
+      **({"forward_dtype": str(config.forward_dtype)}
+         if str(_cfg_get(config, "forward_dtype", "float32")) != "float32" else {}),
   }
 
 
@@ -836,10 +840,8 @@ def measure_check(config, spec, state, check, moments) -> dict:
   t = time.time()
   res = dict(check.measure(state, moments[1]), precision=spec.precision,
              fail_above=float(config.selfcheck.fail_above))
-  logging.info("correlate: self-check of %d pair(s) (%s, %d × %d sample, float64 reference "
-               "over %d tokens): max |Δcorr| %.2e, max |Δrotated corr| %.2e (%.1fs)",
-               len(spec.pairs), spec.precision, check.sample, check.sample, res["tokens"],
-               res["max_abs_corr"], res["max_abs_rotated"], time.time() - t)
+  logging.info("correlate: self-check of %d pair(s) (%.1fs): %s", len(spec.pairs),
+               time.time() - t, SC.describe(dict(res, status="measured")))
   return res
 
 
@@ -850,12 +852,7 @@ def combine_checks(results, spec) -> dict:
   rerun with a higher bound, or another precision, to get tables)."""
   if any("max_abs_corr" not in r for r in results):
     return next(r for r in results if "max_abs_corr" not in r)
-  res = dict(results[0])
-  for r in results[1:]:
-    for key in ("max_abs_corr", "max_abs_rotated"):
-      res[key] = max(res[key], r[key]) if np.isfinite(res[key]) else res[key]
-    for key in ("entries_checked", "rotated_checked"):
-      res[key] += r[key]
+  res = SC.merge(results)   # maxima (the capture/arithmetic split too), counts summed
   worst = max(res["max_abs_corr"], res["max_abs_rotated"])
   res["status"] = "ok" if worst <= res["fail_above"] else "failed"
   if not worst <= res["fail_above"]:   # NaN fails too
@@ -881,6 +878,7 @@ def write_tables_dir(config, spec, res, checked, tables_dir, srcs, t_start, iden
           "models": [{"name": s.name, "fingerprint": s.fingerprint} for s in srcs],
           "numerics": numerics(spec),
           "precision": spec.precision,
+          "forward_dtype": str(_cfg_get(config, "forward_dtype", "float32")),
           "selfcheck": checked,
           "universal": {n: int(df["universal"].sum()) for n, df in res["neurons"].items()
                         if "universal" in df},

@@ -324,6 +324,7 @@ CORRELATE = {
     "exclude_ids": Seq(TOKEN_ID),
     "pad_id": Int(lo=0, also=(-1,), what="none", token_id=True),
     "precision": Str("highest", "bf16_3x", "tf32", "bf16", "tf32_fp16"),   # = ucore.corr.precision.NAMES (tested)
+    "forward_dtype": Str("float32", "bfloat16"),   # = ucore.corr.activations.FORWARD_DTYPES
     "overlap": Bool(),
     "compensated": Bool(),
     "dead_rel_std": Float(0),
