@@ -207,8 +207,23 @@ def run(config, workdir: str) -> dict:
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
       "report_inputs": report_inputs,
   }
+  if report_done and _same_result(workdir, result):
+    logging.info("pipeline: %s is complete for these inputs; nothing written", workdir)
+    return atomic.read_json(os.path.join(workdir, SUMMARY))
   atomic.write_json(os.path.join(workdir, SUMMARY), result)
   return result
+
+
+def _same_result(workdir, result) -> bool:
+  """pipeline.json already says `result` (its timings aside): a finished rerun writes
+  nothing. A moved workdir's paths differ, so its pipeline.json is rewritten."""
+  timing = ("stage_seconds", "seconds")
+  try:
+    done = atomic.read_json(os.path.join(workdir, SUMMARY))
+  except (OSError, ValueError):
+    return False
+  strip = lambda r: identity.normalize({k: v for k, v in r.items() if k not in timing})
+  return strip(done) == strip(result)
 
 
 def _report_inputs(config, tables_dir, analyses_dir, workdir) -> dict:
