@@ -68,3 +68,17 @@ def rotate(y, mats):
   """y [T, L, d]; mats [L, d, d] -> rotated units (R @ v per token) float64."""
   y = np.asarray(y, np.float64)
   return np.einsum("tlp,lkp->tlk", y, np.asarray(mats, np.float64))
+
+
+def tiny_model_family(directory, config_class, n=3):
+  """`n` random-weight 2-layer models (d_mlp 24) of `config_class` saved under `directory`
+  as m0, m1, ... (ucore's own format, seeds 0..n-1); returns their paths."""
+  import os
+  from ucore.models.hooked import init_params, save_model
+  cfg = config_class(n_layer=2, n_embd=32, n_head=2, n_positions=32, d_mlp=24)
+  paths = []
+  for seed in range(n):
+    p = os.path.join(str(directory), f"m{seed}")
+    save_model(p, cfg, init_params(cfg, seed=seed), manifest={"source": "test", "seed": seed})
+    paths.append(p)
+  return paths

@@ -18,7 +18,8 @@ from ucore.data.mask import token_mask
 from ucore.jobs import config_files
 from ucore.jobs.errors import UserError
 from ucore.models.gpt2 import GPT2Config
-from ucore.models.hooked import init_params, load_model, save_model
+from ucore.models.hooked import load_model
+from tests.corr_ref import tiny_model_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,14 +51,7 @@ def test_bfloat16_forward_is_what_the_engine_correlates(tmp_path):
 
 
 def _check(tmp):
-  import pathlib
-  tmp_path = pathlib.Path(tmp)
-  cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, d_mlp=24)
-  paths = []
-  for seed in range(3):
-    p = str(tmp_path / f"m{seed}")
-    save_model(p, cfg, init_params(cfg, seed=seed), manifest={"source": "test", "seed": seed})
-    paths.append(p)
+  paths = tiny_model_family(tmp, GPT2Config)
   store = SyntheticTokens(num_rows=12, ctx=16, seed=1)
   c = config_files.load("correlate_default")
   c.models, c.model_names = paths, ["a", "b", "c"]
@@ -65,7 +59,7 @@ def _check(tmp):
   c.baseline.kinds, c.baseline.primary, c.baseline.draws = ("haar",), "haar", 1
   c.intervals.blocks = 0
   c.forward_dtype = "bfloat16"
-  wd = str(tmp_path / "run")
+  wd = os.path.join(tmp, "run")
   tables = driver.run(c, wd, store=store)
   s = json.load(open(os.path.join(tables, "summary.json")))
   assert s["forward_dtype"] == "bfloat16" and s["identity"]["forward_dtype"] == "bfloat16"

@@ -56,10 +56,12 @@ def test_jackknife_se_matches_float64_numpy(tiny):
       # the tables' values are the same pairs' full-data correlations
       np.testing.assert_allclose(np.corrcoef(x, y)[0, 1], row["max_corr"], atol=2e-5)
       np.testing.assert_allclose(np.corrcoef(x, u)[0, 1], row["baseline_haar_0"], atol=2e-5)
+      # the pass sums float32 batch-shifted values (merged in float64): 4.1e-5 relative
+      # measured on these SEs against float64 throughout
       np.testing.assert_allclose(agg[f"corr_se__synth{m}"].iloc[i], _loo_se(x, y, bid, 5),
-                                 rtol=1e-3, atol=1e-6)
+                                 rtol=2e-4, atol=0)
       np.testing.assert_allclose(agg[f"baseline_data_se__synth{m}"].iloc[i],
-                                 _loo_se(x, u, bid, 5), rtol=1e-3, atol=1e-6)
+                                 _loo_se(x, u, bid, 5), rtol=2e-4, atol=0)
   # excess_se combines the data and the draws
   np.testing.assert_allclose(agg["excess_se"] ** 2, agg["excess_data_se"] ** 2
                              + agg["mean_baseline_se"].fillna(0) ** 2, rtol=1e-12)

@@ -5,24 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.corr_ref import corr64, rowmax
+from tests.corr_ref import corr64, rowmax, tiny_model_family
 from ucore.corr import driver
 from ucore.jobs import config_files
 from ucore.corr.synthetic import SyntheticTokens
 from ucore.data.mask import token_mask
 from ucore.models.gpt2 import GPT2Config
 from ucore.models.neox import NeoXConfig
-from ucore.models.hooked import init_params, load_model, save_model
+from ucore.models.hooked import load_model
 
 
 @pytest.mark.parametrize("config_class", [GPT2Config, NeoXConfig])
 def test_driver_with_converted_models(tmp_path, config_class):
-  cfg = config_class(n_layer=2, n_embd=32, n_head=2, n_positions=32, d_mlp=24)
-  paths = []
-  for seed in range(3):
-    p = str(tmp_path / f"m{seed}")
-    save_model(p, cfg, init_params(cfg, seed=seed), manifest={"source": "test", "seed": seed})
-    paths.append(p)
+  paths = tiny_model_family(tmp_path, config_class)
   store = SyntheticTokens(num_rows=12, ctx=16, seed=1)
   c = config_files.load("correlate_default")
   c.models = paths
