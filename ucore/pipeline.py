@@ -136,8 +136,11 @@ def run(config, workdir: str) -> dict:
                                                 tables_dir, analyses_dir), timings)
   # The report is a function of the config and the finished stages' outputs: a rerun with
   # the same inputs keeps the report it wrote (pipeline.json records the inputs, last).
-  report_inputs = _report_inputs(config, tables_dir, analyses_dir, workdir)
-  report_done = _report_finished(workdir, report_inputs)
+  report_inputs = _report_inputs(config, corr_summary, analyses_dir, workdir)
+  previous = _read_result(workdir)   # the last finished run's pipeline.json (or None)
+  html_path = os.path.join(workdir, "report", "index.html")
+  report_done = (html_path if previous is not None and os.path.isfile(html_path)
+                 and previous.get("report_inputs") == report_inputs else None)
   if report_done:
     logging.info("pipeline: the report in %s is complete for these inputs; kept", workdir)
   elif os.path.exists(os.path.join(workdir, SUMMARY)):
@@ -207,48 +210,38 @@ def run(config, workdir: str) -> dict:
       "stage_seconds": timings, "seconds": round(time.time() - t_start, 1),
       "report_inputs": report_inputs,
   }
-  if report_done and _same_result(workdir, result):
+  if report_done and _without_timings(previous) == _without_timings(result):
     logging.info("pipeline: %s is complete for these inputs; nothing written", workdir)
-    return atomic.read_json(os.path.join(workdir, SUMMARY))
+    return previous
   atomic.write_json(os.path.join(workdir, SUMMARY), result)
   return result
 
 
-def _same_result(workdir, result) -> bool:
-  """pipeline.json already says `result` (its timings aside): a finished rerun writes
-  nothing. A moved workdir's paths differ, so its pipeline.json is rewritten."""
-  timing = ("stage_seconds", "seconds")
+def _read_result(workdir):
+  """pipeline.json of a finished run in `workdir`; None if absent or unreadable (then it is
+  rewritten)."""
   try:
-    done = atomic.read_json(os.path.join(workdir, SUMMARY))
+    return atomic.read_json(os.path.join(workdir, SUMMARY))
   except (OSError, ValueError):
-    return False
-  strip = lambda r: identity.normalize({k: v for k, v in r.items() if k not in timing})
-  return strip(done) == strip(result)
+    return None
 
 
-def _report_inputs(config, tables_dir, analyses_dir, workdir) -> dict:
+def _without_timings(result) -> dict:
+  """A pipeline.json's content but its timings: a finished rerun that would write the same
+  writes nothing (a moved workdir's paths differ, so its pipeline.json is rewritten)."""
+  return identity.normalize({k: v for k, v in result.items()
+                             if k not in ("stage_seconds", "seconds")})
+
+
+def _report_inputs(config, corr_summary, analyses_dir, workdir) -> dict:
   """What the examples and the report are computed from: the pipeline's config, the final
   correlations' identity and finalize settings, the analyses' completion stamp (paths inside
   the workdir relative to it: a moved workdir keeps its report)."""
-  from ucore.corr import tables
-  corr = tables.read_summary(tables_dir)
   stamp_path = os.path.join(analyses_dir, "pipeline_stamp.json")
   inputs = {"config": config.to_dict(),
-            "correlations": {k: corr.get(k) for k in ("identity", "finalize")},
+            "correlations": {k: corr_summary.get(k) for k in ("identity", "finalize")},
             "analyses": atomic.read_json(stamp_path) if os.path.exists(stamp_path) else None}
   return identity.relative_paths(identity.normalize(inputs), os.path.abspath(workdir))
-
-
-def _report_finished(workdir, inputs):
-  """The report's index.html when pipeline.json says a run finished it for `inputs`."""
-  path, html = os.path.join(workdir, SUMMARY), os.path.join(workdir, "report", "index.html")
-  if not (os.path.exists(path) and os.path.isfile(html)):
-    return None
-  try:
-    done = atomic.read_json(path)
-  except (OSError, ValueError):
-    return None   # unreadable: rewritten below
-  return html if done.get("report_inputs") == inputs else None
 
 
 def _analyze(config, family, seeds, tokens_dir, train_rows, tables_dir, out_dir):
