@@ -779,23 +779,32 @@ def interval_pass(job: Job, res: dict, draws: dict):
   place_models(job)
   feed = _Batches(job)
   rep = jax.sharding.NamedSharding(feed.row_sharding.mesh, jax.sharding.PartitionSpec())
-  rots = [None] * spec.n_models
+  rots, unit_pos = [None] * spec.n_models, [None] * len(pairs)
   for p in sorted({p for _, p in pairs}):
+    mine = [i for i, (_, pp) in enumerate(pairs) if pp == p]
+    keep, pos = IV.distinct_units([unit_idx[i] for i in mine], d)
+    for i, q in zip(mine, pos):
+      unit_pos[i] = q
     r = BL.mixing_stack(config.baseline.primary, d, spec.d_pad, job.layer_ids[p],
                         seed=int(config.baseline.seed), draw=0, model=p, mesh=job.mesh)
-    rots[p] = jax.device_put(np.asarray(r)[:, :d, :d], rep)
+    r = np.asarray(r)[:keep.shape[0], :d, :d]
+    rots[p] = jax.device_put(np.take_along_axis(r, keep[:, :, None].astype(np.int64), 1), rep)
   BL.clear_cache()
   part_idx = tuple(jax.device_put(a, rep) for a in part_idx)
-  unit_idx_d = tuple(jax.device_put(a, rep) for a in unit_idx)
-  fn = IV.make_batch_fn(tuple(pairs))
+  unit_pos = tuple(jax.device_put(a, rep) for a in unit_pos)
+  used = sorted({o for o in owners} | {p for _, p in pairs})
+  T = feed.per_pad * feed.ctx
+  # a scan step's slab: every used model's activations + y, u and their products per pair
+  width = sum(len(job.layer_ids[m]) * d for m in used) + 3 * sum(len(a) for a in part_idx)
+  fn = IV.make_batch_fn(tuple(pairs), IV.chunk_tokens(T, width))
   acc = IV.Blocks(blocks, pairs, {o: len(job.layer_ids[o]) * d for o in owners})
   S = IV.slots_per_batch(int(config.batch_rows), n_rows, blocks)
-  used = sorted({o for o in owners} | {p for _, p in pairs})
+  shifts = None
   for g, rows in job.store.iter_batches(config.batch_rows, start_row=int(config.start_row),
                                         stop_row=job.stop_row):
     dev_tokens, mask, row_ids = feed.inputs(g, rows)
     acts = tuple(job.srcs[m].acts(dev_tokens, job.layer_ids[m], row_ids)
-                 .reshape(feed.per_pad * feed.ctx, -1).astype(np.float32)
+                 .reshape(T, -1).astype(np.float32)
                  if m in used else None for m in range(spec.n_models))
     row_of = np.full(feed.per_pad, -1, np.int64)
     row_of[:len(row_ids)] = np.asarray(row_ids)
@@ -805,9 +814,15 @@ def interval_pass(job: Job, res: dict, draws: dict):
     present = sorted(set(np.unique(tb[tb >= 0]).tolist()))
     slot = np.full(S, -1)
     slot[:len(present)] = present
-    w = np.stack([(tb == b) & (b >= 0) for b in slot]).astype(np.float32)
-    acc.add(slot, jax.device_get(fn(acts, jax.device_put(w, rep), part_idx, unit_idx_d,
-                                     tuple(rots))))
+    w = jax.device_put(np.stack([(tb == b) & (b >= 0) for b in slot]).astype(np.float32), rep)
+    if shifts is None:   # the first batch's means: every later sum is of small numbers
+      zero = {f"x{o}": np.zeros(len(job.layer_ids[o]) * d, np.float32) for o in owners}
+      zero.update({f"{v}{i}": np.zeros(len(part_idx[i]), np.float32)
+                   for i in range(len(pairs)) for v in "yu"})
+      shifts = jax.device_put(IV.batch_means(
+          jax.device_get(fn(acts, w, jax.device_put(zero, rep), part_idx, unit_pos,
+                            tuple(rots))), pairs), rep)
+    acc.add(slot, jax.device_get(fn(acts, w, shifts, part_idx, unit_pos, tuple(rots))))
   out = {}
   dead_value = float(config.dead_value) if config.fill_dead else None
   for o in owners:

@@ -5,7 +5,8 @@ the rotated partner unit that gave the max), the interval pass streams the same 
 through the models once more (forwards only) and keeps, per block of contiguous rows, the
 float64 moments of the 2·N selected pairs only: n, means, centred second moments and the
 cross moment of (neuron, best partner) and (neuron, rotated unit). That is O(N) per token
-(plus one d×d rotation of each partner layer), not the O(N²) of the main pass.
+(plus the rotation of the distinct selected units only: O(U·d), U ≈ 40% of the partner's
+neurons on the default family), not the O(N²) of the main pass.
 
 Leave-one-block-out (delete-1 block jackknife over `blocks` groups of rows) then gives:
   corr_se__<m>          SE of max_corr against partner m (the partner held fixed: the
@@ -47,61 +48,116 @@ def slots_per_batch(batch_rows: int, n_rows: int, blocks: int) -> int:
   return min(blocks, -(-batch_rows // per_block) + 1)
 
 
-def make_batch_fn(pairs):
-  """jit f(acts, w, part_idx, unit_idx, rots) -> per-slot moments. pairs: ((own, part), ...).
-  acts: tuple per model of float32 [T, N_m] (None where unused); w [S, T] the slots' token
-  weights (0/1); part_idx / unit_idx: tuple per pair of int32 [N_own] (flat into the
-  partner's kept activations / its rotated units); rots: tuple per model of [L, d, d] or
-  None. Out: n [S]; per owner (mean, m2) of x [S, N]; per pair the same for y (best partner)
-  and u (rotated unit) and the cross moments Σ(x-x̄)(y-ȳ), Σ(x-x̄)(u-ū)."""
+def chunk_tokens(T: int, width: int, budget: int = 1 << 19) -> int:
+  """Tokens per scan step of the batch function: the largest divisor of T whose [C, width]
+  float32 slab stays within `budget` elements (cache-sized: the sums are memory-bound; 8 to
+  16 tokens a step measured fastest on the default family, 3.5x the whole-batch sums), at
+  least 8 where T allows (fewer makes the scan's own overhead dominate)."""
+  target = max(8, budget // max(width, 1))
+  return max(c for c in range(1, min(T, target) + 1) if T % c == 0)
+
+
+def distinct_units(unit_flat: list, d: int):
+  """Rotated units one partner needs, per kept layer: unit_flat, one flat (layer position ·
+  d + unit) int array per pair with that partner -> (rows [L, U] int32 of R's rows to keep,
+  padded with row 0; positions: per pair, each own neuron's index into the [L·U] rotated
+  slab). Only these units are rotated (a few hundred of d per layer in practice)."""
+  allu = np.unique(np.concatenate(unit_flat))
+  lay, unit = allu // d, allu % d
+  L = int(lay.max()) + 1 if len(allu) else 1
+  U = max(1, max(int(np.sum(lay == l)) for l in range(L)))
+  rows = np.zeros((L, U), np.int32)
+  slot = {}
+  for l in range(L):
+    ks = unit[lay == l]
+    rows[l, :len(ks)] = ks
+    slot.update({int(l * d + k): l * U + j for j, k in enumerate(ks)})
+  return rows, [np.array([slot[int(f)] for f in fl], np.int32) for fl in unit_flat]
+
+
+def make_batch_fn(pairs, chunk: int):
+  """jit f(acts, w, shifts, part_idx, unit_pos, rots) -> per-slot moments. pairs: ((own,
+  part), ...). acts: tuple per model of float32 [T, N_m] (None where unused); w [S, T] the
+  slots' token weights (0/1); shifts: {"x<o>": [N_o], "y<i>" / "u<i>": [N_own]} constants
+  subtracted before summing (so float32 sums are of small numbers: the first batch's means);
+  part_idx / unit_pos: tuple per pair of int32 [N_own] (flat into the partner's kept
+  activations / into its rotated slab); rots: tuple per model of [L, U, d] (the rows of R
+  for the units rotated) or None. Out: n [S]; per owner (mean, m2) of x [S, N]; per pair the
+  same for y (best partner) and u (rotated unit) and the cross moments Σ(x-x̄)(y-ȳ),
+  Σ(x-x̄)(u-ū). The T tokens are scanned `chunk` at a time (a cache-sized slab per step: the
+  sums are memory-bound, and [T, N] temporaries cost more than the arithmetic)."""
   owners = sorted({o for o, _ in pairs})
   parts = sorted({p for _, p in pairs})
   hi = jax.lax.Precision.HIGHEST
 
   @jax.jit
-  def f(acts, w, part_idx, unit_idx, rots):
+  def f(acts, w, shifts, part_idx, unit_pos, rots):
+    T, S = w.shape[1], w.shape[0]
+    steps = T // chunk
+    # The selected rotated units of every partner, for the whole batch (one GEMM per layer).
+    rot = {}
+    for p in parts:
+      L, U, d = rots[p].shape
+      rot[p] = jnp.einsum("tld,lud->tlu", acts[p].reshape(T, -1, d)[:, :L], rots[p],
+                          precision=hi).reshape(steps, chunk, L * U)
+    xs = ({m: acts[m].reshape(steps, chunk, -1) for m in set(owners) | set(parts)}, rot,
+          w.reshape(S, steps, chunk).transpose(1, 0, 2))
+
+    def sums(wc, v):
+      return jnp.einsum("sc,cn->sn", wc, v, precision=hi)
+
+    def step(acc, inp):
+      a, r, wc = inp
+      acc = dict(acc)
+      xv = {}
+      for o in owners:
+        xv[o] = a[o] - shifts[f"x{o}"][None]
+        acc[f"x{o}"] = (acc[f"x{o}"][0] + sums(wc, xv[o]), acc[f"x{o}"][1] + sums(wc, xv[o] ** 2))
+      for i, (o, p) in enumerate(pairs):
+        ys = jnp.take(a[p], part_idx[i], axis=1) - shifts[f"y{i}"][None]
+        us = jnp.take(r[p], unit_pos[i], axis=1) - shifts[f"u{i}"][None]
+        new = (ys, ys * ys, xv[o] * ys, us, us * us, xv[o] * us)
+        acc[f"p{i}"] = tuple(s + sums(wc, v) for s, v in zip(acc[f"p{i}"], new))
+      return acc, None
+
+    zeros = lambda n: jnp.zeros((S, n), jnp.float32)
+    init = {f"x{o}": (zeros(acts[o].shape[1]),) * 2 for o in owners}
+    init.update({f"p{i}": (zeros(part_idx[i].shape[0]),) * 6 for i in range(len(pairs))})
+    acc, _ = jax.lax.scan(step, init, xs)
+
     n = w.sum(1)
     inv = 1.0 / jnp.maximum(n, 1.0)
-    n_all = jnp.maximum(w.sum(), 1.0)
-
-    # Every value is shifted by its mean over the batch's counted tokens (so float32 sums are
-    # of small numbers); per slot then only sums of shifted values and of their products
-    # ([S, T] @ [T, N] GEMMs, nothing of size S·T·N), turned into centred moments here.
-    def shifted(v):
-      c = jnp.einsum("t,tn->n", w.sum(0), v, precision=hi) / n_all
-      vs = v - c[None]
-      return c, vs, jnp.einsum("st,tn->sn", w, vs, precision=hi)
-
-    def sums(a, b):
-      return jnp.einsum("st,tn->sn", w, a * b, precision=hi)
 
     def moments(c, a, q):   # shift, Σ(v-c), Σ(v-c)² per slot -> mean, centred m2
       return c[None] + a * inv[:, None], q - a * a * inv[:, None]
 
     out = {"n": n}
-    xs = {}
     for o in owners:
-      c, vs, a = shifted(acts[o])
-      xs[o] = (vs, a)
-      out[f"x{o}"] = moments(c, a, sums(vs, vs))
-    rot = {}
-    for p in parts:
-      v = acts[p]
-      L, d = rots[p].shape[0], rots[p].shape[1]
-      rot[p] = jnp.einsum("tld,lkd->tlk", v.reshape(v.shape[0], L, d), rots[p],
-                          precision=hi).reshape(v.shape[0], L * d)
-    for i, (o, p) in enumerate(pairs):
-      xv, xa = xs[o]
-      cy, ys, ya = shifted(jnp.take(acts[p], part_idx[i], axis=1))
-      cu, us, ua = shifted(jnp.take(rot[p], unit_idx[i], axis=1))
-      my, m2y = moments(cy, ya, sums(ys, ys))
-      mu, m2u = moments(cu, ua, sums(us, us))
-      cxy = sums(xv, ys) - xa * ya * inv[:, None]
-      cxu = sums(xv, us) - xa * ua * inv[:, None]
-      out[f"p{i}"] = (my, m2y, cxy, mu, m2u, cxu)
+      out[f"x{o}"] = moments(shifts[f"x{o}"], *acc[f"x{o}"])
+    for i, (o, _) in enumerate(pairs):
+      xa = acc[f"x{o}"][0]
+      ya, yq, xy, ua, uq, xu = acc[f"p{i}"]
+      my, m2y = moments(shifts[f"y{i}"], ya, yq)
+      mu, m2u = moments(shifts[f"u{i}"], ua, uq)
+      out[f"p{i}"] = (my, m2y, xy - xa * ya * inv[:, None], mu, m2u, xu - xa * ua * inv[:, None])
     return out
 
   return f
+
+
+def batch_means(out, pairs) -> dict:
+  """The means over a batch's slots of every variable in `make_batch_fn`'s output, as the
+  `shifts` of the batches after it (zeros where the batch counted no token)."""
+  n = np.asarray(out["n"], np.float64)
+  wgt = n / max(n.sum(), 1.0)
+
+  def mean(m):
+    return (wgt[:, None] * np.asarray(m, np.float64)).sum(0).astype(np.float32)
+
+  shifts = {k: mean(out[k][0]) for k in out if k.startswith("x")}
+  for i in range(len(pairs)):
+    shifts[f"y{i}"], shifts[f"u{i}"] = mean(out[f"p{i}"][0]), mean(out[f"p{i}"][3])
+  return shifts
 
 
 class Blocks:
