@@ -46,3 +46,22 @@ def test_plan_knows_the_capture_modes_as_estimates():
       P.plan("x", 5, arch, devices=1, device="v100", precision=name)
   with pytest.raises(UserError, match="tpu-v4 has no tf32_fp16"):
     P.plan("x", 5, arch, devices=1, device="tpu-v4", precision="tf32_fp16")
+
+
+def test_plan_counts_finalize_draws_from_the_shapes_rotated():
+  """A draw rotates each owned row's co-moments with every partner layer (N × L·d times a
+  d×d matrix per layer) and each rotated model's within-layer moments (R S Rᵀ: 2d³ per
+  layer); all_pairs does both orientations of each pair; adjacent layers (band 3) less."""
+  arch = P.ARCHS["gpt2-small"]
+  L, d = arch.n_layer, arch.d_mlp
+  N = L * d
+  ref = P.plan("x", 5, arch, devices=1, device="h100", draws=16, kinds=2)
+  assert ref.draw_flops == 4 * 2.0 * N * L * d * d + 4 * 2.0 * L * d ** 3
+  assert ref.finalize_draws_s == pytest.approx(ref.draw_flops * 32 / (67e12 * 0.7), rel=1e-12)
+  allp = P.plan("x", 5, arch, devices=1, device="h100", mode="all_pairs")
+  assert allp.draw_flops == 2 * 10 * 2.0 * N * L * d * d + 5 * 2.0 * L * d ** 3
+  adj = P.plan("x", 5, arch, devices=1, device="h100", layer_mode="adjacent")
+  assert adj.draw_flops == 4 * 2.0 * N * 3 * d * d + 4 * 2.0 * L * d ** 3
+  eight = P.plan("x", 5, arch, devices=8, device="h100")
+  assert eight.finalize_draws_s == pytest.approx(ref.finalize_draws_s / 8, rel=1e-12)
+  assert "finalize: 16 baseline draw(s) × 2 kind(s)" in P.format_plan(ref)

@@ -3,7 +3,7 @@
 
 Prints per-device memory, FLOPs and estimated time for the config's correlate run and for
 the paper's runs (GPT2-small and GPT2-medium, 5 seeds; Pythia-160m, 4 seeds; 1e8 tokens) on
-the same mesh. Where one pass does not fit, the passes correlate would make (their count,
+the same mesh, and finalize's baseline draws (the config's draws and kinds). Where one pass does not fit, the passes correlate would make (their count,
 memory per pass, and the time with every pass's forwards recomputed); with --workdir, which
 pass a run under way is in.
 """
@@ -57,7 +57,9 @@ def run(argv):
                                 device=DEVICE.value, tokens_per_step=tps,
                                 compensated=config.compensated, compiled_step_bytes=mem,
                                 precision=str(config.precision),
-                                overlap=bool(config.overlap), compiled_tile=tile_mem, **kw))
+                                overlap=bool(config.overlap), compiled_tile=tile_mem,
+                                draws=int(config.baseline.draws),
+                                kinds=len(config.baseline.kinds), **kw))
 
   out = [one("this config", n_models, arch, tokens=tokens, mode=config.mode,
              layer_mode=config.layer_mode, ctx=ctx)]

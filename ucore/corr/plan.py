@@ -154,6 +154,12 @@ class Plan:
   pass_memory_source: str = ""
   pass_hours: float = 0.0
   forward_share: float = 0.0       # recomputed forwards' share of the passes' FLOPs
+  # finalize's baseline draws (ucore.corr.finalize): FLOPs of one draw of one kind, and the
+  # estimated seconds of all of them (draws × kinds) at the fp32 GEMM rate
+  draw_flops: float = 0.0
+  draws: int = 0
+  kinds: int = 0
+  finalize_draws_s: float = 0.0
 
 
 class _MeshShape:
@@ -233,11 +239,12 @@ def plan_passes(spec, arch: Arch, *, devices, tok, device, tokens_per_step, toke
 def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
          device="h100", tokens_per_step=4096, compensated=True, mode="reference",
          layer_mode="all", efficiency=0.7, ctx=512, compiled_step_bytes=None,
-         precision="highest", overlap=True, compiled_tile=None) -> Plan:
+         precision="highest", overlap=True, compiled_tile=None, draws=16, kinds=2) -> Plan:
   """compiled_step_bytes: the compiled step's per-device need (compiled_step_bytes()); used
   instead of the analytic step estimate when given. overlap: the driver's overlapped loop
   holds two steps' captured activations (what correlate's preflight counts).
-  compiled_tile(tile): a pass's compiled step need, where the device is at hand."""
+  compiled_tile(tile): a pass's compiled step need, where the device is at hand.
+  draws, kinds: the baseline's draws per kind and its kinds (finalize's estimate)."""
   if device not in DEVICES:
     raise UserError(f"unknown device kind {device!r}; choose from {', '.join(DEVICES)}.")
   peak, mem, _ = DEVICES[device]
@@ -296,8 +303,16 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
   # the forwards run at fp32 (HIGHEST) whatever the correlation GEMMs' precision
   hours = (corr_fl / (gemm_tflops(device, precision) * 1e12) + fwd_fl / (peak * 1e12)) * tokens \
       / (devices * efficiency) / 3600
+  # One baseline draw of one kind, in finalize: every owned row's co-moments with each
+  # partner layer times that layer's d×d matrix (both orientations in all_pairs), plus the
+  # rotated variances diag(R S Rᵀ) of each rotated model; at HIGHEST whatever the pass's
+  # precision (the haar kind's float64 QRs, (4/3)·d³ per layer, are left out)
+  orientations = 2 if mode == "all_pairs" else 1
+  draw_fl = orientations * pairs * 2.0 * N * band * d_mlp * d_mlp \
+      + rotated * 2.0 * n_layer * d_mlp ** 3
+  draws_s = draw_fl * draws * kinds / (gemm_tflops(device) * 1e12 * devices * efficiency)
   g = 2.0 ** 30
-  extra = {}
+  extra = dict(draw_flops=draw_fl, draws=int(draws), kinds=int(kinds), finalize_draws_s=draws_s)
   if per_dev / g > 0.9 * mem:   # one pass does not fit: passes
     spec = run_spec(n_models, arch, devices=devices, tok=tok, mode=mode,
                     layer_mode=layer_mode, compensated=compensated, precision=precision)
@@ -305,9 +320,8 @@ def plan(name, n_models, arch: Arch, *, tokens=1e8, devices=8, tok=1,
                       tokens_per_step=tokens_per_step, tokens=tokens, precision=precision,
                       efficiency=efficiency, ctx=ctx, compiled=compiled_tile)
     if got is not None:
-      from ucore.corr import passes as PS
       tiles, peak, hrs, share = got
-      extra = dict(passes=len(tiles), pass_layout=_layout(tiles), pass_peak_gib=peak / g,
+      extra.update(passes=len(tiles), pass_layout=_layout(tiles), pass_peak_gib=peak / g,
                    pass_memory_source=("compiled" if compiled_tile is not None
                                        else "analytic"), pass_hours=hrs,
                    forward_share=share)
@@ -393,7 +407,11 @@ def format_plan(p: Plan) -> str:
           f"{' (an estimate: not measured on a device yet)' if p.precision in ESTIMATED else ''}"
           f" (the original: "
           f"{p.original_accum_gib:.0f} GiB float64 accumulators, one V100 per job)"
-          + passes)
+          + passes
+          + (f"\n  finalize: {p.draws} baseline draw(s) × {p.kinds} kind(s), "
+             f"{p.draw_flops / 1e12:.3g} TFLOP per draw of one kind → ≈ "
+             f"{p.finalize_draws_s:.0f} s at 70% of the fp32 GEMM rate (haar's float64 QRs "
+             "not counted)" if p.draws and p.kinds else ""))
 
 
 def local_kind():
