@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ucore.corr import state as ST
 
@@ -83,6 +84,7 @@ def _assert_committed_is_consistent(state_dir):
   return man["cursor"]["step"]
 
 
+@pytest.mark.slow("an uninterrupted correlate subprocess, a SIGKILLed one and its resume")
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
   ref = tmp_path / "ref"
   r = _run(ref)
