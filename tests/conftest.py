@@ -5,10 +5,24 @@ The cache: many tests compile the same jitted functions (the forward, the correl
 the training step), in this process and in the `main.py` subprocesses they start. A fresh
 cache directory per test session (inherited by subprocesses through the environment) lets
 each distinct program compile once per run; a cached executable is the same program, so
-results are unchanged. The directory is removed when the session ends.
+results are unchanged. The directory is removed when the session ends. Under pytest-xdist
+(the README's `-n 2`) the controller imports this file first, so its workers and their
+subprocesses inherit the one directory. Two processes may compile the same program at once
+(as test_corr_multiprocess's two processes always did): each writes the same entry, and a read
+that meets a half-written entry fails to deserialize, which JAX treats as a miss (a warning,
+then it compiles).
+
+Two workers (`-n 2`): the suite is mostly single-threaded Python, compiles and subprocess
+start-ups, so one process keeps only ~1.35 of the 2 cores busy. The scheduler below hands out
+whole test files (module-scoped fixtures are built once), keeps every user of the session's
+quick pipeline on one worker (it runs once), and starts the files that hold `slow` tests
+first so that no long file starts last. Each file's compiled programs are released when it
+ends (`jax.clear_caches`), which bounds each worker's memory.
 """
 import atexit
+import gc
 import os
+import sys
 import shutil
 import tempfile
 
@@ -51,3 +65,49 @@ def pipeline_run(tmp_path_factory):
                      timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, r
+
+
+# The session's quick pipeline (`pipeline_run`) is built once: every file that uses it runs on
+# the same xdist worker.
+PIPELINE_RUN_FILES = ("test_pipeline.py", "test_notebook.py", "test_export_hf.py",
+                      "test_determinism.py")
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow(reason): a test that stays slow for the stated reason (it still runs in "
+      "the README command; its file is scheduled first)")
+
+
+def pytest_collection_modifyitems(items):
+  """Files holding a `slow` test first (whole files keep their order and stay contiguous):
+  with two workers, the long files start early instead of leaving one worker idle at the
+  end. The same deterministic order in every worker, as xdist requires."""
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  from xdist.scheduler import LoadScopeScheduling
+
+  class FileScheduling(LoadScopeScheduling):
+    """Whole files as work units (module fixtures built once), the pipeline_run users as one
+    unit, in collection order (slow files first)."""
+
+    def _split_scope(self, nodeid):
+      path = nodeid.split("::", 1)[0]
+      return "pipeline_run" if os.path.basename(path) in PIPELINE_RUN_FILES else path
+
+  config.option.loadscopereorder = False   # keep the collection's slow-first order
+  return FileScheduling(config, log)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """After each file: drop JAX's in-memory compiled programs and traces (the next file
+  recompiles from the persistent cache) so one process's memory does not grow file by file."""
+  yield
+  if "jax" in sys.modules:
+    sys.modules["jax"].clear_caches()
+  gc.collect()

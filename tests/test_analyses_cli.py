@@ -78,6 +78,7 @@ def _cfg(inputs, **kw):
   return c
 
 
+@pytest.mark.slow("every analysis of the paper on one store, then the report")
 def test_all_analyses_on_store_with_report(inputs):
   wd = str(inputs["tmp"] / "run")
   r = runner.run(_cfg(inputs), wd, "all")

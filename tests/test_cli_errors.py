@@ -137,6 +137,7 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
 
 
+@pytest.mark.slow("a real OS write error in a training subprocess, then the rerun to completion")
 @pytest.mark.parametrize("code,message", [("ENOSPC", "the disk is full"),
                                           ("EPERM", "Operation not permitted")])
 def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code, message):

@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_corr_resume import _same, _tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +24,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow("two JAX processes (jax.distributed) against one")
 def test_two_processes_equal_one(tmp_path):
   one = subprocess.run([sys.executable, *ARGS, f"--workdir={tmp_path / 'one'}",
                         "--config.mesh.tok=1", "--config.mesh.neu=2"], cwd=ROOT, env=_env(),

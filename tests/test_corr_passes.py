@@ -82,6 +82,8 @@ def single(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow("a real SIGKILL in pass two of a three-pass correlate subprocess, "
+                  "then its resume")
 def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(single, tmp_path):
   """One multi-pass run, SIGKILLed in pass 2 and rerun (an uninterrupted multi-pass run is
   the same code without the kill; one run keeps the suite short)."""

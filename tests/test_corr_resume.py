@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ucore.corr import state as ST
 
@@ -83,10 +84,17 @@ def _assert_committed_is_consistent(state_dir):
   return man["cursor"]["step"]
 
 
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-  ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+  """The uninterrupted run both tests compare against (run once: the same command)."""
+  ref = tmp_path_factory.mktemp("uninterrupted") / "ref"
   r = _run(ref)
   assert r.returncode == 0, r.stderr[-2000:]
+  return ref
+
+
+@pytest.mark.slow("SIGKILLed correlate subprocesses at four points and their resume")
+def test_killed_and_resumed_equals_uninterrupted(ref, tmp_path):
   want = _tables(ref)
   assert int(want["neurons"]["universal"].sum()) == 4
 
@@ -116,12 +124,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
   assert r.returncode == 2 and "cannot resume" in r.stderr
 
 
-def test_moved_workdir_resumes(tmp_path):
+def test_moved_workdir_resumes(ref, tmp_path):
   """Issue 10 item 9: a killed correlate workdir moved to another path resumes there (the
   run is identified by the store's id and the models' fingerprints, not by paths)."""
   import shutil
-  ref = tmp_path / "ref"
-  assert _run(ref).returncode == 0
   r = _run_killed(tmp_path / "a", "step:5")
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))

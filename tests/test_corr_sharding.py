@@ -79,6 +79,8 @@ def _on_eight_devices(name):
   assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.slow("compiles accumulate/finalize for 1 and for 8 devices on three mesh "
+                  "shapes: the time is compilation, not data")
 def test_one_vs_eight_devices():
   _on_eight_devices("_compare_all")
 

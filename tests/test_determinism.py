@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BURN = "import time\nend = time.time() + 900\nwhile time.time() < end:\n  sum(range(10000))\n"
 
@@ -20,6 +22,8 @@ def _table_digests(workdir):
   return out
 
 
+@pytest.mark.slow("a second quick pipeline beside processes that burn every core "
+                  "(the load is the point)")
 def test_quick_pipeline_tables_are_byte_identical_under_cpu_load(pipeline_run, tmp_path):
   first, _ = pipeline_run
   burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(os.cpu_count() or 2)]

@@ -57,6 +57,8 @@ def family(tmp_path_factory):
   return dirs, store
 
 
+@pytest.mark.slow("tokenize, correlate, analyze and report through the CLI on a "
+                  "converted NeoX family")
 def test_neox_family_tokenize_correlate_analyze_report(family, tmp_path):
   dirs, store = family
   dirs = dirs[:3]

@@ -114,6 +114,7 @@ def _write_tokenizer_json(directory):
   return hf_fixtures.write_tokenizer_json(directory, ["hello world, hello there"] * 20)
 
 
+@pytest.mark.slow("pythia-160m's exact full-size configuration is the claim")
 def test_pythia_160m_full_size_config(tmp_path):
   """EleutherAI/pythia-160m's exact configuration (random weights, full size), as the hub
   serves it: float16 pytorch_model.bin with legacy buffers and config keys."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from ucore.jobs import config_files
 
@@ -25,6 +26,8 @@ def test_variants_compose():
   assert gpt2.tokenize.bpe_vocab_size == 4096 and default.tokenize.bpe_vocab_size == 512
 
 
+@pytest.mark.slow("the product's `:gpu,quick` pipeline end to end (six-layer seeds "
+                  "trained, correlated, analysed, reported) in a fresh process")
 def test_gpu_variant_quick_form_runs_on_cpu(tmp_path):
   workdir = str(tmp_path / "run")
   r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "pipeline",

@@ -7,12 +7,14 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import reliability  # noqa: E402
 
 
+@pytest.mark.slow("SIGKILLed correlate subprocesses and their resumes")
 def test_killed_correlate_runs_resume_bit_identical(tmp_path):
   lines = []
   r = reliability.check(["correlate_synthetic"], trials=1, seed=3, root=str(tmp_path),

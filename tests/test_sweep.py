@@ -139,6 +139,7 @@ def _brute_force(family, step):
   return out, int(keep.sum())
 
 
+@pytest.mark.slow("a sweep over three training checkpoints, resumed, against float64")
 def test_resumed_sweep_matches_brute_force_float64(family, swept):
   assert "finished before" in swept["rerun"].splitlines()[0]   # step 100: skipped
   assert "checkpoint 1/3 step 100 (checkpoint-100): finished before" in swept["rerun"]

@@ -58,6 +58,7 @@ def bpe_store(tmp_path_factory):
   return build.build_store(c, str(d / "store"))
 
 
+@pytest.mark.slow("trains a family through the CLI, then reruns it with changed flags")
 def test_cli_trains_from_a_token_store_and_refuses_changes(bpe_store, tmp_path):
   import ucore
   wd = str(tmp_path / "family")

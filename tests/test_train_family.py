@@ -257,6 +257,7 @@ def test_bad_inputs_raise_user_errors(tmp_path):
     train_family(_tiny_config(), str(tmp_path / "d"), _corpus()[0])
 
 
+@pytest.mark.slow("a real SIGKILL of a training subprocess, then the resume")
 def test_sigkill_then_same_call_resumes_identically(straight, tmp_path):
   """A real SIGKILL (no cleanup runs) in a subprocess, then the same call in this process."""
   import signal
