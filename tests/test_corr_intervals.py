@@ -131,7 +131,8 @@ def test_count_interval_and_headline():
   assert universal_line({"count": 3, "of": 4, "share": 0.75}) == "3 of 4 (75.00%)"
 
 
-@pytest.mark.slow("four seeded repetitions of a planted family, each a full correlate run with the interval pass")
+@pytest.mark.slow("four seeded planted families, each a full correlate run with its interval "
+                  "pass")
 def test_interval_covers_the_planted_truth():
   """benchmarks/interval_coverage.py in small (3 repetitions of 128 rows, each with its own
   rows and baseline.seed): the 95% count interval holds the planted family's true count
