@@ -109,10 +109,12 @@ def run(config, workdir: str) -> dict:
     c = _copy(config.correlate)
     c.token_store, c.start_row = tokens_dir, int(train_rows)
     c.max_tokens = int(config.persistence_max_tokens)
-    # over training only the excess is read: one draw, no interval pass (both cost finalize
-    # time at every step; the headline's draws and interval are the final correlations')
+    # over training only the excess is read: one draw of the primary kind, no interval pass
+    # (each costs finalize time at every step; the headline's draws, kinds and interval are
+    # the final correlations')
     c.intervals.blocks = 0
     c.baseline.draws = 1
+    c.baseline.kinds = (c.baseline.primary,)
     universal_at = {}
     for step in config.persistence_steps:
       step = int(step)
