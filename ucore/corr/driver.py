@@ -25,6 +25,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -787,8 +788,9 @@ def interval_pass(job: Job, res: dict, draws: dict):
       unit_pos[i] = q
     r = BL.mixing_stack(config.baseline.primary, d, spec.d_pad, job.layer_ids[p],
                         seed=int(config.baseline.seed), draw=0, model=p, mesh=job.mesh)
-    r = np.asarray(r)[:keep.shape[0], :d, :d]
-    rots[p] = jax.device_put(np.take_along_axis(r, keep[:, :, None].astype(np.int64), 1), rep)
+    # R's rows of the units kept, gathered where the stack lives (not via the host)
+    rots[p] = jax.device_put(jnp.take_along_axis(
+        r[:keep.shape[0], :d, :d], jnp.asarray(keep)[:, :, None], axis=1), rep)
   BL.clear_cache()
   part_idx = tuple(jax.device_put(a, rep) for a in part_idx)
   unit_pos = tuple(jax.device_put(a, rep) for a in unit_pos)

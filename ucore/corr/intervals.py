@@ -62,17 +62,20 @@ def distinct_units(unit_flat: list, d: int):
   d + unit) int array per pair with that partner -> (rows [L, U] int32 of R's rows to keep,
   padded with row 0; positions: per pair, each own neuron's index into the [L·U] rotated
   slab). Only these units are rotated (a few hundred of d per layer in practice)."""
-  allu = np.unique(np.concatenate(unit_flat))
+  allu = np.unique(np.concatenate(unit_flat))   # sorted: layer by layer, units within
   lay, unit = allu // d, allu % d
   L = int(lay.max()) + 1 if len(allu) else 1
-  U = max(1, max(int(np.sum(lay == l)) for l in range(L)))
+  first = np.searchsorted(allu, np.arange(L) * d)    # each layer's first entry in allu
+  count = np.diff(np.append(first, len(allu)))
+  U = max(1, int(count.max()))
   rows = np.zeros((L, U), np.int32)
-  slot = {}
-  for l in range(L):
-    ks = unit[lay == l]
-    rows[l, :len(ks)] = ks
-    slot.update({int(l * d + k): l * U + j for j, k in enumerate(ks)})
-  return rows, [np.array([slot[int(f)] for f in fl], np.int32) for fl in unit_flat]
+  rows[lay, np.arange(len(allu)) - first[lay]] = unit
+
+  def position(fl):   # layer · U + rank of the unit within its layer
+    i = np.searchsorted(allu, fl)
+    return (lay[i] * U + i - first[lay[i]]).astype(np.int32)
+
+  return rows, [position(np.asarray(fl)) for fl in unit_flat]
 
 
 def make_batch_fn(pairs, chunk: int):
