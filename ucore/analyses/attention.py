@@ -247,8 +247,10 @@ def plot_scores(scores: pd.DataFrame, baseline: np.ndarray, path: str) -> str:
   fig, ax = common.new_figure(figsize=(6, 4))
   s = scores["score"].values
   bins = np.linspace(min(s.min(), baseline.min()), max(s.max(), baseline.max()), 80)
-  ax.hist(baseline, bins=bins, density=True, alpha=0.5, color="0.5", label="random directions")
-  ax.hist(s, bins=bins, density=True, alpha=0.5, color="tab:blue", label="neuron w_out")
+  ax.hist(baseline, bins=bins, density=True, alpha=0.5, color="0.5", label="random directions",
+          histtype="stepfilled")
+  ax.hist(s, bins=bins, density=True, alpha=0.5, color="tab:blue", label="neuron w_out",
+          histtype="stepfilled")
   ax.set_yscale("log")
   ax.set_xlabel("ŵ_outᵀ W_Q k_BOS / √d_head")
   ax.legend(fontsize=7)

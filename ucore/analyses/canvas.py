@@ -4,7 +4,9 @@ so no global backend or figure-manager state), saved atomically.
   fig = figure(width, height)                    one empty figure (dpi 110)
   fig, axes = subplots(nrows, ncols, figsize=...) like pyplot.subplots (dpi 100, as pyplot's)
   save(fig, path[, dpi])                         tight layout, write `path` atomically
-Used by ucore.report.figures and the analyses' figures.
+Used by ucore.report.figures and the analyses' figures. Log axes spanning two decades or more
+are drawn without minor ticks: matplotlib lays out every minor tick of a log axis, which made
+most of a many-panel figure's drawing time (the cards' 20 log histograms: ~2x faster).
 """
 import os
 
@@ -29,6 +31,7 @@ def save(fig, path: str, dpi=None) -> str:
   """Writes `fig` as PNG to `path` (via a temporary file, then rename); returns `path`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
   tmp = path + ".tmp.png"
+  _drop_log_minor_ticks(fig)
   fig.tight_layout()
   if dpi is None:
     fig.savefig(tmp, format="png")
@@ -36,3 +39,15 @@ def save(fig, path: str, dpi=None) -> str:
     fig.savefig(tmp, format="png", dpi=dpi)
   os.replace(tmp, path)
   return path
+
+
+def _drop_log_minor_ticks(fig) -> None:
+  """Log axes spanning two decades or more lose their minor ticks (the major ticks still
+  label at least three decades); narrower ones keep them, since matplotlib labels the minor
+  ticks when fewer than two majors are in view."""
+  from matplotlib.ticker import NullLocator
+  for ax in fig.axes:
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+      lo, hi = sorted((lo, hi))
+      if axis.get_scale() == "log" and lo > 0 and hi / lo >= 100:
+        axis.set_minor_locator(NullLocator())

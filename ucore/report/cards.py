@@ -67,7 +67,7 @@ def plot_histograms(acts: dict, path: str) -> str:
   for i, k in enumerate(keys):
     ax = axes[i // ncol, i % ncol]
     a = acts[k]
-    ax.hist(a if len(a) else [0.0], bins=50, color="tab:red", alpha=0.8)
+    ax.hist(a if len(a) else [0.0], bins=50, color="tab:red", alpha=0.8, histtype="stepfilled")
     ax.set_yscale("log")
     ax.set_title(common.neuron_name(*k), fontsize=8)
     ax.tick_params(labelsize=6)

@@ -53,9 +53,9 @@ def corr_distributions(table: pd.DataFrame, path: str, threshold: float = 0.5) -
     ax = fig.add_subplot(1, 3, i + 1)
     u = table["universal"].astype(bool).values
     ax.hist(_finite(table[col].values[~u]), bins=bins, color=OTHER_COLOR, alpha=0.8,
-            label="other")
+            label="other", histtype="stepfilled")
     ax.hist(_finite(table[col].values[u]), bins=bins, color=UNIVERSAL_COLOR, alpha=0.8,
-            label="universal")
+            label="universal", histtype="stepfilled")
     if col == "excess_corr":
       ax.axvline(threshold, color="k", lw=1, ls="--")
     ax.set_xlabel(label)
