@@ -50,27 +50,62 @@ def model():
   return planted.planted_model()
 
 
+def _pipeline_argv(root: str, variant: str, workdir: str) -> list:
+  return [sys.executable, os.path.join(root, "main.py"), "pipeline",
+          f"--config={os.path.join(root, 'configs', 'pipeline_default.py')}:{variant}",
+          f"--workdir={workdir}"]
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory):
   """The quick pipeline (configs/pipeline_default.py:quick) run once per session, shared by
   every test that reads a finished study (test_pipeline, test_notebook): (workdir, the
   finished CompletedProcess)."""
   import subprocess
-  import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
-  r = subprocess.run([sys.executable, os.path.join(root, "main.py"), "pipeline",
-                      f"--config={os.path.join(root, 'configs', 'pipeline_default.py')}:quick",
-                      f"--workdir={workdir}"], cwd=root, capture_output=True, text=True,
-                     timeout=900)
+  r = subprocess.run(_pipeline_argv(root, "quick", workdir), cwd=root, capture_output=True,
+                     text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, r
 
 
-# The session's quick pipeline (`pipeline_run`) is built once: every file that uses it runs on
-# the same xdist worker.
+@pytest.fixture(scope="session")
+def concurrent_pipelines(pipeline_run, tmp_path_factory):
+  """Two more pipelines started at the same moment, after `pipeline_run`, each the other's CPU
+  load: the quick pipeline again (test_determinism compares its tables with pipeline_run's:
+  it runs beside a busy process, so its threads are scheduled differently) and the larger
+  `:gpu,quick` variant (test_pipeline_variants; six layers, it outlasts the quick rerun).
+  {"quick": (workdir, CompletedProcess), "gpu,quick": ...}; both must have succeeded."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = tmp_path_factory.mktemp("concurrent")
+  procs = {}
+  for variant in ("gpu,quick", "quick"):
+    name = variant.replace(",", "_")
+    # files, not pipes: neither process can block on a full pipe while the other is awaited
+    out, err = open(base / f"{name}.out", "w+"), open(base / f"{name}.err", "w+")
+    p = subprocess.Popen(_pipeline_argv(root, variant, str(base / name)), cwd=root,
+                         stdout=out, stderr=err, text=True)
+    procs[variant] = (str(base / name), out, err, p)
+  runs = {}
+  for variant, (wd, out, err, p) in procs.items():
+    code = p.wait(timeout=1200)
+    texts = []
+    for f in (out, err):
+      f.seek(0)
+      texts.append(f.read())
+      f.close()
+    runs[variant] = (wd, subprocess.CompletedProcess(p.args, code, *texts))
+  for variant, (_, r) in runs.items():
+    assert r.returncode == 0, f"{variant}: {r.stderr[-3000:]}"
+  return runs
+
+
+# The session's pipelines (`pipeline_run`, `concurrent_pipelines`) are built once: every file
+# that uses them runs on the same xdist worker.
 PIPELINE_RUN_FILES = ("test_pipeline.py", "test_notebook.py", "test_export_hf.py",
-                      "test_determinism.py")
+                      "test_determinism.py", "test_pipeline_variants.py")
 
 
 def pytest_configure(config):

@@ -2,15 +2,11 @@
 stage runs and the tables cover all six layers; and the variants compose as documented."""
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from ucore.jobs import config_files
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_variants_compose():
@@ -28,12 +24,9 @@ def test_variants_compose():
 
 @pytest.mark.slow("the product's `:gpu,quick` pipeline end to end (six-layer seeds "
                   "trained, correlated, analysed, reported) in a fresh process")
-def test_gpu_variant_quick_form_runs_on_cpu(tmp_path):
-  workdir = str(tmp_path / "run")
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "pipeline",
-                      "--config=" + os.path.join(ROOT, "configs", "pipeline_default.py")
-                      + ":gpu,quick", f"--workdir={workdir}"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=900)
+def test_gpu_variant_quick_form_runs_on_cpu(concurrent_pipelines):
+  """(conftest's `concurrent_pipelines` runs it beside test_determinism's quick rerun.)"""
+  workdir, r = concurrent_pipelines["gpu,quick"]
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(os.path.join(workdir, "pipeline.json")))
   neurons = pd.read_parquet(os.path.join(workdir, "corr", "tables", "neurons_seed0.parquet"))
