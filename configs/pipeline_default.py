@@ -85,6 +85,7 @@ def get_config(arg: str = ""):
     c.persistence_max_tokens = 300_000
   if "quick" in variants:
     c.tokenize.max_documents = 400
+    c.tokenize.bpe_train_documents = 400   # the BPE trains on those documents only
     c.tokenize.bpe_vocab_size = 512
     c.train_rows = 512
     c.train.seeds = (0, 1, 2)
