@@ -103,8 +103,7 @@ def test_grouped_sum_vr_equals_per_label_formula(texts):
     assert mi[n] == pytest.approx(max(ref, 0.0), abs=1e-12)
 
 
-def test_planted_unigram_and_position_neurons(texts):
-  model = planted.planted_model()
+def test_planted_unigram_and_position_neurons(texts, model):
   toks = planted.planted_tokens(24, 32, seed=3)
   batches = batches_mod.make_batches(toks, 8, row_labels=np.arange(24) % 3)
   labels = vocab.vocab_labels(texts, families.token_counts(batches, 50257), n_unigrams=60)
@@ -157,8 +156,7 @@ def test_previous_token_dataset_and_alphabet_on_synthetic_activations(texts):
   assert bool(alpha.loc["a", "alphabet_neuron"]) and not bool(alpha.loc["b", "alphabet_neuron"])
 
 
-def test_runner_and_bad_input(texts, tmp_path):
-  model = planted.planted_model()
+def test_runner_and_bad_input(texts, tmp_path, model):
   toks = planted.planted_tokens(8, 32, seed=4)
   factory = lambda: batches_mod.make_batches(toks, 4)
   figs = families.run(model, factory, str(tmp_path), texts, n_unigrams=30, layers_per_pass=1)

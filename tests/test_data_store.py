@@ -149,14 +149,22 @@ class _Killed(BaseException):
 
 EVENTS = ("shard_written", "progress_committed", "block_written", "block_committed",
           "before_manifest", "manifest_written")
+# The resumed builds' config (many shards, chunks and blocks: a kill lands mid-stage).
+RESUME_KW = dict(label_field="meta.set", ctx=16, seed=1, num_tokens=2000, encode_batch_docs=4,
+                 shard_rows=4, chunk_rows=4, write_block_rows=8)
+
+
+@pytest.fixture(scope="module")
+def resume_ref(corpus, tmp_path_factory):
+  """The uninterrupted build of RESUME_KW, which every killed-and-resumed build must equal."""
+  _, src = corpus
+  return build.build_store(make_config(src, **RESUME_KW), str(tmp_path_factory.mktemp("ref")))
 
 
 @pytest.mark.parametrize("event", EVENTS)
-def test_resume_after_kill_is_identical(corpus, tmp_path, event):
+def test_resume_after_kill_is_identical(corpus, resume_ref, tmp_path, event):
   _, src = corpus
-  kw = dict(label_field="meta.set", ctx=16, seed=1, num_tokens=2000, encode_batch_docs=4,
-            shard_rows=4, chunk_rows=4, write_block_rows=8)
-  ref = build.build_store(make_config(src, **kw), str(tmp_path / "ref"))
+  kw, ref = RESUME_KW, resume_ref
   seen = {"n": 0}
 
   def kill_at_second(e, **info):
@@ -180,11 +188,10 @@ def test_resume_after_kill_is_identical(corpus, tmp_path, event):
   assert not os.path.exists(os.path.join(wd, build.BUILD_DIR))
 
 
-def test_sigkill_then_rerun_same_command(corpus, tmp_path):
+def test_sigkill_then_rerun_same_command(corpus, resume_ref, tmp_path):
   """A real SIGKILL (no cleanup code runs) in the middle of stage A, then the same command."""
   _, src = corpus
-  kw = dict(label_field="meta.set", ctx=16, seed=1, num_tokens=2000, encode_batch_docs=4,
-            shard_rows=4, chunk_rows=4, write_block_rows=8)
+  kw = RESUME_KW
   wd = str(tmp_path / "run")
   script = f"""
 import os, signal, sys
@@ -205,7 +212,7 @@ build.build_store(make_config({src!r}, **{kw!r}), {wd!r}, _hook=hook)
   progress = json.load(open(os.path.join(wd, build.BUILD_DIR, build.PROGRESS)))
   assert progress["num_shards"] == 2 and not progress["done"]
   got = build.build_store(make_config(src, **kw), wd)
-  ref = build.build_store(make_config(src, **kw), str(tmp_path / "ref"))
+  ref = resume_ref
   assert got.store_id == ref.store_id
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), ref.read_rows(0, ref.num_rows))
 
@@ -374,13 +381,13 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
 def test_cli_builds_embedded_corpus_then_reports_complete(tmp_path):
   wd = tmp_path / "tok"
   cmd = [sys.executable, "main.py", "tokenize", "--config=configs/tokenize_default.py:tiny",
-         "--config.max_documents=400", "--config.num_tokens=20000", f"--workdir={wd}"]
+         "--config.max_documents=100", "--config.num_tokens=20000", f"--workdir={wd}"]
   env = dict(os.environ, HF_DATASETS_OFFLINE="1")
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
   assert r.returncode == 0, r.stderr[-2000:]
   s = open_store(str(wd))
   assert (s.num_rows, s.ctx) == (-(-20000 // 128), 128)
-  assert s.manifest["totals"]["documents_read"] == 400
+  assert s.manifest["totals"]["documents_read"] == 100
   assert s.manifest["source"]["files"][0]["sha256"] == tokmod_sha(
       os.path.join(REPO, "data", "corpus", "corpus.jsonl.zst"))
   assert (s.read_rows(0, s.num_rows)[:, 0] == E).all()

@@ -14,6 +14,7 @@ No part-of-speech or dependency labels (they need spaCy, which is not installed)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import string
@@ -171,19 +172,8 @@ def vocab_labels(texts: list, unigram_counts: np.ndarray | None = None,
   """The label matrix over a decoded vocabulary. `unigram_counts[id]`: token frequencies in the
   data; the `n_unigrams` most frequent normalized tokens become unigram labels."""
   V = len(texts)
-  generic = [_generic_predicates(t) for t in texts]
-  names = list(generic[0].keys())
-  cols = [np.array([g[k] for g in generic], bool) for k in names]
-  kinds = ["token"] * len(names)
-  norm = [normalize(t) for t in texts]
-  for letter in string.ascii_lowercase:
-    names.append(f"is_letter_{letter}")
-    cols.append(np.array([n == letter for n in norm], bool))
-    kinds.append("alphabet")
-  for letter in string.ascii_lowercase:
-    names.append(f"starts_with_letter_{letter}")
-    cols.append(np.array([n[:1] == letter and n.isalpha() for n in norm], bool))
-    kinds.append("alphabet")
+  names, kinds, base, norm = _token_and_alphabet_labels(tuple(texts))
+  names, kinds, cols = list(names), list(kinds), [base]
   if unigram_counts is not None:
     counts = np.asarray(unigram_counts, np.int64)
     if counts.shape[0] > V:
@@ -203,5 +193,28 @@ def vocab_labels(texts: list, unigram_counts: np.ndarray | None = None,
         mat[i, j] = True
     names += [f"unigram:{w}" for w in top]
     kinds += ["unigram"] * len(top)
-    cols += list(mat.T)
-  return LabelSet(names, kinds, np.stack(cols, axis=1))
+    cols.append(mat)
+  return LabelSet(names, kinds, np.concatenate(cols, axis=1))
+
+
+@functools.lru_cache(maxsize=2)
+def _token_and_alphabet_labels(texts: tuple) -> tuple:
+  """(names, kinds, bool matrix [vocab, labels], normalized texts) of the labels that depend on
+  the vocabulary alone: the same for every model of one tokenizer and every data set, so built
+  once per process (seconds of Python for GPT-2's 50257 tokens). The matrix is read-only."""
+  generic = [_generic_predicates(t) for t in texts]
+  names = list(generic[0].keys())
+  cols = [np.array([g[k] for g in generic], bool) for k in names]
+  kinds = ["token"] * len(names)
+  norm = [normalize(t) for t in texts]
+  for letter in string.ascii_lowercase:
+    names.append(f"is_letter_{letter}")
+    cols.append(np.array([n == letter for n in norm], bool))
+    kinds.append("alphabet")
+  for letter in string.ascii_lowercase:
+    names.append(f"starts_with_letter_{letter}")
+    cols.append(np.array([n[:1] == letter and n.isalpha() for n in norm], bool))
+    kinds.append("alphabet")
+  matrix = np.stack(cols, axis=1)
+  matrix.flags.writeable = False
+  return tuple(names), tuple(kinds), matrix, tuple(norm)
