@@ -1,8 +1,9 @@
 """Interventions as data: a mapping hook name -> Intervention, applied inside the forward pass.
 
-An Intervention is a pytree whose `value` is traced (so a sweep over values reuses one
-compiled function) and whose kind/neurons are static. Plain callables `x -> x'` are accepted
-too (compiled per distinct function).
+An Intervention is a pytree whose `value` and `neurons` (the unit indices) are traced, so a
+sweep over values, or over neuron sets of one size (an ablation's universal set and its matched
+random sets), reuses one compiled function; only its kind is static. Plain callables
+`x -> x'` are accepted too (compiled per distinct function).
 """
 import dataclasses
 from typing import Optional
@@ -17,11 +18,11 @@ KINDS = ("zero", "fix", "scale", "add", "patch")
 @dataclasses.dataclass(frozen=True)
 class Intervention:
   kind: str = dataclasses.field(metadata=dict(static=True))
-  neurons: Optional[tuple] = dataclasses.field(metadata=dict(static=True))
+  neurons: Optional[jax.Array] = None   # int32 unit indices; None = every unit
   value: Optional[jax.Array] = None
 
   def __call__(self, x):
-    idx = (Ellipsis,) if self.neurons is None else (Ellipsis, jnp.asarray(self.neurons))
+    idx = (Ellipsis,) if self.neurons is None else (Ellipsis, self.neurons)
     if self.kind == "zero":
       return x.at[idx].set(0)
     if self.kind == "fix":
@@ -36,8 +37,7 @@ class Intervention:
 
 
 def _neurons(neurons):
-  return None if neurons is None else tuple(int(n) for n in jnp.atleast_1d(
-      jnp.asarray(neurons)).tolist())
+  return None if neurons is None else jnp.atleast_1d(jnp.asarray(neurons, jnp.int32))
 
 
 def zero_neurons(neurons=None) -> Intervention:
