@@ -80,7 +80,7 @@ def test_stanford_crfm_full_size_configs(tmp_path, size, n_tokens):
       n_ctx=1024, vocab_size=50257, activation_function="gelu_new", layer_norm_epsilon=1e-5,
       scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
       bos_token_id=50256, eos_token_id=50256)
-  hf_model = hf_fixtures.random_hf_model(cfg, seed=4)
+  hf_model = hf_fixtures.random_hf_model_direct(cfg, seed=4)
   src = hf_fixtures.write_checkpoint(str(tmp_path / "hf"), hf_model, "bin")
   del hf_model  # reload from disk below: the converter and the reference read the same file
   from transformers import GPT2LMHeadModel

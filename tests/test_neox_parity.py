@@ -122,7 +122,7 @@ def test_pythia_160m_full_size_config(tmp_path):
       num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
       max_position_embeddings=2048, vocab_size=50304, rotary_pct=0.25, rotary_emb_base=10000,
       use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5)
-  hf_model = hf_fixtures.random_hf_model(cfg, seed=5)
+  hf_model = hf_fixtures.random_hf_model_direct(cfg, seed=5)
   src = hf_fixtures.write_neox_legacy_bin(str(tmp_path / "hf"), hf_model)
   convert(src, str(tmp_path / "out"))
   hf_fixtures.float16_rounded(hf_model)
