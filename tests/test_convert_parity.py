@@ -21,7 +21,8 @@ def _log_softmax(x):
 
 def _assert_parity(model_dir, hf_model, tokens):
   model = load_model(model_dir)
-  logits, cache = model.run_with_cache(tokens)
+  names = [f"blocks.{l}.{h}" for l in range(model.config.n_layer) for h in HOOKS]
+  logits, cache = model.run_with_cache(tokens, names_filter=names)   # what is compared below
   ref_logits, ref_cache = hf_fixtures.reference_activations(hf_model, tokens)
   np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=0, atol=TOL)
   np.testing.assert_allclose(_log_softmax(logits), _log_softmax(ref_logits), rtol=0, atol=TOL)

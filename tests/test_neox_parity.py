@@ -18,7 +18,10 @@ def _max_diffs(model_dir, hf_model, tokens, relative=()):
   """{name: max |ours - transformers|} over logits, log-probs and every captured hook; hooks
   whose name ends with one of `relative` are divided by the reference's largest |value|."""
   model = load_model(model_dir)
-  logits, cache = model.run_with_cache(tokens)
+  # every hook compared below that the model has (a parallel block has no hook_resid_mid)
+  names = [n for n in (f"blocks.{l}.{h}" for l in range(model.config.n_layer) for h in SEQ_HOOKS)
+           if n in model.hook_names]
+  logits, cache = model.run_with_cache(tokens, names_filter=names)
   ref_logits, ref_cache = hf_fixtures.reference_activations(hf_model, tokens)
   diffs = {"logits": np.abs(np.asarray(logits) - ref_logits).max(),
            "log_softmax": np.abs(_log_softmax(logits) - _log_softmax(ref_logits)).max()}
