@@ -7,6 +7,7 @@ Hub downloads go through huggingface_hub (which also serves the HF cache offline
 import dataclasses
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -144,8 +145,11 @@ def _read_torch(path: str) -> dict:
   except ImportError as e:
     raise UserError(f"{os.path.basename(path)} is a torch pickle and needs torch: "
                     "pip install torch==2.13.0 (CPU build)") from e
+  # A zip-format file (every torch.save since torch 1.6) is memory-mapped: float32 tensors are
+  # then read straight from the page cache instead of being copied into fresh memory first.
+  mmap = zipfile.is_zipfile(path)
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
   except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
     raise UserError(f"{path} is not a readable PyTorch checkpoint "
                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e

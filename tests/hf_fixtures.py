@@ -41,6 +41,40 @@ def random_hf_model(config, seed=0):
   return model
 
 
+def random_hf_model_direct(config, seed=0):
+  """random_hf_model's distribution, drawn once per parameter: for the full-size models, where
+  transformers' own init (GPT-2's Conv1D weights are drawn three times over) costs more than
+  the test. Weights ~ N(0, initializer_range), GPT-2's residual projections (attn/mlp c_proj)
+  ~ N(0, initializer_range / sqrt(2 n_layer)) as transformers draws them; biases ~ 0.1 N(0, 1),
+  LayerNorm scales ~ 1 + 0.1 N(0, 1), LayerNorm shifts ~ 0.1 N(0, 1), as random_hf_model
+  perturbs them. Buffers (causal masks, rotary frequencies) are built by the constructors."""
+  import math
+  import torch
+  from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM
+  from transformers.initialization import no_init_weights
+  config._attn_implementation = "eager"
+  cls = GPTNeoXForCausalLM if config.model_type == "gpt_neox" else GPT2LMHeadModel
+  with no_init_weights():
+    model = cls(config)
+  model.tie_weights()
+  model.eval()
+  gen = torch.Generator().manual_seed(seed)
+  std = config.initializer_range
+  with torch.no_grad():
+    for name, p in model.named_parameters():   # a tied head is listed once
+      if "ln_" in name or "layernorm" in name or "layer_norm" in name:
+        p.normal_(0.0, 0.1, generator=gen)
+        if name.endswith(".weight"):
+          p.add_(1.0)
+      elif name.endswith(".bias"):
+        p.normal_(0.0, 0.1, generator=gen)
+      elif config.model_type == "gpt2" and name.endswith("c_proj.weight"):
+        p.normal_(0.0, std / math.sqrt(2 * config.n_layer), generator=gen)
+      else:
+        p.normal_(0.0, std, generator=gen)
+  return model
+
+
 def write_neox_legacy_bin(directory, model):
   """A Pythia-style hub checkpoint as transformers 4 wrote it: float16 pytorch_model.bin with
   `embed_out.weight` and the old buffers (attention.bias, masked_bias, rotary_emb.inv_freq),
@@ -53,7 +87,7 @@ def write_neox_legacy_bin(directory, model):
   n = cfg.max_position_embeddings
   state = {}
   for k, v in model.state_dict().items():
-    state[k.replace("lm_head.", "embed_out.")] = v.detach().clone().to(torch.float16)
+    state[k.replace("lm_head.", "embed_out.")] = v.detach().to(torch.float16)   # a copy
   for l in range(cfg.num_hidden_layers):
     p = f"gpt_neox.layers.{l}.attention."
     state[p + "bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)
@@ -100,7 +134,13 @@ def write_checkpoint(directory, model, fmt="safetensors"):
     assert os.path.exists(os.path.join(directory, "model.safetensors.index.json"))
   elif fmt in ("bin", "sharded_bin"):
     model.config.to_json_file(os.path.join(directory, "config.json"))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # One storage per tensor, as a clone of every tensor gives, without copying the others:
+    # only a tensor sharing an earlier one's storage (a tied head) is cloned.
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+      ptr = v.untyped_storage().data_ptr()
+      state[k] = v.clone() if ptr in seen else v
+      seen.add(ptr)
     if fmt == "bin":
       torch.save(state, os.path.join(directory, "pytorch_model.bin"))
     else:

@@ -21,7 +21,8 @@ def _log_softmax(x):
 
 def _assert_parity(model_dir, hf_model, tokens):
   model = load_model(model_dir)
-  logits, cache = model.run_with_cache(tokens)
+  names = [f"blocks.{l}.{h}" for l in range(model.config.n_layer) for h in HOOKS]
+  logits, cache = model.run_with_cache(tokens, names_filter=names)   # what is compared below
   ref_logits, ref_cache = hf_fixtures.reference_activations(hf_model, tokens)
   np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=0, atol=TOL)
   np.testing.assert_allclose(_log_softmax(logits), _log_softmax(ref_logits), rtol=0, atol=TOL)
@@ -80,7 +81,7 @@ def test_stanford_crfm_full_size_configs(tmp_path, size, n_tokens):
       n_ctx=1024, vocab_size=50257, activation_function="gelu_new", layer_norm_epsilon=1e-5,
       scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
       bos_token_id=50256, eos_token_id=50256)
-  hf_model = hf_fixtures.random_hf_model(cfg, seed=4)
+  hf_model = hf_fixtures.random_hf_model_direct(cfg, seed=4)
   src = hf_fixtures.write_checkpoint(str(tmp_path / "hf"), hf_model, "bin")
   del hf_model  # reload from disk below: the converter and the reference read the same file
   from transformers import GPT2LMHeadModel

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tests import hf_fixtures
-from ucore.models.hooked import HookedTransformer, init_params
+from tests.random_params import random_params
+from ucore.models.hooked import HookedTransformer
 from ucore.models.registry import config_from_hf_dict
 from ucore.models.processing import process_transformer_lens
 
@@ -21,7 +22,7 @@ def _random_model(hf_cfg, seed):
     return {k: fill(v) if isinstance(v, dict) else np.asarray(
         v + 0.1 * rng.standard_normal(v.shape) if k in ("scale", "bias") else v, np.float32)
         for k, v in tree.items()}
-  params = fill(init_params(config, seed))
+  params = fill(random_params(config, seed))   # init_params' distribution, no eager init
   return HookedTransformer(config, params)
 
 

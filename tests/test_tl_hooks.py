@@ -3,10 +3,11 @@ hook_pos_embed, -inf masked scores, fwd_hooks=[(name, fn(x, hook))], cache["patt
 import numpy as np
 import pytest
 
+from tests.random_params import random_params
 from ucore import interventions as iv
 from ucore.jobs.errors import UserError
 from ucore.models.gpt2 import GPT2Config
-from ucore.models.hooked import HookedTransformer, init_params
+from ucore.models.hooked import HookedTransformer
 from ucore.models.neox import NeoXConfig
 
 CONFIGS = {
@@ -18,7 +19,7 @@ CONFIGS = {
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def model(request):
   cfg = CONFIGS[request.param]
-  return HookedTransformer(cfg, init_params(cfg, seed=1))
+  return HookedTransformer(cfg, random_params(cfg, seed=1))   # init_params' distribution
 
 
 TOKENS = np.random.default_rng(0).integers(0, 97, (3, 10), dtype=np.int32)

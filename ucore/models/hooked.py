@@ -44,7 +44,7 @@ def params_fingerprint(params) -> str:
     arr = np.ascontiguousarray(np.asarray(leaf))
     h.update(jax.tree_util.keystr(path).encode())
     h.update(str(arr.dtype).encode() + str(arr.shape).encode())
-    h.update(arr.tobytes())
+    h.update(arr.reshape(-1).view(np.uint8))   # the bytes of tobytes(), without a copy
   return h.hexdigest()
 
 
@@ -258,6 +258,16 @@ class HookedTransformer:
 
 
 # ---- save / load -------------------------------------------------------------------------
+class _WrittenInPlace(np.ndarray):
+  """A host array orbax writes without its defensive copy: orbax deep-copies numpy arrays
+  before an asynchronous write in case the caller changes them meanwhile; save_model waits for
+  the write and changes nothing, so that copy (as large as the model) is skipped. The files
+  are the same (orbax's numpy handler writes it, as any np.ndarray)."""
+
+  def __deepcopy__(self, memo):
+    return self
+
+
 def save_model(directory: str, config: LMConfig, params, *, manifest: dict,
                tokenizer_files=None) -> str:
   """Writes a complete checkpoint directory atomically; returns the params fingerprint."""
@@ -268,7 +278,8 @@ def save_model(directory: str, config: LMConfig, params, *, manifest: dict,
   if os.path.exists(directory) and os.listdir(directory):
     raise UserError(f"output directory {directory} is not empty; choose a new --workdir "
                     "or remove it")
-  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32).view(_WrittenInPlace),
+                                  params)
   fingerprint = params_fingerprint(params)
   with atomic.staged_dir(directory) as staging:
     atomic.write_json(os.path.join(staging, CONFIG), config.to_dict())
