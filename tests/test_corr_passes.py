@@ -17,46 +17,60 @@ from ucore.corr import moments as M, passes as PS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One correlate run in a fresh process (2 CPU devices, mesh 1 × 2). argv: workdir, the cap as
-# a fraction of the per-device state (0 = none), and the global step at which the process
-# SIGKILLs itself (0 = never); optional: the threshold (a finalize-only field).
+# Correlate runs in one fresh process (2 CPU devices, mesh 1 × 2), one after another. argv:
+# a JSON list of runs, each {"wd": workdir, "frac": the cap as a fraction of the per-device
+# state (0 = none), "kill_at": the global step at which the process SIGKILLs itself (0 =
+# never), "threshold": a finalize-only field (optional), "keep": where to copy the finished
+# tables (optional: a later run's re-finalize replaces them)}. Before each run a marker line goes
+# to stderr (the runs' logs are told apart by it); after each, its figures to stdout.
 _RUN = """
-import json, os, signal, sys
+import json, os, shutil, signal, sys
 from absl import logging
 from ucore.jobs import config_files
 from ucore.corr import driver, moments as M
-workdir, frac, kill_at = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 logging.set_verbosity(logging.INFO)
-c = config_files.load("correlate_tiny")
-if len(sys.argv) > 4:
-  c.threshold = float(sys.argv[4])
-c.synthetic.n_models, c.synthetic.n_layers, c.synthetic.d_mlp, c.synthetic.rows = 5, 4, 128, 16
-c.batch_rows, c.checkpoint.every_steps, c.selfcheck.sample = 4, 2, 48
-c.mesh.tok, c.mesh.neu = 1, 2
-state = M.state_bytes(driver.prepare(c, workdir).spec) / 2   # per device
-if frac:
-  c.memory.device_gib = frac * state / 2 ** 30
-seen = []
-def hook(p):
-  seen.append(p)
-  if kill_at and seen.count("step") == kill_at:
-    os.kill(os.getpid(), signal.SIGKILL)
-driver.run(c, workdir, _hook=hook)
-print(json.dumps({"state_per_device": state, "cap": c.memory.device_gib * 2 ** 30}))
+for job in json.loads(sys.argv[1]):
+  workdir, frac, kill_at = job["wd"], job["frac"], job["kill_at"]
+  c = config_files.load("correlate_tiny")
+  if job.get("threshold") is not None:
+    c.threshold = job["threshold"]
+  c.synthetic.n_models, c.synthetic.n_layers, c.synthetic.d_mlp, c.synthetic.rows = 5, 4, 128, 16
+  c.batch_rows, c.checkpoint.every_steps, c.selfcheck.sample = 4, 2, 48
+  c.mesh.tok, c.mesh.neu = 1, 2
+  state = M.state_bytes(driver.prepare(c, workdir).spec) / 2   # per device
+  if frac:
+    c.memory.device_gib = frac * state / 2 ** 30
+  seen = []
+  def hook(p):
+    seen.append(p)
+    if kill_at and seen.count("step") == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+  print(MARK, file=sys.stderr, flush=True)
+  driver.run(c, workdir, _hook=hook)
+  if job.get("keep"):
+    shutil.copytree(os.path.join(workdir, "tables"), job["keep"])
+  print(json.dumps({"state_per_device": state, "cap": c.memory.device_gib * 2 ** 30}),
+        flush=True)
 """
+MARK = "=== next correlate run ==="
+_RUN = f"MARK = {MARK!r}\n" + _RUN
 STEPS_PER_PASS = 4   # 16 rows, 4 per step
 
 
-def _run(workdir, frac=0.0, kill_at=0, threshold=None):
+def _run(*runs):
+  """One process running `runs` in order, each (workdir, frac, kill_at, threshold[, keep]):
+  the process and each run's stderr."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=ROOT)
-  extra = [] if threshold is None else [str(threshold)]
-  return subprocess.run([sys.executable, "-c", _RUN, str(workdir), str(frac), str(kill_at)]
-                        + extra,
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  jobs = [{"wd": str(wd), "frac": frac, "kill_at": kill_at, "threshold": threshold,
+           "keep": str(keep[0]) if keep else None}
+          for wd, frac, kill_at, threshold, *keep in runs]
+  r = subprocess.run([sys.executable, "-c", _RUN, json.dumps(jobs)],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return r, r.stderr.split(MARK)[1:]
 
 
 def _tables(wd):
-  t = os.path.join(wd, "tables")
+  t = os.path.join(wd, "tables") if os.path.exists(os.path.join(wd, "tables")) else str(wd)
   return {os.path.relpath(os.path.join(d, n), t): pd.read_parquet(os.path.join(d, n))
           for d, _, names in os.walk(t) for n in names if n.endswith(".parquet")}
 
@@ -68,58 +82,55 @@ def _identical(a, b):
 
 
 def _summary(wd):
-  with open(os.path.join(wd, "tables", "summary.json")) as f:
+  t = os.path.join(wd, "tables") if os.path.exists(os.path.join(wd, "tables")) else str(wd)
+  with open(os.path.join(t, "summary.json")) as f:
     s = json.load(f)
   return {k: v for k, v in s.items() if k not in ("seconds", "finalize_seconds", "passes")}, s
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("single")
-  r = _run(wd)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert not os.path.exists(os.path.join(wd, "state", PS.RECORD))   # today's layout
-  return wd
-
-
 @pytest.mark.slow("a real SIGKILL in pass two of a three-pass correlate subprocess, "
                   "then its resume")
-def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(single, tmp_path):
+def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(tmp_path):
   """One multi-pass run, SIGKILLed in pass 2 and rerun (an uninterrupted multi-pass run is
-  the same code without the kill; one run keeps the suite short)."""
-  wd = tmp_path / "passes"
-  r = _run(wd, frac=1 / 3, kill_at=STEPS_PER_PASS + 3)   # pass 2's 3rd step (commit at 2)
+  the same code without the kill; one run keeps the suite short). The rerun's process then
+  runs the single-pass reference (the same 2-device mesh) and both re-finalizes, each run
+  on its own workdir as a fresh process would."""
+  wd, single = tmp_path / "passes", tmp_path / "single"
+  r, _ = _run((wd, 1 / 3, STEPS_PER_PASS + 3, None))   # pass 2's 3rd step (commit at 2)
   assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
   assert not (wd / "tables").exists()
   _, tiles = PS.recorded(str(wd / "state"))
   assert len(tiles) >= 3
   where = PS.where(str(wd / "state"), stop_row=16)
   assert where.startswith("in pass 2 of") and "at row 8 " in where, where
-  r = _run(wd, frac=1 / 3)
-  assert r.returncode == 0, r.stderr[-3000:]
-  figures = json.loads(r.stdout.strip().splitlines()[-1])
+  # the rerun (a new process: the resume is the claim), then in the same process the
+  # single-pass reference, and a finalize-only change of both
+  r, logs = _run((wd, 1 / 3, 0, None, tmp_path / "passes_first"),
+                 (single, 0.0, 0, None, tmp_path / "single_first"),
+                 (wd, 1 / 3, 0, 0.05), (single, 0.0, 0, 0.05))
+  assert r.returncode == 0 and len(logs) == 4, r.stderr[-3000:]
+  resumed, one_run, *refinalized = logs
+  figures = json.loads(r.stdout.strip().splitlines()[0])
   assert figures["state_per_device"] >= 3 * figures["cap"]
-  assert "resuming" in r.stderr and "(pass 2 of" in r.stderr
-  assert "starting pass 1 " not in r.stderr and "starting pass 3 " in r.stderr
+  assert "resuming" in resumed and "(pass 2 of" in resumed
+  assert "starting pass 1 " not in resumed and "starting pass 3 " in resumed
+  assert "starting pass" not in one_run and "resuming" not in one_run
+  assert not os.path.exists(os.path.join(single, "state", PS.RECORD))   # today's layout
   assert PS.where(str(wd / "state"), stop_row=16) == f"all {len(tiles)} pass(es) complete"
-  _identical(_tables(single), _tables(wd))
-  one, s1 = _summary(single)
-  many, s2 = _summary(wd)
+  _identical(_tables(tmp_path / "single_first"), _tables(tmp_path / "passes_first"))
+  one, s1 = _summary(tmp_path / "single_first")
+  many, s2 = _summary(tmp_path / "passes_first")
   assert one == many and s2["passes"] == len(tiles) and "passes" not in s1
   assert s2["selfcheck"]["status"] == "ok" and s2["selfcheck"]["entries_checked"] > 0
   # a finalize-only change re-finalizes every pass's committed moments (no re-accumulation)
   # to the tables a single-pass run re-finalizes to
-  for wd_ in (single, wd):
-    r = _run(wd_, frac=1 / 3 if wd_ == wd else 0.0, threshold=0.05)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "re-finalizing" in r.stderr and "starting pass" not in r.stderr, r.stderr[-2000:]
+  for log in refinalized:
+    assert "re-finalizing" in log and "starting pass" not in log, log[-2000:]
   _identical(_tables(single), _tables(wd))
   one_low, _ = _summary(single)
   many_low, s3 = _summary(wd)
   assert one_low == many_low and s3["threshold"] == 0.05 and s3["passes"] == len(tiles)
   assert one_low["universal"] != one["universal"]   # the lower threshold changed the tables
-
-
 def test_tiles_cover_every_pair_and_reference_row_once():
   mesh = M.make_mesh(1, 1, M.jax.devices()[:1])
   for mode, n_models, L in (("reference", 5, 3), ("all_pairs", 4, 2)):

@@ -1,4 +1,8 @@
-"""End to end on a planted family: the universal flag finds exactly the planted neurons."""
+"""End to end on a planted family: the universal flag finds exactly the planted neurons.
+
+The runs average 4 rotation draws per baseline kind (the default config's 16 would take
+three quarters of the time, each draw a finalize over 8 virtual devices). At 4 draws the
+planted neurons' excess is ≥ 0.57 and every other neuron's ≤ 0.28 (threshold 0.5)."""
 import os
 
 import numpy as np
@@ -15,6 +19,7 @@ def _config(**over):
   c.max_tokens = 0
   c.batch_rows = 16
   c.top_k = 2
+  c.baseline.draws = 4
   for k, v in over.items():
     setattr(c, k, v)
   return c

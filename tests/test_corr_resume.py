@@ -37,6 +37,39 @@ driver.run(c, workdir, _hook=hook)
 """
 
 
+# The same job as `main.py correlate` with BASE and the given overrides, several times in one
+# process (argv: JSON [[workdir, {field: value}], ...]); per run a marker line, then "ok" or
+# the UserError's one line, on stderr.
+_SEVERAL = """
+import json, sys
+from ucore.jobs import config_files
+from ucore.jobs.errors import UserError
+from ucore.corr import driver
+for workdir, over in json.loads(sys.argv[1]):
+  c = config_files.load("correlate_tiny")
+  c.checkpoint.every_steps, c.mesh.tok, c.mesh.neu = 1, 1, 2
+  for k, v in over.items():
+    setattr(c.synthetic, k, v)
+  print(MARK, file=sys.stderr, flush=True)
+  try:
+    driver.run(c, workdir)
+    print("ok", file=sys.stderr, flush=True)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+"""
+MARK = "=== next correlate run ==="
+
+
+def _run_several(*runs):
+  """Each (workdir, {synthetic field: value}) run in turn in one process: each's stderr."""
+  import json
+  r = subprocess.run([sys.executable, "-c", f"MARK = {MARK!r}\n" + _SEVERAL,
+                      json.dumps([[str(w), o] for w, o in runs])], cwd=ROOT, env=_env(),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return [log.strip() for log in r.stderr.split(MARK)[1:]]
+
+
 def _env():
   return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
               PYTHONPATH=ROOT)
@@ -115,13 +148,13 @@ def test_killed_and_resumed_equals_uninterrupted(ref, tmp_path):
   # a changed input is refused with a one-line error, and leaves the state untouched
   r = _run(work, "--config.synthetic.seed=5")
   assert r.returncode == 2 and "cannot resume" in r.stderr and "token_store" in r.stderr
-  r = _run(work)
-  assert r.returncode == 0, r.stderr[-2000:]
+  # the resume (a new process), then in that process: running again after completion is a
+  # no-op; with another input it is refused (the CLI's exit status for it: just above)
+  resumed, again, other = _run_several((work, {}), (work, {}), (work, {"offset": 3.0}))
+  assert resumed.endswith("ok"), resumed[-2000:]
   _same(want, _tables(work))
-  # running again after completion is a no-op; with another input it is refused
-  assert _run(work).returncode == 0
-  r = _run(work, "--config.synthetic.offset=3.0")
-  assert r.returncode == 2 and "cannot resume" in r.stderr
+  assert again.endswith("ok"), again[-2000:]
+  assert "error:" in other and "cannot resume" in other, other[-2000:]
 
 
 def test_moved_workdir_resumes(ref, tmp_path):

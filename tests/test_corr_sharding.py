@@ -1,5 +1,9 @@
 """1 device vs 8 virtual devices (several mesh shapes): same statistics to ≤ 1e-6.
 
+The tokens stream in batches of one size (100: 8 devices pad each to 104), so each mesh
+compiles its accumulator step once; the mask makes one batch count a single token and one
+count none (what an uneven stream's 1-token and empty batches give the step).
+
 Needs 8 devices: tests/conftest.py (and .ci/run) set
 XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts; when the process has
 fewer devices the comparison is re-run in a subprocess that has 8.
@@ -20,8 +24,12 @@ from ucore.corr import moments as M
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+BATCHES = (100,) * 6   # one shape: one compile of the step per mesh
+
+
 def _stats(mesh, mode, layer_mode, acts, mask):
-  spec, mesh, acc = _run(acts, mask, mode=mode, layer_mode=layer_mode, mesh=mesh)
+  spec, mesh, acc = _run(acts, mask, mode=mode, layer_mode=layer_mode, mesh=mesh,
+                         batches=BATCHES)
   out = {"n": acc.count}
   for x, y in spec.pairs:
     orients = ("fwd", "bwd") if mode == "all_pairs" else ("fwd",)
@@ -44,7 +52,10 @@ CASES = [((2, 4), "all_pairs", "all"), ((1, 8), "reference", "all"),
 
 def _compare_all():
   assert jax.device_count() >= 8
-  acts, mask = adversarial(K=3, L=3, d=6, T=400, seed=11)
+  acts, mask = adversarial(K=3, L=3, d=6, T=sum(BATCHES), seed=11)
+  mask[100:200] = False   # a batch that counts one token (its 8-device shards: 1 and none)
+  mask[150] = True
+  mask[200:300] = False   # a batch that counts none
   for (tok, neu), mode, layer_mode in CASES:
     one = _stats(M.make_mesh(1, 1, jax.devices()[:1]), mode, layer_mode, acts, mask)
     many = _stats(M.make_mesh(tok, neu, jax.devices()[:8]), mode, layer_mode, acts, mask)
