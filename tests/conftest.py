@@ -22,8 +22,9 @@ ends (`jax.clear_caches`), which bounds each worker's memory.
 import atexit
 import gc
 import os
-import sys
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -50,9 +51,12 @@ def model():
   return planted.planted_model()
 
 
-def _pipeline_argv(root: str, variant: str, workdir: str) -> list:
-  return [sys.executable, os.path.join(root, "main.py"), "pipeline",
-          f"--config={os.path.join(root, 'configs', 'pipeline_default.py')}:{variant}",
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pipeline_argv(variant: str, workdir: str) -> list:
+  return [sys.executable, os.path.join(ROOT, "main.py"), "pipeline",
+          f"--config={os.path.join(ROOT, 'configs', 'pipeline_default.py')}:{variant}",
           f"--workdir={workdir}"]
 
 
@@ -61,10 +65,8 @@ def pipeline_run(tmp_path_factory):
   """The quick pipeline (configs/pipeline_default.py:quick) run once per session, shared by
   every test that reads a finished study (test_pipeline, test_notebook): (workdir, the
   finished CompletedProcess)."""
-  import subprocess
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = str(tmp_path_factory.mktemp("pipeline") / "run")
-  r = subprocess.run(_pipeline_argv(root, "quick", workdir), cwd=root, capture_output=True,
+  r = subprocess.run(_pipeline_argv("quick", workdir), cwd=ROOT, capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, r
@@ -77,16 +79,14 @@ def concurrent_pipelines(pipeline_run, tmp_path_factory):
   it runs beside a busy process, so its threads are scheduled differently) and the larger
   `:gpu,quick` variant (test_pipeline_variants; six layers, it outlasts the quick rerun).
   {"quick": (workdir, CompletedProcess), "gpu,quick": ...}; both must have succeeded."""
-  import subprocess
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   base = tmp_path_factory.mktemp("concurrent")
   procs = {}
   for variant in ("gpu,quick", "quick"):
     name = variant.replace(",", "_")
     # files, not pipes: neither process can block on a full pipe while the other is awaited
     out, err = open(base / f"{name}.out", "w+"), open(base / f"{name}.err", "w+")
-    p = subprocess.Popen(_pipeline_argv(root, variant, str(base / name)), cwd=root,
-                         stdout=out, stderr=err, text=True)
+    p = subprocess.Popen(_pipeline_argv(variant, str(base / name)), cwd=ROOT, stdout=out,
+                         stderr=err, text=True)
     procs[variant] = (str(base / name), out, err, p)
   runs = {}
   for variant, (wd, out, err, p) in procs.items():

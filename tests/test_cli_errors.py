@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import job_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/correlate_tiny.py"
 
@@ -102,12 +104,11 @@ def _main_failing(n, code, *args):
 
 
 def _main_in_process(*args):
-  """`main.py *args` through main.py's flag parser and dispatch in this process (the reference
-  store and the reruns after "freeing space": their process boundary is not the claim; the
-  failing runs above are real processes). Asserts exit status 0."""
-  from benchmarks.config_sweep import run_argv
-  status, stderr, exc = run_argv(list(args))
-  assert exc is None and status == 0, stderr[-2000:]
+  """`main.py *args` in this process (the reference store and the reruns after "freeing
+  space": their process boundary is not the claim; the failing runs above are real
+  processes). Asserts exit status 0."""
+  status, _, stderr = job_runs.main_in_process(*args)
+  assert status == 0, stderr[-2000:]
 
 
 def _one_error_line(r, message):

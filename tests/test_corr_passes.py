@@ -13,6 +13,7 @@ import sys
 import pandas as pd
 import pytest
 
+from tests import job_runs
 from ucore.corr import moments as M, passes as PS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a JSON list of runs, each {"wd": workdir, "frac": the cap as a fraction of the per-device
 # state (0 = none), "kill_at": the global step at which the process SIGKILLs itself (0 =
 # never), "threshold": a finalize-only field (optional), "keep": where to copy the finished
-# tables (optional: a later run's re-finalize replaces them)}. Before each run a marker line goes
-# to stderr (the runs' logs are told apart by it); after each, its figures to stdout.
+# tables (optional: a later run's re-finalize replaces them)}. Before each run job_runs.MARK
+# goes to stderr; after each, its figures to stdout.
 _RUN = """
 import json, os, shutil, signal, sys
 from absl import logging
@@ -52,8 +53,6 @@ for job in json.loads(sys.argv[1]):
   print(json.dumps({"state_per_device": state, "cap": c.memory.device_gib * 2 ** 30}),
         flush=True)
 """
-MARK = "=== next correlate run ==="
-_RUN = f"MARK = {MARK!r}\n" + _RUN
 STEPS_PER_PASS = 4   # 16 rows, 4 per step
 
 
@@ -64,13 +63,17 @@ def _run(*runs):
   jobs = [{"wd": str(wd), "frac": frac, "kill_at": kill_at, "threshold": threshold,
            "keep": str(keep[0]) if keep else None}
           for wd, frac, kill_at, threshold, *keep in runs]
-  r = subprocess.run([sys.executable, "-c", _RUN, json.dumps(jobs)],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  return r, r.stderr.split(MARK)[1:]
+  return job_runs.several_in_one_process(_RUN, jobs, env)
+
+
+def _tables_dir(wd):
+  """A run's tables/, or a copy of them (a run's `keep`)."""
+  t = os.path.join(wd, "tables")
+  return t if os.path.exists(t) else str(wd)
 
 
 def _tables(wd):
-  t = os.path.join(wd, "tables") if os.path.exists(os.path.join(wd, "tables")) else str(wd)
+  t = _tables_dir(wd)
   return {os.path.relpath(os.path.join(d, n), t): pd.read_parquet(os.path.join(d, n))
           for d, _, names in os.walk(t) for n in names if n.endswith(".parquet")}
 
@@ -82,8 +85,7 @@ def _identical(a, b):
 
 
 def _summary(wd):
-  t = os.path.join(wd, "tables") if os.path.exists(os.path.join(wd, "tables")) else str(wd)
-  with open(os.path.join(t, "summary.json")) as f:
+  with open(os.path.join(_tables_dir(wd), "summary.json")) as f:
     s = json.load(f)
   return {k: v for k, v in s.items() if k not in ("seconds", "finalize_seconds", "passes")}, s
 
@@ -131,6 +133,8 @@ def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(tm
   many_low, s3 = _summary(wd)
   assert one_low == many_low and s3["threshold"] == 0.05 and s3["passes"] == len(tiles)
   assert one_low["universal"] != one["universal"]   # the lower threshold changed the tables
+
+
 def test_tiles_cover_every_pair_and_reference_row_once():
   mesh = M.make_mesh(1, 1, M.jax.devices()[:1])
   for mode, n_models, L in (("reference", 5, 3), ("all_pairs", 4, 2)):

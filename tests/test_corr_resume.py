@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests import job_runs
 from ucore.corr import state as ST
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +39,8 @@ driver.run(c, workdir, _hook=hook)
 
 
 # The same job as `main.py correlate` with BASE and the given overrides, several times in one
-# process (argv: JSON [[workdir, {field: value}], ...]); per run a marker line, then "ok" or
-# the UserError's one line, on stderr.
+# process (tests/job_runs.several_in_one_process; jobs: [[workdir, {field: value}], ...]); per
+# job job_runs.MARK, then "ok" or the UserError's one line, on stderr.
 _SEVERAL = """
 import json, sys
 from ucore.jobs import config_files
@@ -57,17 +58,14 @@ for workdir, over in json.loads(sys.argv[1]):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
 """
-MARK = "=== next correlate run ==="
 
 
 def _run_several(*runs):
   """Each (workdir, {synthetic field: value}) run in turn in one process: each's stderr."""
-  import json
-  r = subprocess.run([sys.executable, "-c", f"MARK = {MARK!r}\n" + _SEVERAL,
-                      json.dumps([[str(w), o] for w, o in runs])], cwd=ROOT, env=_env(),
-                     capture_output=True, text=True, timeout=300)
+  r, logs = job_runs.several_in_one_process(_SEVERAL, [[str(w), o] for w, o in runs], _env(),
+                                            timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  return [log.strip() for log in r.stderr.split(MARK)[1:]]
+  return [log.strip() for log in logs]
 
 
 def _env():

@@ -232,12 +232,10 @@ def test_conversion_cache_is_keyed_by_content_and_reused(family, swept):
 def test_a_rerun_of_a_finished_sweep_redoes_nothing(swept):
   """The same command again, in this process through main.py's parser and dispatch (the
   process boundary is `swept`'s kill and rerun, not this claim)."""
-  import io
-  from benchmarks.config_sweep import run_argv
-  out = io.StringIO()
-  status, stderr, exc = run_argv(swept["cmd"][2:], stdout=out)
-  assert exc is None and status == 0, stderr[-2000:]
-  assert out.getvalue().count("finished before") == 3 and "converting" not in out.getvalue()
+  from tests import job_runs
+  status, stdout, stderr = job_runs.main_in_process(*swept["cmd"][2:])
+  assert status == 0, stderr[-2000:]
+  assert stdout.count("finished before") == 3 and "converting" not in stdout
 
 
 

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import job_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,18 +40,6 @@ def _main(*args):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=170)
-
-
-def _main_in_process(*args):
-  """(exit status, stdout, stderr) of `main.py *args` through main.py's flag parser and
-  dispatch in this process: for the calls whose process boundary is not the claim (each kind
-  of exit still has a real process above or below)."""
-  import io
-  from benchmarks.config_sweep import run_argv
-  out = io.StringIO()
-  status, stderr, exc = run_argv(list(args), stdout=out)
-  assert exc is None, stderr[-3000:]
-  return status, out.getvalue(), stderr
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +84,10 @@ def test_cli_trains_from_a_token_store_and_refuses_changes(bpe_store, tmp_path):
     logits = np.asarray(m(bpe_store.read_rows(0, 2)))
     assert logits.shape == (2, bpe_store.ctx, m.config.vocab_size) and np.isfinite(logits).all()
   # The same command on a complete run returns without training.
-  status, stdout, _ = _main_in_process(*args)
+  status, stdout, _ = job_runs.main_in_process(*args)
   assert status == 0 and "trained 2 seeds x 20 steps" in stdout
   # A changed config for this workdir is refused with one line naming the field.
-  status, _, stderr = _main_in_process(*args, "--config.optim.lr=0.5")
+  status, _, stderr = job_runs.main_in_process(*args, "--config.optim.lr=0.5")
   assert status == 2
   err = [l for l in stderr.splitlines() if l.startswith("error:")]
   assert len(err) == 1 and "different config" in err[0] and "optim.lr" in err[0], stderr[-2000:]
@@ -107,11 +97,11 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
   r = _main("train", "--config=configs/train_tiny.py", f"--workdir={tmp_path / 'w'}")
   assert r.returncode == 2 and "config.data.store is empty" in r.stderr
   # the same kind of exit (a UserError's line, status 2) in this process
-  status, _, stderr = _main_in_process("train", "--config=configs/train_tiny.py",
-                                       f"--workdir={tmp_path / 'w'}",
-                                       f"--config.data.store={tmp_path / 'nope'}")
+  status, _, stderr = job_runs.main_in_process("train", "--config=configs/train_tiny.py",
+                                               f"--workdir={tmp_path / 'w'}",
+                                               f"--config.data.store={tmp_path / 'nope'}")
   assert status == 2 and "does not exist" in stderr
-  status, _, stderr = _main_in_process("train", f"--workdir={tmp_path / 'w'}")
+  status, _, stderr = job_runs.main_in_process("train", f"--workdir={tmp_path / 'w'}")
   assert status == 2 and "--config is required" in stderr
 
 

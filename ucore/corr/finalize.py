@@ -145,7 +145,8 @@ def _corr_local(geo, k, c_loc, inv_own, inv_part):
 def _baseline_local(geo, c_loc, s_loc, rmat, inv_own):
   """Max over rotated partner units of one draw, and where it is (flat index b·d_pad + unit:
   partner position b, rotated unit; the interval pass re-reads that unit's activations).
-  rmat [L_part, d_pad, d_pad] replicated; s_loc the partner's within-layer co-moment block [L_part, d_pad/r (TOK), d_pad/c (NEU)].
+  rmat [L_part, d_pad, d_pad] replicated; s_loc the partner's within-layer co-moment block
+  [L_part, d_pad/r (TOK), d_pad/c (NEU)].
   One partner position per scan step: a [L_own·d_own_loc, d_part_loc] × [d_part_loc, d_pad]
   GEMM, reduce-scattered over the partner axis (no unrolled loop: one compile, any depth)."""
   mode, orient = geo[0], geo[4]
