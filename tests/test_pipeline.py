@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests import job_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "pipeline_default.py") + ":quick"
 
@@ -18,6 +20,14 @@ CONFIG = os.path.join(ROOT, "configs", "pipeline_default.py") + ":quick"
 def _main(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
+
+
+def _rerun(*args):
+  """`main.py ARGS` in this process (job_runs.main_in_process): the reruns below are about
+  what a rerun reuses and rewrites, not about a fresh process; the refused config keeps a real
+  one (its exit status and stderr are the claim)."""
+  status, out, err = job_runs.main_in_process(*args)
+  return subprocess.CompletedProcess(["main.py", *args], status, out, err)
 
 
 # pipeline_run: the session's quick pipeline run (tests/conftest.py).
@@ -112,7 +122,7 @@ def test_pipeline_rerun_skips_finished_stages(pipeline_run):
   kept += [os.path.join("report", f) for f in os.listdir(os.path.join(workdir, "report"))
            if f.endswith(".png")]
   before = {f: os.stat(os.path.join(workdir, f)).st_mtime_ns for f in kept}
-  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
+  r = _rerun("pipeline", f"--config={CONFIG}", f"--workdir={workdir}")
   assert r.returncode == 0, r.stderr[-3000:]
   # nothing rewritten: not the family, not the report (issue 21: reruns rewrote the report)
   assert {f: os.stat(os.path.join(workdir, f)).st_mtime_ns for f in kept} == before
@@ -129,7 +139,7 @@ def test_pipeline_rerun_with_another_report_field_rewrites_the_report(pipeline_r
   shutil.copytree(workdir, copy, symlinks=True)
   html = os.path.join(copy, "report", "index.html")
   before = os.stat(html).st_mtime_ns
-  r = _main("pipeline", f"--config={CONFIG}", f"--workdir={copy}", "--config.report_top_k=3")
+  r = _rerun("pipeline", f"--config={CONFIG}", f"--workdir={copy}", "--config.report_top_k=3")
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(os.path.join(copy, "pipeline.json")))
   assert os.stat(html).st_mtime_ns != before and "report" in summary["stage_seconds"]
@@ -191,7 +201,7 @@ def test_moved_workdir_resumes_without_redoing_stages(pipeline_run, tmp_path):
   away = workdir + ".away"
   os.rename(workdir, away)   # nothing may still read the old place
   try:
-    r = _main("pipeline", f"--config={CONFIG}", f"--workdir={moved}")
+    r = _rerun("pipeline", f"--config={CONFIG}", f"--workdir={moved}")
   finally:
     os.rename(away, workdir)
   assert r.returncode == 0, r.stderr[-3000:]
