@@ -90,7 +90,7 @@ def test_capture_modes_compute_the_moments_of_the_rounded_activations(name, laye
     mesh_shape, devices = (1, 1), jax.devices()[:1]
   mesh = M.make_mesh(*mesh_shape, devices)
   spec, _, acc = accumulate(acts, mask, precision=name, layer_mode=layer_mode, mesh=mesh,
-                            batches=(136, 0, 264))   # few shapes: few compiles
+                            batches=(200, 0, 200))   # two shapes: two compiles
   rounded = [ROUND[name](a) for a in acts]
   _, moms = F.moments_host(spec, acc.state, 1e-6)
   for m in range(3):
@@ -173,7 +173,7 @@ def test_selfcheck_split_attributes_a_planted_familys_error_to_capture(name):
 
 
 def test_unrounded_modes_write_no_split():
-  acts, mask = _family_acts("highest", offset=8.0, T_rows=16)
+  acts, mask = _family_acts("highest", offset=8.0, T_rows=32)   # 256-token batches, as above
   spec, acc, chk = _engine_and_check(acts, mask, "highest", sample=16, batches=2)
   res = chk.measure(acc.state, F.moments_host(spec, acc.state, 1e-6)[1])
   assert res["max_abs_corr"] > 0 and not set(SC.SPLIT_KEYS) & set(res) and "split" not in res
@@ -184,7 +184,8 @@ def test_unrounded_modes_write_no_split():
 
 
 def test_resumed_reference_keeps_the_rounded_half_or_says_it_lacks_it():
-  acts, mask = _family_acts("bf16", offset=8.0, T_rows=24)
+  # 256-token batches and halves: the bf16 step and gather compiled above serve it
+  acts, mask = _family_acts("bf16", offset=8.0, T_rows=32)
   spec, acc, whole = _engine_and_check(acts, mask, "bf16", sample=16, batches=2)
   half = np.arange(acts[0].shape[0]) < acts[0].shape[0] // 2
   mesh = M.make_mesh(1, 1, jax.devices()[:1])
