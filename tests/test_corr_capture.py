@@ -84,13 +84,14 @@ def test_bf16_step_uses_bf16_operands():
 @pytest.mark.parametrize("layer_mode,mesh_shape", [("all", (1, 1)), ("adjacent", (2, 4))])
 def test_capture_modes_compute_the_moments_of_the_rounded_activations(name, layer_mode,
                                                                       mesh_shape):
-  acts, mask = adversarial(offset=2.0)
+  acts, mask = adversarial(offset=2.0, T=600)
+  mask[200:400] = False   # the middle batch counts no token (what an empty batch gives the step)
   devices = jax.devices()[:mesh_shape[0] * mesh_shape[1]]
   if len(devices) < mesh_shape[0] * mesh_shape[1]:
     mesh_shape, devices = (1, 1), jax.devices()[:1]
   mesh = M.make_mesh(*mesh_shape, devices)
   spec, _, acc = accumulate(acts, mask, precision=name, layer_mode=layer_mode, mesh=mesh,
-                            batches=(200, 0, 200))   # two shapes: two compiles
+                            batches=(200, 200, 200))   # one shape: one compile
   rounded = [ROUND[name](a) for a in acts]
   _, moms = F.moments_host(spec, acc.state, 1e-6)
   for m in range(3):
