@@ -109,7 +109,8 @@ def test_baseline_argmax_unit_is_brute_force_argmax():
   re-reads that unit): the brute-force argmax over explicitly rotated activations."""
   from ucore.corr import moments as M
   acts, mask = adversarial(K=2, L=2, d=6, T=400, seed=4)
-  spec, mesh, acc = _run(acts, mask, mode="all_pairs", mesh=M.make_mesh(2, 4))  # sharded max
+  spec, mesh, acc = _run(acts, mask, mode="all_pairs", mesh=M.make_mesh(2, 4),  # sharded max
+                         batches=(200, 200))   # one batch shape: one compile of the step
   assert spec.d_pad == 8
   for orient in ("fwd", "bwd"):
     own, part = (0, 1) if orient == "fwd" else (1, 0)

@@ -7,7 +7,17 @@ from tests.corr_ref import adversarial, corr64, rowmax
 from ucore.corr import finalize as F
 from ucore.corr import moments as M
 
-from tests.corr_ref import accumulate as _run
+from tests.corr_ref import accumulate
+
+# Uneven batches (a large one, a 1-token one merged into a large state, an empty one, another
+# 1-token one, a large one; sum 400) in two shapes only: each distinct batch size compiles
+# the step once per spec, and the merge is exercised the same way by any sizes.
+BATCHES = (199, 1, 0, 1, 199)
+
+
+def _run(acts, mask, **kw):
+  kw.setdefault("batches", BATCHES)
+  return accumulate(acts, mask, **kw)
 
 
 def _flat(a, mask, layers=None):
@@ -55,7 +65,7 @@ def test_dead_neurons_reported_not_zero():
 
 @pytest.mark.parametrize("mode", ["reference", "all_pairs"])
 def test_row_stats_match_float64(mode):
-  acts, mask = adversarial(K=3, L=3, d=5, T=400, seed=1)
+  acts, mask = adversarial(K=3, L=2, d=6, T=400, seed=1)   # the shapes of the tests above
   spec, mesh, acc = _run(acts, mask, mode=mode)
   for x, y in spec.pairs:
     for orient in (("fwd", "bwd") if mode == "all_pairs" else ("fwd",)):
@@ -71,13 +81,13 @@ def test_row_stats_match_float64(mode):
       np.testing.assert_allclose(res.corr.reshape(-1, 4), srt, atol=1e-5, equal_nan=True)
       gap = srt[:, 0] - srt[:, 1]
       clear = np.isfinite(mx) & (gap > 1e-4)
-      flat_partner = res.layer[..., 0].reshape(-1) * 5 + res.neuron[..., 0].reshape(-1)
+      flat_partner = res.layer[..., 0].reshape(-1) * 6 + res.neuron[..., 0].reshape(-1)
       assert np.array_equal(flat_partner[clear], am[clear])
       # every reported top-k partner really has the reported correlation
       lay, neu = res.layer.reshape(-1, 4), res.neuron.reshape(-1, 4)
       ok = lay >= 0
       rows = np.nonzero(ok)[0]
-      np.testing.assert_allclose(res.corr.reshape(-1, 4)[ok], c[rows, (lay * 5 + neu)[ok]],
+      np.testing.assert_allclose(res.corr.reshape(-1, 4)[ok], c[rows, (lay * 6 + neu)[ok]],
                                  atol=1e-5)
 
 
@@ -120,7 +130,7 @@ def test_step_pins_highest_precision():
 
 
 def test_bad_activation_shape_is_refused():
-  acts, mask = adversarial(K=2, L=2, d=4, T=10)
-  spec, mesh, acc = _run(acts, mask, batches=(10,))
+  acts, mask = adversarial(T=200)   # the shapes above: no compile of its own
+  spec, mesh, acc = _run(acts, mask, batches=(199, 1))
   with pytest.raises(ValueError, match="do not match"):
-    acc.update([acts[0][:, :, :3], acts[1]], mask)
+    acc.update([acts[0][:, :, :5], acts[1], acts[2]], mask)

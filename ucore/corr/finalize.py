@@ -311,15 +311,16 @@ def full_corr_blocks(spec: Spec, state, x, y, dead_rel_std=1e-6, moments=None):
   (NaN for dead); stays sharded like the accumulator (for the optional zarr export)."""
   if moments is None:
     moments = moments_host(spec, state, dead_rel_std)[1]
-  ix = jnp.asarray(_inv_std(moments[x]).astype(np.float32))
-  iy = jnp.asarray(_inv_std(moments[y]).astype(np.float32))
+  ix = _inv_std(moments[x]).astype(np.float32)
+  iy = _inv_std(moments[y]).astype(np.float32)
   pl = spec.partner_layer(x, y)
-  iyb = iy[np.where(pl < 0, 0, pl)] * jnp.asarray(pl >= 0, jnp.float32)[..., None]
+  iyb = iy[np.where(pl < 0, 0, pl)] * (pl >= 0).astype(np.float32)[..., None]   # × 1 or 0: exact
+  return _corr_blocks(_value(state, f"C/{x}_{y}"), ix, iyb)
 
-  @jax.jit
-  def f(c):
-    rho = c * ix[:, :, None, None] * iyb[:, None, :, :]
-    ok = (ix[:, :, None, None] > 0) & (iyb[:, None, :, :] > 0)
-    return jnp.where(ok, rho, jnp.nan)
 
-  return f(_value(state, f"C/{x}_{y}"))
+@jax.jit
+def _corr_blocks(c, ix, iyb):
+  # the scales are arguments, not constants baked into a fresh program: one compile per shape
+  rho = c * ix[:, :, None, None] * iyb[:, None, :, :]
+  ok = (ix[:, :, None, None] > 0) & (iyb[:, None, :, :] > 0)
+  return jnp.where(ok, rho, jnp.nan)

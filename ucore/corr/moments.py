@@ -182,13 +182,18 @@ def state_bytes(spec: Spec) -> int:
   return sum(int(np.prod(s)) * 4 for s, _, _ in state_shapes(spec).values())
 
 
-def init_state(spec: Spec, mesh: Mesh):
+@functools.lru_cache(maxsize=32)
+def _zeros_fn(spec: Spec, mesh: Mesh):
+  """One compiled program making every zero accumulator in its sharding (a jit per entry
+  would trace, lower and compile once per entry per call)."""
   shapes = state_shapes(spec)
-  out = {}
-  for k, (shape, dtype, pspec) in shapes.items():
-    sh = NamedSharding(mesh, pspec)
-    out[k] = jax.jit(partial(jnp.zeros, shape, dtype), out_shardings=sh)()
-  return out
+  return jax.jit(lambda: {k: jnp.zeros(s, dt) for k, (s, dt, _) in shapes.items()},
+                 out_shardings=state_shardings(spec, mesh))
+
+
+def init_state(spec: Spec, mesh: Mesh):
+  out = _zeros_fn(spec, mesh)()
+  return {k: out[k] for k in state_shapes(spec)}   # the state_shapes order, as before
 
 
 def state_shardings(spec: Spec, mesh: Mesh):
