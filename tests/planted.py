@@ -48,7 +48,7 @@ def planted_params(config, seed: int = 0):
   # init's; only the normal-drawn embeddings round differently (last bit), and wte and wpe are
   # replaced below.
   p = jax.tree_util.tree_map(lambda x: np.array(x, np.float32),
-                             jax.jit(init_params, static_argnums=(0, 1))(config, seed))
+                             jax.jit(init_params, static_argnums=0)(config, seed))
   D, V, P, F = config.n_embd, config.vocab_size, config.n_positions, config.d_mlp
   dh = D // config.n_head
   a = 3.0
