@@ -26,7 +26,9 @@ def test_planted_query_neuron_has_top_score(model):
   from ucore.models.processing import process_transformer_lens
   cfg, p = process_transformer_lens(model.config, model.params)
   from ucore.models.hooked import HookedTransformer
-  _, c = HookedTransformer(cfg, p).run_with_cache(np.array([[planted.BOS]]), ["blocks.1.attn.hook_k"])
+  # every layer's hook_k, as attention.bos_keys asks: the program it compiled (cache hit)
+  _, c = HookedTransformer(cfg, p).run_with_cache(np.array([[planted.BOS]], np.int32),
+                                                  ["blocks.0.attn.hook_k", "blocks.1.attn.hook_k"])
   k = np.asarray(c["blocks.1.attn.hook_k"], np.float64)[0, 0, 0]          # head 0
   wq = np.asarray(p["h_1"]["attn"]["c_attn"]["kernel"], np.float64)[:, :cfg.d_head]
   w = np.asarray(p["h_0"]["mlp"]["c_proj"]["kernel"], np.float64)[5]

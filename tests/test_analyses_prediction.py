@@ -63,8 +63,9 @@ def test_family_summary_over_seeds(model, tmp_path):
     from ucore.models.hooked import HookedTransformer
     import dataclasses
     cfg = dataclasses.replace(other.config, d_mlp=16)
-    from ucore.models.hooked import init_params
-    prediction.run(model, str(tmp_path), family={"bad": HookedTransformer(cfg, init_params(cfg))})
+    from tests.random_params import random_params   # init_params' tree, without eager init
+    prediction.run(model, str(tmp_path),
+                   family={"bad": HookedTransformer(cfg, random_params(cfg))})
 
 
 def test_family_model_names_are_safe_and_distinct():

@@ -82,7 +82,9 @@ def test_parity_tied_no_attention_bias_and_activation(tmp_path, activation):
 
 def test_parity_float16_legacy_bin_with_old_buffers(tmp_path):
   """Pythia's hub files: float16 .bin, embed_out, old buffers, rotary_pct/rotary_emb_base."""
-  cfg = hf_fixtures.neox_config(rotary_pct=0.5)
+  # test_parity_residual_and_rotary[1.0-True]'s config (one compiled program for both);
+  # rotary_pct and the base differ from the defaults, so the legacy keys must be read
+  cfg = hf_fixtures.neox_config(rotary_pct=1.0, rotary_emb_base=500)
   hf_model = hf_fixtures.random_hf_model(cfg, seed=3)
   src = hf_fixtures.write_neox_legacy_bin(str(tmp_path / "hf"), hf_model)
   keys = __import__("torch").load(os.path.join(src, "pytorch_model.bin"))
@@ -92,7 +94,7 @@ def test_parity_float16_legacy_bin_with_old_buffers(tmp_path):
   assert manifest["source"]["weight_format"] == "pytorch"
   hf_fixtures.float16_rounded(hf_model)  # the reference holds what the file holds
   model = _assert_parity(str(tmp_path / "out"), hf_model, _tokens(cfg, (2, 32), 2))
-  assert model.config.rotary_dim == 8
+  assert model.config.rotary_dim == 16 and model.config.rotary_base == 500.0
 
 
 def test_parity_sharded_safetensors_and_tokenizer_json_copied(tmp_path):

@@ -12,7 +12,11 @@ def test_top_examples_match_bruteforce():
   neurons = [(0, 1), (1, 2)]
   df = top_activating_examples(model, batches, neurons, decode=lambda ids: " ".join(map(str, ids)),
                                per_neuron=2, context=3)
-  acts = np.asarray(model.neuron_activations(tokens, layers=[0, 1]))
+  # the model's activations batch by batch: the program top_activating_examples runs (one
+  # compile for both)
+  acts = np.concatenate([np.asarray(model.neuron_activations(b.tokens, layers=[0, 1]))
+                         for b in batches])
+  assert acts.shape[0] == len(tokens)
   mask = np.concatenate([b.mask for b in batches])
   d = model.config.d_mlp
   for layer, neuron in neurons:
