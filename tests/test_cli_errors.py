@@ -148,10 +148,16 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
 
 
+@pytest.fixture(scope="module")
+def bpe_store(tmp_path_factory):
+  from tests.bpe_store import build_bpe_store
+  return build_bpe_store(str(tmp_path_factory.mktemp("bpe"))).path
+
+
 @pytest.mark.slow("a real OS write error in a training subprocess, then the rerun to completion")
 @pytest.mark.parametrize("code,message", [("ENOSPC", "the disk is full"),
                                           ("EPERM", "Operation not permitted")])
-def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code, message):
+def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, bpe_store, code, message):
   """The same for `main.py train`: the write of a kept checkpoint fails (its staging folder
   is removed, so no half checkpoint is left); the rerun completes the run from its committed
   state, each loss line once. (That a resumed run equals an uninterrupted one is
@@ -159,24 +165,22 @@ def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code
   forbidden while the job ran (issue 21 item 3); nothing of orbax's follows the line."""
   import json
   from ucore.models.hooked import load_model
-  # GPT-2's vocabulary makes every step and held-out pass costly: two steps of one row a
-  # seed (checkpoint-1 fails after the committed state of step 0), one held-out row
-  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
-           "--config.num_steps=2", "--config.checkpoint_steps=0,1,2", "--config.eval_every=1",
-           "--config.state_every=1", "--config.log_every=1", "--config.optim.warmup_steps=1",
-           "--config.batch_rows=1", "--config.heldout_rows=1", "--config.eval_batch_rows=1"]
+  # configs/train_tiny.py as is on test_train_cli's 300-token BPE store: its programs, so
+  # the training step compiles once per session (a GPT-2-vocabulary store made every step
+  # costly). checkpoint-10 fails after the committed state of step 5.
+  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={bpe_store}"]
   wd = tmp_path / "fam"
-  _one_error_line(_main_failing("checkpoint-1", code, *train, f"--workdir={wd}"), message)
+  _one_error_line(_main_failing("checkpoint-10", code, *train, f"--workdir={wd}"), message)
   assert not (wd / "family.json").exists()
-  assert not (wd / "seed0" / "checkpoint-1").exists()
+  assert not (wd / "seed0" / "checkpoint-10").exists()
   assert not list(wd.glob("seed*/checkpoint-*.partial-*"))
   _main_in_process(*train, f"--workdir={wd}")
   for seed in (0, 1):
-    for ck in ("checkpoint-0", "checkpoint-1", "final"):
+    for ck in ("checkpoint-0", "checkpoint-10", "final"):
       load_model(str(wd / f"seed{seed}" / ck))
   rows = [json.loads(line) for line in (wd / "losses.jsonl").read_text().splitlines()]
   keys = [(r["step"], r["seed"], r["split"]) for r in rows]
-  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(3))
+  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(21))
 
 
 def test_unwritable_workdir_is_one_line(tmp_path):
