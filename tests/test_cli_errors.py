@@ -165,10 +165,12 @@ def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, bpe_store, code
   forbidden while the job ran (issue 21 item 3); nothing of orbax's follows the line."""
   import json
   from ucore.models.hooked import load_model
-  # configs/train_tiny.py as is on test_train_cli's 300-token BPE store: its programs, so
-  # the training step compiles once per session (a GPT-2-vocabulary store made every step
-  # costly). checkpoint-10 fails after the committed state of step 5.
-  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={bpe_store}"]
+  # configs/train_tiny.py on test_train_cli's 300-token BPE store: its programs (model, batch,
+  # schedule), so the training step compiles once per session (a GPT-2-vocabulary store made
+  # every step costly); state and held-out loss every 10 steps only (not compiled in), so
+  # checkpoint-10 fails after the committed state of step 0
+  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={bpe_store}",
+           "--config.state_every=10", "--config.eval_every=10"]
   wd = tmp_path / "fam"
   _one_error_line(_main_failing("checkpoint-10", code, *train, f"--workdir={wd}"), message)
   assert not (wd / "family.json").exists()
