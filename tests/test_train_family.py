@@ -190,7 +190,8 @@ def test_trained_checkpoints_load_and_match_in_memory_params(straight):
 def test_in_memory_params_after_training_match_checkpoint(tmp_path, monkeypatch):
   """The logits of the last in-memory family params equal those of the saved checkpoints."""
   config = _tiny_config()   # `straight`'s steps: its compiled programs, from the cache
-  config.checkpoint_steps = (12,)
+  # one kept checkpoint, state and held-out loss at the end only (none of them compiled in)
+  config.checkpoint_steps, config.state_every, config.eval_every = (12,), 12, 12
   captured = {}
   orig = core.make_family_step
 
@@ -297,6 +298,7 @@ def test_max_rows_limits_the_rows_used(tmp_path):
     train_family(c, str(tmp_path / "bad"), _corpus())
   c = _tiny_config()
   c.data.max_rows, c.checkpoint_steps = 40, (12,)   # `straight`'s steps (compiled programs)
+  c.state_every = c.eval_every = 12   # fewer saves and evaluations (not compiled in)
   wd = tmp_path / "w"
   train_family(c, str(wd), _corpus())
   job = json.load(open(wd / "job.json"))
