@@ -375,3 +375,26 @@ def test_loss_lines_without_committed_state_are_redone_once(straight, tmp_path):
   b = read_losses(wd).sort_values(key).reset_index(drop=True)
   assert len(a) == len(b) and (a[key] == b[key]).all().all()
   np.testing.assert_array_equal(a.loss.values, b.loss.values)
+
+
+def test_init_equals_the_per_leaf_eager_draw():
+  """gpt2_init draws every leaf in one compiled program; a leaf is still, bit for bit, the
+  eager draw normal(fold_in(PRNGKey(seed), rank of its name), shape) times its scale (an
+  embedding: std; a residual-writing projection: std / sqrt(2 n_layer))."""
+  from ucore.models.hooked import abstract_params
+  from ucore.train import model_config
+  mcfg = model_config(_tiny_config(), VOCAB, CTX)
+  shapes = {jax.tree_util.keystr(p): s.shape
+            for p, s in jax.tree_util.tree_flatten_with_path(abstract_params(mcfg))[0]}
+  rank = {name: r for r, name in enumerate(sorted(shapes))}
+  got = {jax.tree_util.keystr(p): v
+         for p, v in jax.tree_util.tree_flatten_with_path(core.gpt2_init(mcfg, 3))[0]}
+  checked = 0
+  for name in shapes:
+    if "wte" in name or ("c_proj" in name and "kernel" in name):
+      scale = 0.02 / np.sqrt(2.0 * mcfg.n_layer) if "c_proj" in name else 0.02
+      key = jax.random.fold_in(jax.random.PRNGKey(3), rank[name])
+      want = np.asarray(jax.random.normal(key, shapes[name], jax.numpy.float32) * scale)
+      assert got[name].dtype == np.float32 and np.array_equal(got[name], want), name
+      checked += 1
+  assert checked == 3   # wte, attn.c_proj, mlp.c_proj
