@@ -70,22 +70,32 @@ def test_one_line_error(paths, case):
   assert not paths["wd"].exists()
 
 
-# `main.py ...` in a process whose n-th atomic write fails with an OS error, as a full
-# disk (or an unwritable workdir) makes it fail; the rest of the run is the real command.
+def failing_writes(when: str, code: str):
+  """ucore.jobs.atomic.write_bytes whose n-th call (`when` all digits), or first call whose
+  path holds `when`, raises OSError(errno `code`), as a full disk (or an unwritable workdir)
+  makes it fail."""
+  import errno
+  from ucore.jobs import atomic
+  write_bytes, calls, done = atomic.write_bytes, [], []
+
+  def failing(path, data):
+    calls.append(path)
+    if not done and ((len(calls) == int(when)) if when.isdigit() else (when in path)):
+      done.append(path)
+      err = getattr(errno, code)
+      raise OSError(err, os.strerror(err), path)
+    return write_bytes(path, data)
+  return failing
+
+
+# `main.py ...` in a process whose writes fail as above; the rest of the run is the real
+# command
 _FAILING = """
-import errno, sys
+import sys
 from ucore.jobs import atomic
-when, code, argv = sys.argv[1], getattr(errno, sys.argv[2]), sys.argv[3:]
-calls, write_bytes = [], atomic.write_bytes
-def failing(path, data):   # the n-th write, or the first whose path holds `when`
-  calls.append(path)
-  if (len(calls) == int(when)) if when.isdigit() else (when in path and not failing.done):
-    failing.done = True
-    raise OSError(code, __import__("os").strerror(code), path)
-  return write_bytes(path, data)
-failing.done = False
-atomic.write_bytes = failing
-sys.argv = ["main.py", *argv]
+from tests.test_cli_errors import failing_writes
+atomic.write_bytes = failing_writes(sys.argv[1], sys.argv[2])
+sys.argv = ["main.py", *sys.argv[3:]]
 import main
 from absl import app
 app.run(main.main, flags_parser=main._parse_flags)
@@ -97,10 +107,20 @@ TOK = ["tokenize", "--config=configs/tokenize_default.py:tiny", "--config.num_to
        "--config.shard_rows=16", "--config.max_documents=200", "--config.encode_batch_docs=50"]
 
 
-def _main_failing(n, code, *args):
-  return subprocess.run([sys.executable, "-c", _FAILING, str(n), code, *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+def _main_failing(n, code, *args, real=True, monkeypatch=None):
+  """(exit status, stderr) of `main.py *args` whose writes fail as failing_writes(n, code)
+  says: a real process, or (real=False) this process through main.py's parser and dispatch,
+  for the cases beside a kind's real one."""
+  if not real:
+    from ucore.jobs import atomic
+    monkeypatch.setattr(atomic, "write_bytes", failing_writes(str(n), code))
+    status, _, stderr = job_runs.main_in_process(*args)
+    monkeypatch.undo()
+    return status, stderr
+  r = subprocess.run([sys.executable, "-c", _FAILING, str(n), code, *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+  return r.returncode, r.stderr
 
 
 def _main_in_process(*args):
@@ -112,10 +132,11 @@ def _main_in_process(*args):
 
 
 def _one_error_line(r, message):
-  assert r.returncode == 2, r.stderr[-2000:]
-  assert "Traceback" not in r.stderr and "FATAL" not in r.stderr, r.stderr[-2000:]
-  last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and message in last, r.stderr[-2000:]
+  status, stderr = r
+  assert status == 2, stderr[-2000:]
+  assert "Traceback" not in stderr and "FATAL" not in stderr, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, stderr[-2000:]
   return last
 
 
@@ -127,15 +148,18 @@ def ref_store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n,code", [(5, "ENOSPC"), (19, "EFBIG")])
-def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, code):
+def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, code,
+                                                       monkeypatch):
   """Issue 10 item 6: a write failing for a full disk (5th write: a shard after the first
   committed one; 19th: the final manifest) exits 2 with one line; nothing looks complete;
-  the same command after "freeing space" finishes the identical store."""
+  the same command after "freeing space" finishes the identical store. (ENOSPC in a real
+  process; EFBIG, the same kind of error, in this one.)"""
   from ucore.data import build
   from ucore.data.store import open_store
   from ucore.jobs.errors import UserError
   wd = tmp_path / "tok"
-  last = _one_error_line(_main_failing(n, code, *TOK, f"--workdir={wd}"), "the disk is full")
+  last = _one_error_line(_main_failing(n, code, *TOK, f"--workdir={wd}", real=code == "ENOSPC",
+                                       monkeypatch=monkeypatch), "the disk is full")
   assert "rerun the same command" in last and os.strerror(getattr(__import__("errno"), code)) \
       in last
   assert (wd / build.BUILD_DIR / build.JOB).exists()   # the started job is kept, resumable
@@ -148,10 +172,16 @@ def test_disk_full_is_one_line_and_resumes_identically(tmp_path, ref_store, n, c
   np.testing.assert_array_equal(got.read_rows(0, got.num_rows), want.read_rows(0, want.num_rows))
 
 
+@pytest.fixture(scope="module")
+def bpe_store(tmp_path_factory):
+  from tests.bpe_store import build_bpe_store
+  return build_bpe_store(str(tmp_path_factory.mktemp("bpe"))).path
+
+
 @pytest.mark.slow("a real OS write error in a training subprocess, then the rerun to completion")
 @pytest.mark.parametrize("code,message", [("ENOSPC", "the disk is full"),
                                           ("EPERM", "Operation not permitted")])
-def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code, message):
+def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, bpe_store, code, message):
   """The same for `main.py train`: the write of a kept checkpoint fails (its staging folder
   is removed, so no half checkpoint is left); the rerun completes the run from its committed
   state, each loss line once. (That a resumed run equals an uninterrupted one is
@@ -159,32 +189,34 @@ def test_disk_full_in_training_is_one_line_and_resumes(tmp_path, ref_store, code
   forbidden while the job ran (issue 21 item 3); nothing of orbax's follows the line."""
   import json
   from ucore.models.hooked import load_model
-  # GPT-2's vocabulary makes every step and held-out pass costly: two steps of one row a
-  # seed (checkpoint-1 fails after the committed state of step 0), one held-out row
-  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={ref_store}",
-           "--config.num_steps=2", "--config.checkpoint_steps=0,1,2", "--config.eval_every=1",
-           "--config.state_every=1", "--config.log_every=1", "--config.optim.warmup_steps=1",
-           "--config.batch_rows=1", "--config.heldout_rows=1", "--config.eval_batch_rows=1"]
+  # configs/train_tiny.py on test_train_cli's 300-token BPE store: its programs (model, batch,
+  # schedule), so the training step compiles once per session (a GPT-2-vocabulary store made
+  # every step costly); state and held-out loss every 10 steps only (not compiled in), so
+  # checkpoint-10 fails after the committed state of step 0
+  train = ["train", "--config=configs/train_tiny.py", f"--config.data.store={bpe_store}",
+           "--config.state_every=10", "--config.eval_every=10"]
   wd = tmp_path / "fam"
-  _one_error_line(_main_failing("checkpoint-1", code, *train, f"--workdir={wd}"), message)
+  _one_error_line(_main_failing("checkpoint-10", code, *train, f"--workdir={wd}"), message)
   assert not (wd / "family.json").exists()
-  assert not (wd / "seed0" / "checkpoint-1").exists()
+  assert not (wd / "seed0" / "checkpoint-10").exists()
   assert not list(wd.glob("seed*/checkpoint-*.partial-*"))
   _main_in_process(*train, f"--workdir={wd}")
   for seed in (0, 1):
-    for ck in ("checkpoint-0", "checkpoint-1", "final"):
+    for ck in ("checkpoint-0", "checkpoint-10", "final"):
       load_model(str(wd / f"seed{seed}" / ck))
   rows = [json.loads(line) for line in (wd / "losses.jsonl").read_text().splitlines()]
   keys = [(r["step"], r["seed"], r["split"]) for r in rows]
-  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(3))
+  assert len(keys) == len(set(keys)) and {k[0] for k in keys} == set(range(21))
 
 
-def test_unwritable_workdir_is_one_line(tmp_path):
-  """EROFS / EACCES (a read-only or forbidden workdir; injected, the tests run as root)."""
+def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
+  """EROFS / EACCES (a read-only or forbidden workdir; injected, the tests run as root).
+  EROFS in a real process; the others, the same kind of error, in this one."""
   for code, text in (("EROFS", "Read-only file system"), ("EACCES", "Permission denied"),
                      ("EPERM", "Operation not permitted")):   # EPERM: an immutable directory
     wd = tmp_path / code
-    last = _one_error_line(_main_failing(1, code, *TOK, f"--workdir={wd}"), text)
+    last = _one_error_line(_main_failing(1, code, *TOK, f"--workdir={wd}",
+                                         real=code == "EROFS", monkeypatch=monkeypatch), text)
     assert "--workdir" in last
 
 

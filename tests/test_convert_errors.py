@@ -125,14 +125,19 @@ def test_attention_mask_buffers_are_ignored(tmp_path, good_checkpoint):
 
 
 def test_cli_success_and_errors(tmp_path, good_checkpoint):
+  # The conversion and a non-empty output directory in this process through main.py's
+  # parser and dispatch; the bad alias and the hub errors through the real CLI (exit status,
+  # last stderr line; the hub's environment is read at import).
+  from tests import job_runs
   out = str(tmp_path / "ok")
-  r = _run_cli("convert", f"--model={good_checkpoint[0]}", f"--workdir={out}")
-  assert r.returncode == 0, r.stderr
+  status, _, stderr = job_runs.main_in_process("convert", f"--model={good_checkpoint[0]}",
+                                               f"--workdir={out}")
+  assert status == 0, stderr
   assert os.path.isfile(os.path.join(out, "manifest.json"))
   # Non-empty output directory.
-  r = _run_cli("convert", f"--model={good_checkpoint[0]}", f"--workdir={out}")
-  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: output "
-                                                                            "directory")
+  status, _, stderr = job_runs.main_in_process("convert", f"--model={good_checkpoint[0]}",
+                                               f"--workdir={out}")
+  assert status == 2 and stderr.strip().splitlines()[-1].startswith("error: output directory")
   # Unknown alias: one line, exit 2, nothing written.
   bad = str(tmp_path / "bad")
   r = _run_cli("convert", "--model=stanford-gpt2-huge-z", f"--workdir={bad}")

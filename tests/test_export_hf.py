@@ -123,25 +123,22 @@ def test_gpt2_vocabulary_checkpoint_exports_an_autotokenizer(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_family(tmp_path_factory):
-  """A few steps of a tiny ReLU family (as the default pipeline's) with its own BPE."""
+  """A tiny ReLU family (configs/train_tiny.py: the default pipeline's activation) trained
+  through `main.py train`'s wiring on the CLI tests' 300-token BPE store, whose tokenizer it
+  carries: test_train_cli's programs, compiled once per session."""
   from configs.train_tiny import get_config
+  from tests.bpe_store import build_bpe_store
   from ucore.models import tokenizer as tokmod
-  from ucore.train import train_family
+  from ucore.train.store_input import train_from_store
   d = tmp_path_factory.mktemp("trained")
-  texts = [f"the cat {i} sat on the mat, and the dog {i % 7} ran." for i in range(300)]
-  files = tokmod.train_byte_level_bpe(texts, 300, str(d / "bpe"))
-  tok = tokmod.load(files)
-  ids = np.concatenate([tok.encode(t).ids for t in texts])
-  ctx = 24
-  rows = ids[: (len(ids) // ctx) * ctx].reshape(-1, ctx).astype(np.int32)[:64]
+  store = build_bpe_store(str(d))
   c = get_config()
-  c.model.vocab_size = 0
-  c.model.activation_function = "relu"
-  c.num_steps, c.checkpoint_steps = 3, (0, 3)
-  c.eval_every = c.state_every = c.log_every = 3
-  summary = train_family(c, str(d / "family"), rows, vocab_size=tokmod.vocab_size(files),
-                         tokenizer_files=files)
-  return summary, rows, files
+  assert c.model.activation_function == "relu"
+  c.data.store = store.path
+  # fewer evaluations and saves; what is compiled (model, batch, schedule) is unchanged
+  c.checkpoint_steps, c.eval_every, c.state_every = (0, c.num_steps), c.num_steps, c.num_steps
+  summary = train_from_store(c, str(d / "family"))
+  return summary, store.read_rows(0, 64), tokmod.files_in_dir(store.tokenizer_dir)
 
 
 def test_trained_model_exports_with_its_tokenizer(trained_family, tmp_path):
@@ -174,19 +171,30 @@ def test_cli_exports_and_refuses_bad_input(tmp_path):
   def cli(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "export", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-  r = cli(f"--model={tmp_path / 'ucore'}", "--to=hf", f"--workdir={tmp_path / 'out'}")
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "GPT2LMHeadModel" in r.stdout and (tmp_path / "out" / EXPORT_MANIFEST).is_file()
-  for args, message in (
-      ([f"--model={tmp_path / 'ucore'}", f"--workdir={tmp_path / 'out'}"], "is not empty"),
+  # the export in this process through main.py's parser and dispatch; one error of each
+  # kind (a bad input's UserError, main.py's flag check) through the real CLI, exit status
+  # and last stderr line, the others in this process
+  from tests import job_runs
+  status, stdout, stderr = job_runs.main_in_process(
+      "export", f"--model={tmp_path / 'ucore'}", "--to=hf", f"--workdir={tmp_path / 'out'}")
+  assert status == 0, stderr[-2000:]
+  assert "GPT2LMHeadModel" in stdout and (tmp_path / "out" / EXPORT_MANIFEST).is_file()
+  for args, message, real in (
+      ([f"--model={tmp_path / 'ucore'}", f"--workdir={tmp_path / 'out'}"], "is not empty",
+       True),
       ([f"--model={tmp_path / 'ucore'}", "--to=onnx", f"--workdir={tmp_path / 'o2'}"],
-       "--to='onnx'"),
-      ([f"--model={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'o3'}"], "does not exist"),
+       "--to='onnx'", False),
+      ([f"--model={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'o3'}"], "does not exist",
+       False),
       ([f"--model={tmp_path / 'ucore'}", f"--workdir={tmp_path / 'o4'}", "--process=none"],
-       "--process is a flag of `convert`")):
-    r = cli(*args)
-    assert r.returncode == 2, (args, r.stderr[-2000:])
-    last = r.stderr.strip().splitlines()[-1]
+       "--process is a flag of `convert`", True)):
+    if real:
+      r = cli(*args)
+      status, stderr = r.returncode, r.stderr
+    else:
+      status, _, stderr = job_runs.main_in_process("export", *args)
+    assert status == 2, (args, stderr[-2000:])
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, (args, last)
   assert not any(os.path.exists(tmp_path / o) for o in ("o2", "o3", "o4"))
 

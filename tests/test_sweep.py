@@ -47,12 +47,6 @@ def _sweep_cmd(workdir, family, store, cache, checkpoints):
           "--config.correlate.selfcheck.sample=0", "--config.correlate.baseline.kinds=haar"]
 
 
-def _run(cmd, log):
-  with open(log, "w") as err:
-    return subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                          timeout=900)
-
-
 def _run_killed_in_second_checkpoint(cmd, log):
   """Starts the sweep and kill -9s it once it has started correlating its second checkpoint
   (its first is finished then)."""
@@ -119,9 +113,12 @@ def swept(family):
   done_100 = os.path.join(workdir, "corr", "step100", "tables", "summary.json")
   assert os.path.isfile(done_100)
   mtime = os.path.getmtime(done_100)
-  r = _run(cmd, str(tmp / "rerun.log"))
-  assert r.returncode == 0, open(tmp / "rerun.log").read()[-3000:]
-  return {"workdir": workdir, "cache": cache, "cmd": cmd, "first": first, "rerun": r.stdout,
+  # the same command again, in this process through main.py's parser and dispatch (the
+  # process boundary that is the claim is the kill above)
+  from tests import job_runs
+  status, rerun, stderr = job_runs.main_in_process(*cmd[2:])
+  assert status == 0, stderr[-3000:]
+  return {"workdir": workdir, "cache": cache, "cmd": cmd, "first": first, "rerun": rerun,
           "mtime_100": mtime}
 
 
@@ -309,12 +306,14 @@ def test_checkpoint_without_a_step_in_its_name_is_refused_on_the_command_line(fa
 _HUB_CONVERT = """
 import json, sys
 from ucore import sweep
-cache, refs = sys.argv[1], sys.argv[2:]
-out = {}
-for r in refs:
-  src = sweep.source_of(r)
-  out[r] = {"kind": src.kind, "key": src.key, "entry": sweep.converted_dir(src, cache)}
-print(json.dumps(out))
+for cache, *refs in json.loads(sys.argv[1]):
+  print(MARK, flush=True)
+  print(MARK, file=sys.stderr, flush=True)
+  out = {}
+  for r in refs:
+    src = sweep.source_of(r)
+    out[r] = {"kind": src.kind, "key": src.key, "entry": sweep.converted_dir(src, cache)}
+  print(json.dumps(out), flush=True)
 """
 
 
@@ -331,12 +330,15 @@ def test_hub_checkpoints_are_converted_into_the_cache_by_id_and_revision(family,
   cache = str(tmp_path / "cache")
   refs = ["pythia-70m-seed1@step512", "pythia-70m-seed2@step512"]
   env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=hub)
-  runs = [subprocess.run([sys.executable, "-c", _HUB_CONVERT, cache, *refs], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300) for _ in range(2)]
-  assert runs[0].returncode == 0, runs[0].stderr[-2000:]
-  first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+  # both lookups in one process (the hub cache's environment is read at import)
+  from tests import job_runs
+  r, _ = job_runs.several_in_one_process(_HUB_CONVERT, [[cache, *refs]] * 2, env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  outs = r.stdout.split(job_runs.MARK)[1:]
+  assert len(outs) == 2, r.stdout[-2000:]
+  first, second = (json.loads(o.strip().splitlines()[-1]) for o in outs)
   assert first == second and len(os.listdir(cache)) == 2
-  assert "converting" in runs[0].stdout and "converting" not in runs[1].stdout
+  assert "converting" in outs[0] and "converting" not in outs[1]
   for s, r in enumerate(refs):
     assert first[r]["kind"] == "hub" and first[r]["key"] == {
         "hub": f"EleutherAI/pythia-70m-seed{s + 1}", "revision": "step512", "process": "none"}

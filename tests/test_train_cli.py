@@ -37,27 +37,18 @@ def test_every_train_config_loads(path):
 
 
 def _main(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  # the session's device count (XLA_FLAGS) as well as its compilation cache: a program's
+  # cache key holds the device count, so the training run loads the programs that
+  # test_cli_errors' and test_export_hf's train_tiny runs compiled (or compiles them for them)
+  env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=170)
 
 
 @pytest.fixture(scope="module")
 def bpe_store(tmp_path_factory):
-  from ucore.data import build
-  tok_default = _load(os.path.join(ROOT, "configs", "tokenize_default.py"))
-  rng = np.random.default_rng(0)
-  words = "the cat sat on a mat while neurons fire and tokens flow through every layer".split()
-  d = tmp_path_factory.mktemp("corpus")
-  src = d / "docs.jsonl"
-  with open(src, "w") as f:
-    for i in range(80):
-      text = " ".join(words[j] for j in rng.integers(0, len(words), 60))
-      f.write(json.dumps({"text": text, "label": "ab"[i % 2]}) + "\n")
-  c = tok_default.get_config()
-  c.source, c.tokenizer, c.bpe_vocab_size, c.ctx, c.num_tokens = str(src), "bpe", 300, 32, 0
-  c.log_every_s = 0.0
-  return build.build_store(c, str(d / "store"))
+  from tests.bpe_store import build_bpe_store
+  return build_bpe_store(str(tmp_path_factory.mktemp("corpus")))
 
 
 @pytest.mark.slow("trains a family through the CLI, then reruns it with changed flags")

@@ -190,7 +190,8 @@ def test_trained_checkpoints_load_and_match_in_memory_params(straight):
 def test_in_memory_params_after_training_match_checkpoint(tmp_path, monkeypatch):
   """The logits of the last in-memory family params equal those of the saved checkpoints."""
   config = _tiny_config()   # `straight`'s steps: its compiled programs, from the cache
-  config.checkpoint_steps = (12,)
+  # one kept checkpoint, state and held-out loss at the end only (none of them compiled in)
+  config.checkpoint_steps, config.state_every, config.eval_every = (12,), 12, 12
   captured = {}
   orig = core.make_family_step
 
@@ -297,6 +298,7 @@ def test_max_rows_limits_the_rows_used(tmp_path):
     train_family(c, str(tmp_path / "bad"), _corpus())
   c = _tiny_config()
   c.data.max_rows, c.checkpoint_steps = 40, (12,)   # `straight`'s steps (compiled programs)
+  c.state_every = c.eval_every = 12   # fewer saves and evaluations (not compiled in)
   wd = tmp_path / "w"
   train_family(c, str(wd), _corpus())
   job = json.load(open(wd / "job.json"))
@@ -373,3 +375,26 @@ def test_loss_lines_without_committed_state_are_redone_once(straight, tmp_path):
   b = read_losses(wd).sort_values(key).reset_index(drop=True)
   assert len(a) == len(b) and (a[key] == b[key]).all().all()
   np.testing.assert_array_equal(a.loss.values, b.loss.values)
+
+
+def test_init_equals_the_per_leaf_eager_draw():
+  """gpt2_init draws every leaf in one compiled program; a leaf is still, bit for bit, the
+  eager draw normal(fold_in(PRNGKey(seed), rank of its name), shape) times its scale (an
+  embedding: std; a residual-writing projection: std / sqrt(2 n_layer))."""
+  from ucore.models.hooked import abstract_params
+  from ucore.train import model_config
+  mcfg = model_config(_tiny_config(), VOCAB, CTX)
+  shapes = {jax.tree_util.keystr(p): s.shape
+            for p, s in jax.tree_util.tree_flatten_with_path(abstract_params(mcfg))[0]}
+  rank = {name: r for r, name in enumerate(sorted(shapes))}
+  got = {jax.tree_util.keystr(p): v
+         for p, v in jax.tree_util.tree_flatten_with_path(core.gpt2_init(mcfg, 3))[0]}
+  checked = 0
+  for name in shapes:
+    if "wte" in name or ("c_proj" in name and "kernel" in name):
+      scale = 0.02 / np.sqrt(2.0 * mcfg.n_layer) if "c_proj" in name else 0.02
+      key = jax.random.fold_in(jax.random.PRNGKey(3), rank[name])
+      want = np.asarray(jax.random.normal(key, shapes[name], jax.numpy.float32) * scale)
+      assert got[name].dtype == np.float32 and np.array_equal(got[name], want), name
+      checked += 1
+  assert checked == 3   # wte, attn.c_proj, mlp.c_proj

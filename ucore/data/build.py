@@ -102,6 +102,22 @@ def _claim_workdir(wd: _Workdir, job: dict) -> str:
 
 
 # ---------------------------------------------------------------- tokenizer setup
+_READ = {}   # sha256 of the tokenizer files -> what _read_tokenizer returned for them
+
+
+def _read_tokenizer(files):
+  """(tokenizers.Tokenizer, vocabulary size, id of <|endoftext|> or None) of the files, read
+  once per content in a process: loading GPT-2's BPE and parsing its vocabulary twice cost
+  ~0.5 s per build, paid again by every further store a process builds (encoding does not
+  change the tokenizer)."""
+  key = files.sha256()
+  if key not in _READ:
+    if len(_READ) >= 4:
+      _READ.clear()
+    _READ[key] = (tokmod.load(files), tokmod.vocab_size(files), tokmod.special_id(files))
+  return _READ[key]
+
+
 def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
   """Copies (or trains) the tokenizer into <workdir>/tokenizer; returns its description."""
   tdir = os.path.join(wd.path, storemod.TOKENIZER_DIR)
@@ -124,9 +140,8 @@ def _prepare_tokenizer(config, wd: _Workdir, src, tok_spec, files, recipe):
       write_json(wd.b(TOKENIZER_DONE), {"sha256": files.sha256()})
   else:
     files = tokmod.copy_files(files, tdir)
-  tok = tokmod.load(files)
-  vsize = tokmod.vocab_size(files)
-  eos = int(config.eos_id) if int(config.eos_id) >= 0 else tokmod.special_id(files)
+  tok, vsize, endoftext = _read_tokenizer(files)
+  eos = int(config.eos_id) if int(config.eos_id) >= 0 else endoftext
   bos = int(config.bos_id) if int(config.bos_id) >= 0 else eos
   if eos is None or bos is None:
     raise UserError(f"tokenizer {config.tokenizer!r} has no {tokmod.ENDOFTEXT} token: set "

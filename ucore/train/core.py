@@ -31,25 +31,39 @@ def gpt2_init(config: GPT2Config, seed: int, std: float = 0.02):
   biases 0, LayerNorm scales 1. Deterministic in (config shapes, seed)."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(config))
   names = [jax.tree_util.keystr(p) for p, _ in flat]
-  key = jax.random.PRNGKey(int(seed))
   out = [None] * len(flat)
   # Key of a leaf = its rank in sorted-name order (independent of the tree's flatten order).
   rank = {name: r for r, name in enumerate(sorted(names))}
+  draws = []   # (leaf index, key rank, shape, scale) of the kernels and embeddings
   for i in range(len(flat)):
     path, shape = flat[i]
     keys = [getattr(k, "key", str(k)) for k in path]
     leaf, parent = keys[-1], keys[-2] if len(keys) > 1 else ""
     if str(parent).startswith("ln_"):
-      value = np.ones(shape.shape, np.float32) if leaf == "scale" else \
+      out[i] = np.ones(shape.shape, np.float32) if leaf == "scale" else \
           np.zeros(shape.shape, np.float32)
     elif leaf == "bias":
-      value = np.zeros(shape.shape, np.float32)
+      out[i] = np.zeros(shape.shape, np.float32)
     else:  # kernel / embedding
       s = std / np.sqrt(2.0 * config.n_layer) if parent == "c_proj" else std
-      k = jax.random.fold_in(key, rank[names[i]])
-      value = np.asarray(jax.random.normal(k, shape.shape, jnp.float32) * s, np.float32)
-    out[i] = value
+      draws.append((i, rank[names[i]], tuple(shape.shape), s))
+  normals = _normal_draws(tuple(d[1:3] for d in draws))(jax.random.PRNGKey(int(seed)))
+  for (i, _, _, s), z in zip(draws, normals):
+    # scaled outside the program: XLA fuses a product into the normal's arithmetic and
+    # rounds differently; numpy's float32 product is the eager (unfused) one, bit for bit
+    out[i] = np.asarray(z, np.float32) * np.float32(s)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.lru_cache(maxsize=16)
+def _normal_draws(draws):
+  """One compiled program for all of a config's draws (rank, shape): key ->
+  [normal(fold_in(key, rank), shape)], the same numbers as one eager jax.random.normal per
+  leaf, which compiled a program per distinct shape."""
+  def draw(key):
+    return [jax.random.normal(jax.random.fold_in(key, r), shape, jnp.float32)
+            for r, shape in draws]
+  return jax.jit(draw)
 
 
 def stack_params(params_list):
@@ -66,11 +80,14 @@ def unstack(tree, k: int):
 def lr_schedule(optim, num_steps: int):
   """Linear warmup from 0 to optim.lr over optim.warmup_steps, cosine decay to
   optim.lr * optim.min_lr_ratio at num_steps."""
-  warmup = int(optim.warmup_steps)
+  return _schedule(float(optim.lr), float(optim.min_lr_ratio), int(optim.warmup_steps),
+                   int(num_steps))
+
+
+def _schedule(lr, min_lr_ratio, warmup, num_steps):
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=float(optim.lr), warmup_steps=warmup,
-      decay_steps=max(int(num_steps), warmup + 1),
-      end_value=float(optim.lr) * float(optim.min_lr_ratio))
+      init_value=0.0, peak_value=lr, warmup_steps=warmup,
+      decay_steps=max(num_steps, warmup + 1), end_value=lr * min_lr_ratio)
 
 
 def _decay_mask(params):
@@ -79,16 +96,31 @@ def _decay_mask(params):
 
 
 def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with the warmup + cosine schedule."""
+  """Global-norm clipping, then AdamW with the warmup + cosine schedule. The same settings give
+  the same object, so the steps built from it below are reused within a process."""
+  return _optimizer(*(float(optim[f]) for f in _OPTIM_FIELDS), int(optim.warmup_steps),
+                    int(num_steps))
+
+
+_OPTIM_FIELDS = ("lr", "min_lr_ratio", "grad_clip", "b1", "b2", "eps", "weight_decay")
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(lr, min_lr_ratio, grad_clip, b1, b2, eps, weight_decay, warmup_steps,
+               num_steps):
   return optax.chain(
-      optax.clip_by_global_norm(float(optim.grad_clip)),
-      optax.adamw(lr_schedule(optim, num_steps), b1=float(optim.b1), b2=float(optim.b2),
-                  eps=float(optim.eps), weight_decay=float(optim.weight_decay),
-                  mask=_decay_mask))
+      optax.clip_by_global_norm(grad_clip),
+      optax.adamw(_schedule(lr, min_lr_ratio, warmup_steps, num_steps), b1=b1, b2=b2, eps=eps,
+                  weight_decay=weight_decay, mask=_decay_mask))
+
+
+@functools.lru_cache(maxsize=16)
+def _family_opt_init(tx):
+  return jax.jit(jax.vmap(tx.init))
 
 
 def init_family_opt_state(tx, stacked_params):
-  return jax.jit(jax.vmap(tx.init))(stacked_params)
+  return _family_opt_init(tx)(stacked_params)
 
 
 # ---------------------------------------------------------------- loss and steps
@@ -119,9 +151,11 @@ def single_update(config: GPT2Config, tx):
   return update
 
 
+@functools.lru_cache(maxsize=16)
 def make_family_step(config: GPT2Config, tx):
   """jit(vmap(update)) over the family axis: tokens [K, B, ctx]. Params and optimizer state
-  are donated (updated in place)."""
+  are donated (updated in place). Cached: a second run in the process (a resume, the next
+  family of a sweep) reuses the traced and compiled step instead of tracing it again."""
   return jax.jit(jax.vmap(single_update(config, tx)), donate_argnums=(0, 1))
 
 
@@ -130,6 +164,7 @@ def make_single_step(config: GPT2Config, tx):
   return jax.jit(single_update(config, tx), donate_argnums=(0, 1))
 
 
+@functools.lru_cache(maxsize=16)
 def make_family_eval(config: GPT2Config):
   """(stacked params, rows [B, ctx]) -> (nll sums [K], token count): every member of the
   family on the same held-out rows."""
