@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests import job_runs
 from ucore.corr import plan as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,20 +79,24 @@ def _main(*args):
 
 
 def test_plan_cli_and_bad_inputs(tmp_path):
-  r = _main("plan", "--config=configs/correlate_gpt2_medium.py", "--plan_devices=32",
-            "--plan_device=tpu-v5p")
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "paper gpt2-small" in r.stdout and "paper gpt2-medium" in r.stdout
-  assert "paper pythia-160m" in r.stdout
-  assert "GiB/device" in r.stdout and " h at 70%" in r.stdout
-  r = _main("plan", "--config=configs/correlate_tiny.py", "--plan_device=abacus")
-  assert r.returncode == 2 and "unknown device kind" in r.stderr
+  """The real CLI for one bad input (its exit status and one-line stderr); the plan and the
+  other bad inputs through main.py's flag parser and dispatch in this process."""
+  run = job_runs.main_in_process
+  status, out, err = run("plan", "--config=configs/correlate_gpt2_medium.py",
+                         "--plan_devices=32", "--plan_device=tpu-v5p")
+  assert status == 0, err[-2000:]
+  assert "paper gpt2-small" in out and "paper gpt2-medium" in out
+  assert "paper pythia-160m" in out
+  assert "GiB/device" in out and " h at 70%" in out
+  status, _, err = run("plan", "--config=configs/correlate_tiny.py", "--plan_device=abacus")
+  assert status == 2 and "unknown device kind" in err
   r = _main("correlate", "--config=configs/correlate_gpt2_small.py",
             f"--workdir={tmp_path}", f"--config.token_store={tmp_path}/missing")
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error:" in r.stderr
-  r = _main("correlate", "--config=configs/correlate_tiny.py", f"--workdir={tmp_path}",
-            "--config.mesh.tok=3")
-  assert r.returncode == 2 and "mesh" in r.stderr
-  r = _main("correlate", "--config=configs/correlate_tiny.py", f"--workdir={tmp_path}",
-            "--config.layers=0,7")
-  assert r.returncode == 2 and "out of range" in r.stderr
+  # 8 devices here: tok=3 leaves 2 of them out (1 device in the subprocess: 3 > 1)
+  status, _, err = run("correlate", "--config=configs/correlate_tiny.py",
+                       f"--workdir={tmp_path}", "--config.mesh.tok=3")
+  assert status == 2 and "mesh" in err
+  status, _, err = run("correlate", "--config=configs/correlate_tiny.py",
+                       f"--workdir={tmp_path}", "--config.layers=0,7")
+  assert status == 2 and "out of range" in err

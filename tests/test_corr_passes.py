@@ -7,8 +7,6 @@ line."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -252,8 +250,7 @@ def test_plan_says_which_pass_a_run_is_in(tmp_path):
   for k, row in ((0, 16), (1, 8)):
     ST.save(PS.pass_dir(state_dir, k, 3), 2, {"n": jnp.int32(0)},
             {"identity": {"stop_row": 16}, "cursor": {"row": row, "step": row // 4}})
-  r = subprocess.run([sys.executable, "main.py", "plan", "--config=configs/correlate_tiny.py",
-                      f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                     env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert f"run in {tmp_path}: in pass 2 of 3 (at row 8 of 16; passes 1..1 complete)" in r.stdout
+  status, out, err = job_runs.main_in_process("plan", "--config=configs/correlate_tiny.py",
+                                              f"--workdir={tmp_path}")
+  assert status == 0, err[-2000:]
+  assert f"run in {tmp_path}: in pass 2 of 3 (at row 8 of 16; passes 1..1 complete)" in out
