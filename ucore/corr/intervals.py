@@ -26,6 +26,7 @@ pass's full-data value), so they agree with the tables at zero shift whatever th
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -61,13 +62,15 @@ def distinct_units(unit_flat: list, d: int):
   """Rotated units one partner needs, per kept layer: unit_flat, one flat (layer position ·
   d + unit) int array per pair with that partner -> (rows [L, U] int32 of R's rows to keep,
   padded with row 0; positions: per pair, each own neuron's index into the [L·U] rotated
-  slab). Only these units are rotated (a few hundred of d per layer in practice)."""
+  slab). Only these units are rotated (a few hundred of d per layer in practice). U is the
+  largest layer's count rounded up to a power of two (at most d): runs whose selected units
+  differ in number share one compiled pass; the padding rows are rotated and never read."""
   allu = np.unique(np.concatenate(unit_flat))   # sorted: layer by layer, units within
   lay, unit = allu // d, allu % d
   L = int(lay.max()) + 1 if len(allu) else 1
   first = np.searchsorted(allu, np.arange(L) * d)    # each layer's first entry in allu
   count = np.diff(np.append(first, len(allu)))
-  U = max(1, int(count.max()))
+  U = min(max(d, 1), 1 << (max(1, int(count.max())) - 1).bit_length())
   rows = np.zeros((L, U), np.int32)
   rows[lay, np.arange(len(allu)) - first[lay]] = unit
 
@@ -78,6 +81,7 @@ def distinct_units(unit_flat: list, d: int):
   return rows, [position(np.asarray(fl)) for fl in unit_flat]
 
 
+@functools.lru_cache(maxsize=8)   # one jitted pass per (pairs, chunk) in a process: not re-traced
 def make_batch_fn(pairs, chunk: int):
   """jit f(acts, w, shifts, part_idx, unit_pos, rots) -> per-slot moments. pairs: ((own,
   part), ...). acts: tuple per model of float32 [T, N_m] (None where unused); w [S, T] the
