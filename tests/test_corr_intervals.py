@@ -146,20 +146,23 @@ def test_interval_covers_the_planted_truth():
   assert 4 <= res["truth"] <= 4 + 16   # the 4 planted and some graded neurons
 
 
-def test_distinct_units_pads_to_a_power_of_two():
+def test_distinct_units_pads_to_a_bucket():
   """The rotated-unit slab: every pair's own neurons find their (layer, unit) at their
-  position; U is the largest layer's count rounded up to a power of two (≤ d), so runs whose
-  selected units differ in number share one compiled interval pass."""
+  position; U is the largest layer's count rounded up to the next number whose binary form
+  is three leading bits then zeros (≤ d), so runs whose selected units differ a little in
+  number share one compiled interval pass, at < 25% more rotated units."""
+  buckets = sorted({1, 2, 3} | {m << k for m in (4, 5, 6, 7) for k in range(12)})
   rng = np.random.default_rng(3)
   d = 128
-  for n_units in (1, 3, 40, 90, 128):
+  for n_units in (1, 3, 9, 40, 65, 83, 90, 128):
     flats = [rng.integers(0, 2 * d, size=200) for _ in range(2)]
     flats[0][:n_units] = np.arange(n_units)   # layer 0 has at least n_units distinct units
     rows, pos = IV.distinct_units(flats, d)
     allu = np.unique(np.concatenate(flats))
     most = max(np.sum(allu // d == l) for l in range(2))
     U = rows.shape[1]
-    assert U == min(d, 2 ** int(np.ceil(np.log2(most)))) and rows.shape[0] == 2
+    assert U == min(d, min(b for b in buckets if b >= most)) and rows.shape[0] == 2
+    assert U <= 1.25 * most
     for fl, p in zip(flats, pos):
       np.testing.assert_array_equal(p // U, fl // d)
       np.testing.assert_array_equal(rows[p // U, p % U], fl % d)

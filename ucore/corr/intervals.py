@@ -58,19 +58,29 @@ def chunk_tokens(T: int, width: int, budget: int = 1 << 19) -> int:
   return max(c for c in range(1, min(T, target) + 1) if T % c == 0)
 
 
+def unit_bucket(n: int, d: int) -> int:
+  """n rounded up to a number whose binary form is three leading bits then zeros (1, ..., 8,
+  10, 12, 14, 16, 20, 24, 28, 32, 40, ...; at most d): < 25% more rotated units than n, and
+  slab widths that repeat across runs, so each compiles once."""
+  n = max(1, n)
+  step = 1 << max(0, n.bit_length() - 3)
+  return min(max(d, 1), -(-n // step) * step)
+
+
 def distinct_units(unit_flat: list, d: int):
   """Rotated units one partner needs, per kept layer: unit_flat, one flat (layer position ·
   d + unit) int array per pair with that partner -> (rows [L, U] int32 of R's rows to keep,
   padded with row 0; positions: per pair, each own neuron's index into the [L·U] rotated
   slab). Only these units are rotated (a few hundred of d per layer in practice). U is the
-  largest layer's count rounded up to a power of two (at most d): runs whose selected units
-  differ in number share one compiled pass; the padding rows are rotated and never read."""
+  largest layer's count rounded up to its bucket (unit_bucket): runs whose selected units
+  differ a little in number share one compiled pass; the padding rows are rotated and never
+  read."""
   allu = np.unique(np.concatenate(unit_flat))   # sorted: layer by layer, units within
   lay, unit = allu // d, allu % d
   L = int(lay.max()) + 1 if len(allu) else 1
   first = np.searchsorted(allu, np.arange(L) * d)    # each layer's first entry in allu
   count = np.diff(np.append(first, len(allu)))
-  U = min(max(d, 1), 1 << (max(1, int(count.max())) - 1).bit_length())
+  U = unit_bucket(int(count.max()), d)
   rows = np.zeros((L, U), np.int32)
   rows[lay, np.arange(len(allu)) - first[lay]] = unit
 
