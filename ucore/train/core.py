@@ -95,14 +95,14 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
 
 
+_OPTIM_FIELDS = ("lr", "min_lr_ratio", "grad_clip", "b1", "b2", "eps", "weight_decay")
+
+
 def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   """Global-norm clipping, then AdamW with the warmup + cosine schedule. The same settings give
   the same object, so the steps built from it below are reused within a process."""
   return _optimizer(*(float(optim[f]) for f in _OPTIM_FIELDS), int(optim.warmup_steps),
                     int(num_steps))
-
-
-_OPTIM_FIELDS = ("lr", "min_lr_ratio", "grad_clip", "b1", "b2", "eps", "weight_decay")
 
 
 @functools.lru_cache(maxsize=16)
