@@ -138,11 +138,26 @@ def pytest_xdist_make_scheduler(config, log):
   return FileScheduling(config, log)
 
 
+def _collect_and_freeze():
+  """Collects the garbage, then moves every surviving object (the imported libraries: ~500k
+  objects once jax, flax, torch and transformers are in) out of the cyclic collector's reach
+  (gc.freeze). Each full collection otherwise rescans them all (~0.2 s, a dozen times a
+  file); reference counting still frees frozen objects, only frozen cycles are kept."""
+  gc.collect()
+  gc.freeze()
+
+
+def pytest_collection_finish(session):
+  """Every test file, and what it imports, is loaded by now (in each xdist worker)."""
+  _collect_and_freeze()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
   """After each file: drop JAX's in-memory compiled programs and traces (the next file
-  recompiles from the persistent cache) so one process's memory does not grow file by file."""
+  recompiles from the persistent cache) so one process's memory does not grow file by file,
+  and freeze what survives (the file's lazily imported libraries)."""
   yield
   if "jax" in sys.modules:
     sys.modules["jax"].clear_caches()
-  gc.collect()
+  _collect_and_freeze()
