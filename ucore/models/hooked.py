@@ -166,31 +166,6 @@ class HookedTransformer:
     return data, funcs
 
   # ---- forward ------------------------------------------------------------------------
-  @functools.lru_cache(maxsize=64)
-  def _compiled(self, names: frozenset, stop_at_layer, funcs: tuple, options: HookOptions):
-    module = TransformerLM(self.config, dtype=self.dtype, options=options)
-    func_map = dict(funcs)
-
-    def forward(params, tokens, data_interventions):
-      cache = {}
-
-      def hook(name, x):
-        fn = data_interventions.get(name) or func_map.get(name)
-        if fn is not None:
-          x = fn(x)
-        if name in names:
-          cache[name] = x
-        return x
-
-      # attention runs fused unless its pattern or scores are cached or replaced
-      hook.wants = lambda name: (name in names or name in data_interventions
-                                 or name in func_map)
-
-      out = module.apply({"params": params}, tokens, hook, stop_at_layer)
-      return out, cache
-
-    return jax.jit(forward)
-
   def run_with_cache(self, tokens, names_filter: NamesFilter = None,
                      stop_at_layer: Optional[int] = None,
                      interventions: Optional[Mapping] = None, fwd_hooks=None):
@@ -205,7 +180,7 @@ class HookedTransformer:
       raise UserError(f"stop_at_layer={stop_at_layer} outside [0, {self.config.n_layer}]")
     names = self._resolve_names(names_filter)
     data, funcs = self._split_interventions(interventions, fwd_hooks)
-    fn = self._compiled(names, stop_at_layer, funcs, self.options)
+    fn = _compiled_forward(self.config, self.dtype, names, stop_at_layer, funcs, self.options)
     out, cache = fn(self.params, jnp.asarray(tokens, jnp.int32)
                     if isinstance(tokens, np.ndarray) else tokens, data)
     return out, ActivationCache(cache, self.config.n_layer)
@@ -231,22 +206,10 @@ class HookedTransformer:
     self._check_tokens(tokens)
     self._resolve_names(names)
     data, funcs = self._split_interventions(interventions)
-    fn = self._compiled_activations(names, max(layers) + 1, funcs, self.options)
+    fn = _compiled_activations(self.config, self.dtype, names, max(layers) + 1, funcs,
+                               self.options)
     return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
               else tokens, data)
-
-  @functools.lru_cache(maxsize=64)
-  def _compiled_activations(self, names: tuple, stop_at_layer: int, funcs: tuple,
-                            options: HookOptions):
-    # Stops after the last requested block (never computes the unembedding) and concatenates
-    # inside the compiled function, so no per-layer arrays round-trip through Python.
-    forward = self._compiled(frozenset(names), stop_at_layer, funcs, options)
-
-    def activations(params, tokens, data_interventions):
-      _, cache = forward(params, tokens, data_interventions)
-      return jnp.concatenate([cache[n].astype(jnp.float32) for n in names], axis=-1)
-
-    return jax.jit(activations)
 
   def __hash__(self):
     return id(self)
@@ -255,6 +218,51 @@ class HookedTransformer:
     return self is other
 
 
+
+
+# ---- the compiled forwards ----------------------------------------------------------------
+# Cached per (architecture config, dtype, hooks, interventions' callables, options), not per
+# model object: the weights are arguments, so the seeds of one family (and a model loaded
+# twice) share one traced and compiled program.
+@functools.lru_cache(maxsize=64)
+def _compiled_forward(config: LMConfig, dtype, names: frozenset, stop_at_layer, funcs: tuple,
+                      options: HookOptions):
+  module = TransformerLM(config, dtype=dtype, options=options)
+  func_map = dict(funcs)
+
+  def forward(params, tokens, data_interventions):
+    cache = {}
+
+    def hook(name, x):
+      fn = data_interventions.get(name) or func_map.get(name)
+      if fn is not None:
+        x = fn(x)
+      if name in names:
+        cache[name] = x
+      return x
+
+    # attention runs fused unless its pattern or scores are cached or replaced
+    hook.wants = lambda name: (name in names or name in data_interventions
+                               or name in func_map)
+
+    out = module.apply({"params": params}, tokens, hook, stop_at_layer)
+    return out, cache
+
+  return jax.jit(forward)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_activations(config: LMConfig, dtype, names: tuple, stop_at_layer: int,
+                          funcs: tuple, options: HookOptions):
+  # Stops after the last requested block (never computes the unembedding) and concatenates
+  # inside the compiled function, so no per-layer arrays round-trip through Python.
+  forward = _compiled_forward(config, dtype, frozenset(names), stop_at_layer, funcs, options)
+
+  def activations(params, tokens, data_interventions):
+    _, cache = forward(params, tokens, data_interventions)
+    return jnp.concatenate([cache[n].astype(jnp.float32) for n in names], axis=-1)
+
+  return jax.jit(activations)
 
 
 # ---- save / load -------------------------------------------------------------------------
