@@ -37,6 +37,7 @@ unavailable).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import queue
@@ -94,7 +95,14 @@ class SelfCheck:
     self.n = 0
     self.shift = {}   # key -> float64 shift vector (first batch's means)
     self.sums = {}    # key -> float64 arrays
-    self._gather = jax.jit(self._gather_fn)
+    # the sample and the rotation rows are the program's arguments, not constants baked into
+    # it: runs and passes of one shape share one compiled gather
+    self._ids = {m: jnp.asarray(self.ids[m]) for m in spec.active}
+    self._rows = {y: [jnp.asarray(rows[lay == l]) for l in np.unique(lay)]
+                  for y, (lay, rows) in self.rot.items()}
+    self._gather = _gather_program(
+        d, tuple(spec.n_layers), tuple(spec.active), self.capture,
+        tuple((y, tuple(int(l) for l in np.unique(lay))) for y, (lay, _) in self.rot.items()))
 
   # ------------------------------------------------------------------ identity / persistence
 
@@ -130,36 +138,9 @@ class SelfCheck:
 
   # ------------------------------------------------------------------ accumulation
 
-  def _gather_fn(self, acts):
-    """Device side of one step: sampled columns of every model, rotated units of partners;
-    in a capture mode also those of the rounded activations (else None)."""
-    rounded = None
-    if self.capture:
-      rounded = self._gather_one([precision_names.capture(a, self.capture) for a in acts])
-    return self._gather_one(acts), rounded
-
-  def _gather_one(self, acts):
-    d = self.spec.d_mlp
-    cols = {m: jnp.take(acts[m].reshape(acts[m].shape[0], -1), jnp.asarray(self.ids[m]), axis=1)
-            for m in self.spec.active}
-    rots = {}
-    for y, (lay, rows) in self.rot.items():
-      a = acts[y].reshape(acts[y].shape[0], self.spec.n_layers[y], d)
-      # rotate centred data in float32 (exact to the spread, whatever the offset); the
-      # centres' rotation is added back on the host in float64 (`add`)
-      parts, centres = [], []
-      for l in np.unique(lay):
-        a_l = a[:, int(l), :]
-        c_l = jnp.mean(a_l, axis=0)
-        parts.append(jnp.dot(a_l - c_l, jnp.asarray(rows[lay == l]).T,
-                             precision=jax.lax.Precision.HIGHEST))
-        centres.append(c_l)
-      rots[y] = (jnp.concatenate(parts, axis=1), jnp.stack(centres))
-    return cols, rots
-
   def gather(self, acts):
     """Dispatches the device gather (async); returns device arrays for `add`."""
-    return self._gather(list(acts))
+    return self._gather(list(acts), self._ids, self._rows)
 
   def add(self, gathered, mask: np.ndarray) -> None:
     """float64 reference sums over the tokens of `mask` (host; blocks on the device)."""
@@ -398,3 +379,35 @@ class Worker:
     if self._err is not None:
       err, self._err = self._err, None
       raise err
+
+
+@functools.lru_cache(maxsize=32)
+def _gather_program(d: int, n_layers: tuple, active: tuple, capture, rot_layers: tuple):
+  """The device side of one step, jitted: sampled columns (`ids[m]`) of every active model
+  and, for each baseline partner y of `rot_layers` ((y, its layer positions), ...), its
+  centred activations rotated by `rows[y][i]` per layer position; in a capture mode also
+  those of the rounded activations (else None)."""
+
+  def one(acts, ids, rows):
+    cols = {m: jnp.take(acts[m].reshape(acts[m].shape[0], -1), ids[m], axis=1) for m in active}
+    rots = {}
+    for y, layers in rot_layers:
+      a = acts[y].reshape(acts[y].shape[0], n_layers[y], d)
+      # rotate centred data in float32 (exact to the spread, whatever the offset); the
+      # centres' rotation is added back on the host in float64 (`add`)
+      parts, centres = [], []
+      for l, r in zip(layers, rows[y]):
+        a_l = a[:, l, :]
+        c_l = jnp.mean(a_l, axis=0)
+        parts.append(jnp.dot(a_l - c_l, r.T, precision=jax.lax.Precision.HIGHEST))
+        centres.append(c_l)
+      rots[y] = (jnp.concatenate(parts, axis=1), jnp.stack(centres))
+    return cols, rots
+
+  def gather(acts, ids, rows):
+    rounded = None
+    if capture:
+      rounded = one([precision_names.capture(a, capture) for a in acts], ids, rows)
+    return one(acts, ids, rows), rounded
+
+  return jax.jit(gather)
