@@ -285,9 +285,12 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
     raise UserError(f"attention rank_by={rank_by!r}; choose one of {', '.join(RANK_BY)}")
   os.makedirs(out_dir, exist_ok=True)
   batches = list(batches)
-  scores = attention_scores(model, bos_id, n_random, seed)
+  # processed once for both weight scores: processed_model returns an already processed
+  # model as it is, so the BOS-key forward is traced and compiled once
+  pm = common.processed_model(model)
+  scores = attention_scores(pm, bos_id, n_random, seed)
   atomic.write_parquet(scores, os.path.join(out_dir, "attention_scores.parquet"))
-  baseline = random_baseline_scores(model, bos_id, n_random, seed)
+  baseline = random_baseline_scores(pm, bos_id, n_random, seed)
   figs = [("Attention deactivation scores", plot_scores(
       scores, baseline, os.path.join(out_dir, "attention_scores.png")),
       "Weight score of every (earlier-layer neuron, head) pair against random unit vectors "
