@@ -190,6 +190,9 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
   names = [f"blocks.{l}.mlp.hook_post", f"blocks.{L}.hook_resid_pre",
            f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_pattern",
            f"blocks.{L}.attn.hook_z"]
+  # the clean run also reads hook_post of every other layer before L (reading a hook changes
+  # no value): every pair with head layer L shares one compiled forward
+  others = [f"blocks.{j}.mlp.hook_post" for j in range(L) if j != l]
   rows = []
   for b in batches:
     P = b.tokens.shape[1]
@@ -197,7 +200,7 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
     if start >= stop:
       raise UserError(f"destination positions [{positions[0]}, {positions[1]}) are empty for "
                       f"rows of {P} tokens")
-    _, c = model.run_with_cache(b.tokens, names)
+    _, c = model.run_with_cache(b.tokens, names + others)
     act = c[names[0]][..., n]                                        # [B, P]
     resid = c[names[1]] - act[..., None] * w_out
     x = _layer_norm(resid.astype(jnp.float32), jnp.asarray(ln["scale"]), jnp.asarray(ln["bias"]),
