@@ -201,14 +201,18 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
       raise UserError(f"destination positions [{positions[0]}, {positions[1]}) are empty for "
                       f"rows of {P} tokens")
     _, c = model.run_with_cache(b.tokens, names + others)
-    act = c[names[0]][..., n]                                        # [B, P]
-    resid = c[names[1]] - act[..., None] * w_out
-    x = _layer_norm(resid.astype(jnp.float32), jnp.asarray(ln["scale"]), jnp.asarray(ln["bias"]),
-                    cfg.layer_norm_epsilon)
-    q_new = (jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST) + bq
-             ).reshape(x.shape[0], P, cfg.n_head, dh)
-    q = c[names[2]]
-    q = q.at[:, start:stop, h].set(q_new[:, start:stop, h])
+    # Slicing, the float32 product/difference and the query splice on the host: numpy's
+    # elementwise float32 arithmetic rounds as XLA's separate ops do, and each eager op on a
+    # device array would compile a program per shape. The LayerNorm and W_Q stay in JAX (its
+    # reductions and matmul round differently from numpy's).
+    act = np.asarray(c[names[0]])[..., n]                            # [B, P]
+    resid = np.asarray(c[names[1]]) - act[..., None] * np.asarray(w_out)
+    x = _layer_norm(jnp.asarray(resid.astype(np.float32)), jnp.asarray(ln["scale"]),
+                    jnp.asarray(ln["bias"]), cfg.layer_norm_epsilon)
+    q_new = np.asarray(jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST)
+                       + bq).reshape(x.shape[0], P, cfg.n_head, dh)
+    q = np.array(c[names[2]])
+    q[:, start:stop, h] = q_new[:, start:stop, h]
     _, ca = model.run_with_cache(b.tokens, names[3:], stop_at_layer=None,
                                  interventions={names[2]: patch_from(q)})
     sl = np.s_[:, start:stop]
