@@ -182,10 +182,12 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
                     f"neuron L{l}.{n}, head L{L}.H{h} in a {cfg.n_layer}-layer model")
   p = model.params
   D, dh = cfg.n_embd, cfg.d_head
-  w_out = jnp.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], jnp.float32)
-  ln = p[f"h_{L}"]["ln_1"]
-  wq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], jnp.float32)
-  bq = jnp.asarray(_qkv_bias(p[f"h_{L}"]["attn"], wq.shape[1] * 3)[:D], jnp.float32)
+  # float32 host arrays: JAX ops take them as operands as they are (jnp.asarray would compile
+  # a staging or conversion program per shape)
+  w_out = np.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], np.float32)
+  ln = {k: np.asarray(v, np.float32) for k, v in p[f"h_{L}"]["ln_1"].items()}
+  wq = np.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], np.float32)
+  bq = np.asarray(_qkv_bias(p[f"h_{L}"]["attn"], wq.shape[1] * 3)[:D], np.float32)
   w_o = np.asarray(p[f"h_{L}"]["attn"]["c_proj"]["kernel"], np.float64)[h * dh:(h + 1) * dh]
   names = [f"blocks.{l}.mlp.hook_post", f"blocks.{L}.hook_resid_pre",
            f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_pattern",
@@ -206,9 +208,9 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
     # device array would compile a program per shape. The LayerNorm and W_Q stay in JAX (its
     # reductions and matmul round differently from numpy's).
     act = np.asarray(c[names[0]])[..., n]                            # [B, P]
-    resid = np.asarray(c[names[1]]) - act[..., None] * np.asarray(w_out)
-    x = _layer_norm(jnp.asarray(resid.astype(np.float32)), jnp.asarray(ln["scale"]),
-                    jnp.asarray(ln["bias"]), cfg.layer_norm_epsilon)
+    resid = np.asarray(c[names[1]]) - act[..., None] * w_out
+    x = _layer_norm(jnp.asarray(resid.astype(np.float32)), ln["scale"], ln["bias"],
+                    cfg.layer_norm_epsilon)
     q_new = np.asarray(jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST)
                        + bq).reshape(x.shape[0], P, cfg.n_head, dh)
     q = np.array(c[names[2]])
