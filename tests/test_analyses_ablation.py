@@ -49,12 +49,16 @@ def test_effects_match_numpy(model, batches):
 
 
 def test_neuron_writing_nothing_changes_nothing(model, batches):
+  # three silent neurons, as many per layer as test_effects_match_numpy's set (one compiled
+  # ablated forward for both tests)
+  silent = [(0, 4), (1, 4), (1, 6)]
   params = jax.tree_util.tree_map(np.array, model.params)
-  params["h_1"]["mlp"]["c_proj"]["kernel"][4] = 0
+  for l, n in silent:
+    params[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n] = 0
   m2 = HookedTransformer(model.config, params)
   means = ablation.mean_activations(m2, batches)
   res = ablation.ablation_effects(m2, batches, {
-      k: ablation.interventions_for([(1, 4)], k, means, 3.0) for k in ablation.MODES})
+      k: ablation.interventions_for(silent, k, means, 3.0) for k in ablation.MODES})
   np.testing.assert_allclose(res["kl"].values, 0, atol=1e-6)
   np.testing.assert_allclose(res["delta_loss"].values, 0, atol=1e-5)
 

@@ -38,25 +38,30 @@ def mean_activations(model, batches: Iterable, hook: str = "mlp.hook_post") -> n
 
 def interventions_for(neurons: Sequence, mode: str, means: Optional[np.ndarray] = None,
                       value: float = 0.0, hook: str = "mlp.hook_post") -> dict:
-  """hook name -> Intervention for a set of (layer, neuron)."""
-  from ucore.interventions import fix_neurons, zero_neurons
+  """hook name -> Intervention for a set of (layer, neuron). Every mode is a "fix" of the set's
+  units (zero: to 0.0, exactly what zero_neurons writes), with host-built index and value
+  arrays: sets of the same per-layer sizes (the universal set and its matched random sets) in
+  every mode share one compiled forward, and no per-shape conversion programs are compiled."""
+  from ucore.interventions import Intervention
   if mode not in MODES:
     raise UserError(f"ablation mode {mode!r}; choose one of {', '.join(MODES)}")
+  if mode == "mean" and means is None:
+    raise UserError("mean ablation needs the mean activations (mean_activations)")
   by_layer: dict = {}
   for l, n in neurons:
     by_layer.setdefault(int(l), []).append(int(n))
   out = {}
   for l, ns in sorted(by_layer.items()):
     ns = sorted(set(ns))
-    name = f"blocks.{l}.{hook}"
     if mode == "zero":
-      out[name] = zero_neurons(ns)
+      vals = np.zeros(len(ns), np.float32)
     elif mode == "mean":
-      if means is None:
-        raise UserError("mean ablation needs the mean activations (mean_activations)")
-      out[name] = fix_neurons(ns, np.asarray(means)[l, ns])
+      vals = np.asarray(np.asarray(means)[l, ns], np.float32)
     else:
-      out[name] = fix_neurons(ns, float(value))
+      vals = np.full(len(ns), value, np.float32)
+    # numpy leaves: a jitted forward takes them as they are (jnp.asarray would compile a
+    # staging/conversion program per shape)
+    out[f"blocks.{l}.{hook}"] = Intervention("fix", np.asarray(ns, np.int32), vals)
   return out
 
 
@@ -77,8 +82,7 @@ def ablation_effects(model, batches: Iterable, conditions: dict) -> pd.DataFrame
   Returns a frame indexed by condition name: clean_loss, loss, delta_loss, kl, tokens."""
   acc = {k: np.zeros(4) for k in conditions}
   for b in batches:
-    toks = jnp.asarray(b.tokens)
-    mask = jnp.asarray(b.mask)
+    toks, mask = np.asarray(b.tokens), np.asarray(b.mask)   # host arrays into the jitted sums
     clean = model(b.tokens)
     for k, iv in conditions.items():
       acc[k] += np.asarray(_sums(clean, model.run_with_hooks(b.tokens, iv), toks, mask),

@@ -182,14 +182,19 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
                     f"neuron L{l}.{n}, head L{L}.H{h} in a {cfg.n_layer}-layer model")
   p = model.params
   D, dh = cfg.n_embd, cfg.d_head
-  w_out = jnp.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], jnp.float32)
-  ln = p[f"h_{L}"]["ln_1"]
-  wq = jnp.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], jnp.float32)
-  bq = jnp.asarray(_qkv_bias(p[f"h_{L}"]["attn"], wq.shape[1] * 3)[:D], jnp.float32)
+  # float32 host arrays: JAX ops take them as operands as they are (jnp.asarray would compile
+  # a staging or conversion program per shape)
+  w_out = np.asarray(p[f"h_{l}"]["mlp"]["c_proj"]["kernel"][n], np.float32)
+  ln = {k: np.asarray(v, np.float32) for k, v in p[f"h_{L}"]["ln_1"].items()}
+  wq = np.asarray(p[f"h_{L}"]["attn"]["c_attn"]["kernel"][:, :D], np.float32)
+  bq = np.asarray(_qkv_bias(p[f"h_{L}"]["attn"], wq.shape[1] * 3)[:D], np.float32)
   w_o = np.asarray(p[f"h_{L}"]["attn"]["c_proj"]["kernel"], np.float64)[h * dh:(h + 1) * dh]
   names = [f"blocks.{l}.mlp.hook_post", f"blocks.{L}.hook_resid_pre",
            f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_pattern",
            f"blocks.{L}.attn.hook_z"]
+  # the clean run also reads hook_post of every other layer before L (reading a hook changes
+  # no value): every pair with head layer L shares one compiled forward
+  others = [f"blocks.{j}.mlp.hook_post" for j in range(L) if j != l]
   rows = []
   for b in batches:
     P = b.tokens.shape[1]
@@ -197,15 +202,19 @@ def path_ablation(model, batches, neuron: tuple, head: tuple, positions=(64, 256
     if start >= stop:
       raise UserError(f"destination positions [{positions[0]}, {positions[1]}) are empty for "
                       f"rows of {P} tokens")
-    _, c = model.run_with_cache(b.tokens, names)
-    act = c[names[0]][..., n]                                        # [B, P]
-    resid = c[names[1]] - act[..., None] * w_out
-    x = _layer_norm(resid.astype(jnp.float32), jnp.asarray(ln["scale"]), jnp.asarray(ln["bias"]),
+    _, c = model.run_with_cache(b.tokens, names + others)
+    # Slicing, the float32 product/difference and the query splice on the host: numpy's
+    # elementwise float32 arithmetic rounds as XLA's separate ops do, and each eager op on a
+    # device array would compile a program per shape. The LayerNorm and W_Q stay in JAX (its
+    # reductions and matmul round differently from numpy's).
+    act = np.asarray(c[names[0]])[..., n]                            # [B, P]
+    resid = np.asarray(c[names[1]]) - act[..., None] * w_out
+    x = _layer_norm(jnp.asarray(resid.astype(np.float32)), ln["scale"], ln["bias"],
                     cfg.layer_norm_epsilon)
-    q_new = (jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST) + bq
-             ).reshape(x.shape[0], P, cfg.n_head, dh)
-    q = c[names[2]]
-    q = q.at[:, start:stop, h].set(q_new[:, start:stop, h])
+    q_new = np.asarray(jnp.einsum("bpd,de->bpe", x, wq, precision=jax.lax.Precision.HIGHEST)
+                       + bq).reshape(x.shape[0], P, cfg.n_head, dh)
+    q = np.array(c[names[2]])
+    q[:, start:stop, h] = q_new[:, start:stop, h]
     _, ca = model.run_with_cache(b.tokens, names[3:], stop_at_layer=None,
                                  interventions={names[2]: patch_from(q)})
     sl = np.s_[:, start:stop]
@@ -285,9 +294,12 @@ def run(model, batches: Sequence, out_dir: str, bos_id: int, pairs: Optional[Seq
     raise UserError(f"attention rank_by={rank_by!r}; choose one of {', '.join(RANK_BY)}")
   os.makedirs(out_dir, exist_ok=True)
   batches = list(batches)
-  scores = attention_scores(model, bos_id, n_random, seed)
+  # processed once for both weight scores: processed_model returns an already processed
+  # model as it is, so the BOS-key forward is traced and compiled once
+  pm = common.processed_model(model)
+  scores = attention_scores(pm, bos_id, n_random, seed)
   atomic.write_parquet(scores, os.path.join(out_dir, "attention_scores.parquet"))
-  baseline = random_baseline_scores(model, bos_id, n_random, seed)
+  baseline = random_baseline_scores(pm, bos_id, n_random, seed)
   figs = [("Attention deactivation scores", plot_scores(
       scores, baseline, os.path.join(out_dir, "attention_scores.png")),
       "Weight score of every (earlier-layer neuron, head) pair against random unit vectors "

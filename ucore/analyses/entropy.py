@@ -98,8 +98,10 @@ def prediction_metrics(model, batches: Iterable, interventions=None) -> dict:
   for b in batches:
     logits, cache = model.run_with_cache(b.tokens, ["ln_final.hook_scale"],
                                          interventions=interventions)
-    tot += np.asarray(_metric_sums(logits, cache["ln_final.hook_scale"],
-                                   jnp.asarray(b.tokens), jnp.asarray(b.mask)), np.float64)
+    # host tokens and mask go straight into the jitted sums (jnp.asarray would compile a
+    # staging program per shape)
+    tot += np.asarray(_metric_sums(logits, cache["ln_final.hook_scale"], np.asarray(b.tokens),
+                                   np.asarray(b.mask)), np.float64)
   if tot[4] == 0:
     raise UserError("no kept tokens to evaluate (rows too short or fully masked)")
   return dict(zip(METRICS, tot[:4] / tot[4]))
@@ -108,18 +110,33 @@ def prediction_metrics(model, batches: Iterable, interventions=None) -> dict:
 def fix_interventions(model, layer: int, neuron: int, value: float,
                       hook: str = "mlp.hook_post") -> dict:
   """Fixing one post-GELU activation to `value`, written as data that compiles once for every
-  neuron and value: scale the layer's activations by a 0/1 vector (zero the neuron) and add
-  value·w_out to blocks.{l}.hook_mlp_out. Same result as fix_neurons([neuron], value) (the MLP
-  output is linear in the activation)."""
-  from ucore.interventions import add_vector, scale_neurons
+  neuron, layer and value: scale each layer's activations by a 0/1 vector (0 at the neuron)
+  and add value·w_out to blocks.{l}.hook_mlp_out. Same result as fix_neurons([neuron], value)
+  (the MLP output is linear in the activation). Every layer gets the pair (all ones and a zero
+  vector where nothing is fixed: x·1 + 0 = x exactly), so one compiled forward serves every
+  layer and the clean run (identity_interventions)."""
   if hook != "mlp.hook_post":
     from ucore.interventions import fix_neurons
     return {f"blocks.{layer}.{hook}": fix_neurons([neuron], value)}
-  keep = np.ones(model.config.d_mlp, np.float32)
-  keep[neuron] = 0
   w_out = np.asarray(model.params[f"h_{layer}"]["mlp"]["c_proj"]["kernel"], np.float32)[neuron]
-  return {f"blocks.{layer}.mlp.hook_post": scale_neurons(None, keep),
-          f"blocks.{layer}.hook_mlp_out": add_vector(np.float32(value) * w_out)}
+  return identity_interventions(model, {layer: (neuron, np.float32(value) * w_out)})
+
+
+def identity_interventions(model, fixed: Optional[dict] = None) -> dict:
+  """The scale/add pair of fix_interventions on every layer; `fixed`: {layer: (neuron, vector
+  added to hook_mlp_out)}; without it the forward is the clean one (x·1 + 0 = x)."""
+  from ucore.interventions import add_vector, scale_neurons
+  cfg, fixed = model.config, fixed or {}
+  out = {}
+  for l in range(cfg.n_layer):
+    keep = np.ones(cfg.d_mlp, np.float32)
+    add = np.zeros(cfg.n_embd, np.float32)
+    if l in fixed:
+      keep[fixed[l][0]] = 0
+      add = fixed[l][1]
+    out[f"blocks.{l}.mlp.hook_post"] = scale_neurons(None, keep)
+    out[f"blocks.{l}.hook_mlp_out"] = add_vector(add)
+  return out
 
 
 def fixed_activation_sweep(model, batches: Sequence, neurons: Sequence, values=DEFAULT_VALUES,
@@ -127,7 +144,9 @@ def fixed_activation_sweep(model, batches: Sequence, neurons: Sequence, values=D
   """Rows (layer, neuron, value) with METRICS when the neuron's activation is fixed to value;
   plus one row per neuron with value NaN = the clean run."""
   batches = list(batches)
-  clean = prediction_metrics(model, batches)
+  # the clean run through the sweep's own compiled forward (identity interventions)
+  clean = prediction_metrics(model, batches, identity_interventions(model)
+                             if hook == "mlp.hook_post" else None)
   rows = []
   for (l, n) in neurons:
     if not (0 <= l < model.config.n_layer and 0 <= n < model.config.d_mlp):

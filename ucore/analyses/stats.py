@@ -36,10 +36,11 @@ def activation_stats(model, batches: Iterable, hook: str = "mlp.hook_pre",
   layers = list(range(cfg.n_layer)) if layers is None else [int(l) for l in layers]
   acc = [StreamingMoments(cfg.d_mlp) for _ in layers]
   for batch in batches:
-    acts = model.neuron_activations(batch.tokens, layers=layers, hook=hook)
+    # sliced on the host: slicing the device array compiles a dynamic_slice program
+    acts = np.asarray(model.neuron_activations(batch.tokens, layers=layers, hook=hook))
     keep = np.asarray(batch.mask).reshape(-1)
     for i in range(len(layers)):
-      a = np.asarray(acts[..., i * cfg.d_mlp:(i + 1) * cfg.d_mlp]).reshape(-1, cfg.d_mlp)
+      a = acts[..., i * cfg.d_mlp:(i + 1) * cfg.d_mlp].reshape(-1, cfg.d_mlp)
       acc[i].update(a[keep])
   if acc[0].n == 0:
     from ucore.jobs.errors import UserError
