@@ -2,14 +2,17 @@
 
 An Intervention is a pytree whose `value` and `neurons` (the unit indices) are traced, so a
 sweep over values, or over neuron sets of one size (an ablation's universal set and its matched
-random sets), reuses one compiled function; only its kind is static. Plain callables
-`x -> x'` are accepted too (compiled per distinct function).
+random sets), reuses one compiled function; only its kind is static. The constructors below
+keep host inputs as numpy arrays (the jitted forward takes them as they are; jnp.asarray would
+compile a conversion program per shape). Plain callables `x -> x'` are accepted too (compiled
+per distinct function).
 """
 import dataclasses
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KINDS = ("zero", "fix", "scale", "add", "patch")
 
@@ -37,7 +40,7 @@ class Intervention:
 
 
 def _neurons(neurons):
-  return None if neurons is None else jnp.atleast_1d(jnp.asarray(neurons, jnp.int32))
+  return None if neurons is None else np.atleast_1d(np.asarray(neurons, np.int32))
 
 
 def zero_neurons(neurons=None) -> Intervention:
@@ -47,16 +50,16 @@ def zero_neurons(neurons=None) -> Intervention:
 
 def fix_neurons(neurons, value) -> Intervention:
   """Set the given units to `value` (scalar, or one value per unit) at every position."""
-  return Intervention("fix", _neurons(neurons), jnp.asarray(value, jnp.float32))
+  return Intervention("fix", _neurons(neurons), np.asarray(value, np.float32))
 
 
 def scale_neurons(neurons, factor) -> Intervention:
-  return Intervention("scale", _neurons(neurons), jnp.asarray(factor, jnp.float32))
+  return Intervention("scale", _neurons(neurons), np.asarray(factor, np.float32))
 
 
 def add_vector(vector) -> Intervention:
   """Add a vector (broadcast over batch and position) to the activation."""
-  return Intervention("add", None, jnp.asarray(vector, jnp.float32))
+  return Intervention("add", None, np.asarray(vector, np.float32))
 
 
 def patch_from(activation, neurons=None) -> Intervention:

@@ -181,8 +181,7 @@ class HookedTransformer:
     names = self._resolve_names(names_filter)
     data, funcs = self._split_interventions(interventions, fwd_hooks)
     fn = _compiled_forward(self.config, self.dtype, names, stop_at_layer, funcs, self.options)
-    out, cache = fn(self.params, jnp.asarray(tokens, jnp.int32)
-                    if isinstance(tokens, np.ndarray) else tokens, data)
+    out, cache = fn(self.params, _host_tokens(tokens), data)
     return out, ActivationCache(cache, self.config.n_layer)
 
   def run_with_hooks(self, tokens, interventions: Optional[Mapping] = None,
@@ -208,8 +207,7 @@ class HookedTransformer:
     data, funcs = self._split_interventions(interventions)
     fn = _compiled_activations(self.config, self.dtype, names, max(layers) + 1, funcs,
                                self.options)
-    return fn(self.params, jnp.asarray(tokens, jnp.int32) if isinstance(tokens, np.ndarray)
-              else tokens, data)
+    return fn(self.params, _host_tokens(tokens), data)
 
   def __hash__(self):
     return id(self)
@@ -218,6 +216,12 @@ class HookedTransformer:
     return self is other
 
 
+
+
+def _host_tokens(tokens):
+  """Host tokens as int32 numpy, passed to the jitted forward as they are (jnp.asarray would
+  compile a staging program per token shape); device arrays unchanged."""
+  return np.asarray(tokens, np.int32) if isinstance(tokens, np.ndarray) else tokens
 
 
 # ---- the compiled forwards ----------------------------------------------------------------
