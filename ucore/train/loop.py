@@ -27,7 +27,6 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -302,7 +301,8 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
   elif resumed:
     logging.info("restarting %s from step 0 (no committed state yet)", workdir)
   # jax arrays from here on: numpy or committed inputs would add entries to the step's cache.
-  params, opt_state = jax.tree_util.tree_map(jnp.asarray, (params, opt_state))
+  # (device_put: an uncommitted transfer, as jnp.asarray's, without its staging program)
+  params, opt_state = jax.tree_util.tree_map(jax.device_put, (params, opt_state))
   # Lines after the restored step (or all lines, when no state was committed) are redone.
   log = _LossLog(os.path.join(workdir, LOSSES), step if latest is not None else -1)
 
@@ -320,13 +320,16 @@ def train_family(config, workdir: str, rows, *, vocab_size: Optional[int] = None
     return sums / count
 
   def export(p, at_step, losses):
+    host = None
     for k, s in enumerate(seeds):
       d = _checkpoint_dir(workdir, s, at_step)
       if os.path.exists(os.path.join(d, "manifest.json")):
         continue  # written before a kill; the redone steps reproduce the same params
       if os.path.isdir(d):
         shutil.rmtree(d)
-      save_model(d, mcfg, core.unstack(p, k), tokenizer_files=tokenizer_files, manifest={
+      if host is None:   # the family to the host once, sliced there (slicing the device
+        host = jax.tree_util.tree_map(np.asarray, p)   # arrays compiles programs per shape)
+      save_model(d, mcfg, core.unstack(host, k), tokenizer_files=tokenizer_files, manifest={
           "source": "trained", "seed": s, "step": at_step, "num_steps": num_steps,
           "heldout_loss": float(losses[k]), "train_config": job["config"],
           "data": data_identity, "trainer": "ucore.train (vmapped seed family)"})
