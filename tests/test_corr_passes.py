@@ -33,8 +33,8 @@ for job in json.loads(sys.argv[1]):
   c = config_files.load("correlate_tiny")
   if job.get("threshold") is not None:
     c.threshold = job["threshold"]
-  c.synthetic.n_models, c.synthetic.n_layers, c.synthetic.d_mlp, c.synthetic.rows = 5, 4, 128, 16
-  c.batch_rows, c.checkpoint.every_steps, c.selfcheck.sample = 4, 2, 48
+  c.synthetic.n_models, c.synthetic.n_layers, c.synthetic.d_mlp, c.synthetic.rows = 5, 2, 256, 8
+  c.synthetic.ctx, c.batch_rows, c.checkpoint.every_steps, c.selfcheck.sample = 8, 4, 1, 48
   c.mesh.tok, c.mesh.neu = 1, 2
   state = M.state_bytes(driver.prepare(c, workdir).spec) / 2   # per device
   if frac:
@@ -51,7 +51,10 @@ for job in json.loads(sys.argv[1]):
   print(json.dumps({"state_per_device": state, "cap": c.memory.device_gib * 2 ** 30}),
         flush=True)
 """
-STEPS_PER_PASS = 4   # 16 rows, 4 per step
+# 5 models × 2 layers × 256 neurons, 32 tokens a step: at a third of the state a pass holds
+# one partner and one reference layer (8 passes, all of one tile shape, so one compiled step;
+# 4 layers × 128 neurons made 16 passes, 64 tokens a step here would not fit the cap at all)
+ROWS, STEPS_PER_PASS = 8, 2   # 8 rows of 8 tokens, 4 rows a step, a commit after every step
 
 
 def _run(*runs):
@@ -96,13 +99,13 @@ def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(tm
   runs the single-pass reference (the same 2-device mesh) and both re-finalizes, each run
   on its own workdir as a fresh process would."""
   wd, single = tmp_path / "passes", tmp_path / "single"
-  r, _ = _run((wd, 1 / 3, STEPS_PER_PASS + 3, None))   # pass 2's 3rd step (commit at 2)
+  r, _ = _run((wd, 1 / 3, STEPS_PER_PASS + 2, None))   # pass 2's 2nd step (commit at 1)
   assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
   assert not (wd / "tables").exists()
   _, tiles = PS.recorded(str(wd / "state"))
   assert len(tiles) >= 3
-  where = PS.where(str(wd / "state"), stop_row=16)
-  assert where.startswith("in pass 2 of") and "at row 8 " in where, where
+  where = PS.where(str(wd / "state"), stop_row=ROWS)
+  assert where.startswith("in pass 2 of") and "at row 4 " in where, where
   # the rerun (a new process: the resume is the claim), then in the same process the
   # single-pass reference, and a finalize-only change of both
   r, logs = _run((wd, 1 / 3, 0, None, tmp_path / "passes_first"),
@@ -116,7 +119,7 @@ def test_three_times_the_cap_in_passes_killed_in_pass_two_is_identical_to_one(tm
   assert "starting pass 1 " not in resumed and "starting pass 3 " in resumed
   assert "starting pass" not in one_run and "resuming" not in one_run
   assert not os.path.exists(os.path.join(single, "state", PS.RECORD))   # today's layout
-  assert PS.where(str(wd / "state"), stop_row=16) == f"all {len(tiles)} pass(es) complete"
+  assert PS.where(str(wd / "state"), stop_row=ROWS) == f"all {len(tiles)} pass(es) complete"
   _identical(_tables(tmp_path / "single_first"), _tables(tmp_path / "passes_first"))
   one, s1 = _summary(tmp_path / "single_first")
   many, s2 = _summary(tmp_path / "passes_first")

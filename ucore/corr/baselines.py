@@ -11,7 +11,8 @@ Every matrix is seeded by (seed, kind, draw, model, layer) through jax.random (t
 fold_in in that order) and drawn ON THE DEVICE in float64 (QR included), so finalize never
 builds a d×d matrix on the host nor ships one to the device; the run uses the float32
 rounding of that float64 matrix. Same seed → same matrices on the same platform, whatever
-the mesh (the draw is one replicated computation). The stream is not numpy's: runs finalized
+the mesh (each process draws every matrix once on one of its devices of the mesh and copies
+the stack to the others). The stream is not numpy's: runs finalized
 before this change drew other (equally distributed) matrices.
 
 Rotating layer l of model y by R maps the cross co-moment block C[:, l] to C[:, l] R^T and
@@ -55,36 +56,38 @@ def _one(kind, d, dtype, key):
   return g / jnp.linalg.norm(g, axis=1, keepdims=True)
 
 
-def _keys(seed, kind_id, draw, model, layers):
-  base = jax.random.key(seed)
-  for v in (kind_id, draw, model):
-    base = jax.random.fold_in(base, v)
-  return jax.vmap(lambda l: jax.random.fold_in(base, l))(layers)
+def _key(seed, kind_id, draw, model, layer):
+  key = jax.random.key(seed)
+  for v in (kind_id, draw, model, layer):
+    key = jax.random.fold_in(key, v)
+  return key
 
 
 @functools.lru_cache(maxsize=32)
-def _stack_fn(kind, d, d_pad, n_layers, f64, sharding):
-  """Compiled once per shape: (seed, kind_id, draw, model, layers[L]) -> [L, d_pad, d_pad]
-  float32, zero outside the real d×d block, replicated on `sharding` (None: float64 [L, d, d]
-  on the default device, the exact matrices for tests)."""
+def _draw_fn(kind, d, f64):
+  """Compiled once per (kind, d): (seed, kind_id, draw, model, layer) -> one [d, d] matrix
+  (float64 where f64) on the process's default device. One program serves every layer count,
+  padding and mesh (and mixing_matrix): a stack drawn by one replicated program compiled the
+  QR again for each of those."""
   dtype = jnp.float64 if f64 else jnp.float32
-
-  def f(seed, kind_id, draw, model, layers):
-    keys = _keys(seed, kind_id, draw, model, layers)
-    # one d×d QR live at a time (memory), in layer order
-    m = jax.lax.map(functools.partial(_one, kind, d, dtype), keys)
-    if sharding is None:
-      return m
-    return jnp.pad(m.astype(jnp.float32), ((0, 0), (0, d_pad - d), (0, d_pad - d)))
-
-  return jax.jit(f) if sharding is None else jax.jit(f, out_shardings=sharding)
+  return jax.jit(lambda *a: _one(kind, d, dtype, _key(*a)))
 
 
-def _call(fn, f64, seed, kind, draw, model, layer_ids):
+@functools.lru_cache(maxsize=32)
+def _pad_fn(d_pad):
+  """[d, d] -> [d_pad, d_pad] float32 (the run's rounding), zero outside the d×d block."""
+  return jax.jit(lambda m: jnp.pad(m.astype(jnp.float32), ((0, d_pad - m.shape[0]),
+                                                            (0, d_pad - m.shape[1]))))
+
+
+def _draw(kind, d, f64, seed, draw, model, layer, d_pad=None, device=None):
+  """One matrix on `device` (None: the default device): float64 where f64 (d_pad None), else
+  float32 padded."""
   args = (np.uint32(seed) if 0 <= seed < 2 ** 32 else seed, KINDS.index(kind), int(draw),
-          int(model), np.asarray(layer_ids, np.int32))
-  with jax.enable_x64(f64):
-    return fn(*args)
+          int(model), np.int32(layer))
+  with jax.enable_x64(f64), jax.default_device(device):
+    m = _draw_fn(kind, d, f64)(*args)
+    return m if d_pad is None else _pad_fn(d_pad)(m)
 
 
 def mixing_matrix(kind: str, d: int, *, seed: int, draw: int, model: int, layer: int):
@@ -92,8 +95,7 @@ def mixing_matrix(kind: str, d: int, *, seed: int, draw: int, model: int, layer:
   its float32 rounding; rotated units are R @ v (row k of R mixes v into unit k)."""
   _check_kind(kind)
   f64 = _f64_ok(jax.devices())
-  out = _call(_stack_fn(kind, d, d, 1, f64, None), f64, seed, kind, draw, model, [layer])
-  return np.asarray(out[0], np.float64)
+  return np.asarray(_draw(kind, d, f64, seed, draw, model, layer), np.float64)
 
 
 def mixing_stack(kind: str, d: int, d_pad: int, layer_ids, *, seed: int, draw: int,
@@ -112,8 +114,16 @@ def mixing_stack(kind: str, d: int, d_pad: int, layer_ids, *, seed: int, draw: i
     _cache.move_to_end(key)
     return hit
   f64 = _f64_ok(mesh.devices.flat)
-  fn = _stack_fn(kind, d, d_pad, len(layer_ids), f64, NamedSharding(mesh, P()))
-  out = _call(fn, f64, seed, kind, draw, model, layer_ids)
+  # drawn once on this process's first device of the mesh, one d×d QR at a time, in layer
+  # order, then copied to its other devices of the mesh: the same matrices a replicated
+  # program drew (bit for bit), with one compiled draw per (kind, d) instead of one per layer
+  # count, padded size and mesh
+  sharding = NamedSharding(mesh, P())
+  first = mesh.local_devices[0]
+  one = jnp.stack([_draw(kind, d, f64, seed, draw, model, l, d_pad, first)
+                   for l in layer_ids])
+  out = jax.make_array_from_single_device_arrays(
+      one.shape, sharding, [jax.device_put(one, dev) for dev in sharding.addressable_devices])
   nbytes = out.size * 4
   if nbytes <= CACHE_BYTES:
     _cache[key] = out
