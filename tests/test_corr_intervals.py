@@ -111,7 +111,7 @@ def test_blocks_merge_batches_exactly():
 def test_count_interval_and_headline():
   """The count interval: zero width when no neuron is near the threshold relative to its SE;
   widening with replicates that move near-threshold neurons; the one-line headline."""
-  from ucore.report.headline import universal_line
+  from ucore.report.headline import run_universal_line, universal_line
   excess = np.array([0.9, 0.1, 0.51, np.nan])
   se = np.array([0.01, 0.01, 0.02, np.nan])
   far = np.tile(np.array([0.9, 0.1, 0.9, np.nan]), (4, 1))
@@ -129,6 +129,10 @@ def test_count_interval_and_headline():
   assert universal_line(entry) == ("86 of 3072 (2.80%, 95% interval 2.51–3.09%; leaving one "
                                    "seed out 2.41–3.26%)")
   assert universal_line({"count": 3, "of": 4, "share": 0.75}) == "3 of 4 (75.00%)"
+  # a run's line: its interval entry where it has one, else its bare count
+  assert run_universal_line(entry, 0, 0) == universal_line(entry)
+  assert run_universal_line(None, 3, 4) == "3 of 4 (75.00%)"
+  assert run_universal_line(None, 0, 0) == "0 of 0 (0.00%)"
 
 
 @pytest.mark.slow("four seeded planted families, each a full correlate run with its interval "

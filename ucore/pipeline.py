@@ -154,7 +154,7 @@ def run(config, workdir: str) -> dict:
     from ucore.report import sections as RS
     from ucore.corr.selfcheck import describe as describe_selfcheck
     from ucore.report.html import write_report
-    from ucore.report.headline import universal_line
+    from ucore.report.headline import run_universal_line
     from ucore.train import read_losses
     n_univ = int(neurons["universal"].sum())
     fig_dir = os.path.join(workdir, "report_extra")
@@ -171,8 +171,7 @@ def run(config, workdir: str) -> dict:
         "training": f"{len(seeds)} seeds x {family['num_steps']} steps, final held-out loss "
                     + ", ".join(f"{v:.3f}" for v in family["final_heldout_loss"].values()),
         "held-out tokens correlated": corr_summary["tokens_counted"],
-        "universal neurons": universal_line(interval or {
-            "count": n_univ, "of": len(neurons), "share": n_univ / max(len(neurons), 1)}),
+        "universal neurons": run_universal_line(interval, n_univ, len(neurons)),
         "numerics": corr_summary.get("numerics", ""),
         "float64 self-check": describe_selfcheck(corr_summary.get("selfcheck")),
     }

@@ -19,10 +19,9 @@ def run(argv):
     raise UserError("--config is not a pipeline config; use configs/pipeline_default.py")
   workdir = common.WORKDIR.value or DEFAULT_WORKDIR
   r = pipeline.run(config, workdir)
-  from ucore.report.headline import universal_line
+  from ucore.report.headline import run_universal_line
   layers = " ".join(str(v) for v in r["universal_per_layer"])
-  line = universal_line(r.get("universal_interval") or {
-      "count": r["n_universal"], "of": r["n_neurons"], "share": r["share_universal"]})
+  line = run_universal_line(r.get("universal_interval"), r["n_universal"], r["n_neurons"])
   print(f"\nUniversal neurons of {r['reference']} (excess correlation over the rotation "
         f"baseline > {config.correlate.threshold}): {line}; per layer: {layers}\n"
         f"medians: mean max corr {r['mean_corr_median']:.3f}, mean baseline "

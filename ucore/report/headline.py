@@ -13,3 +13,8 @@ def universal_line(entry: dict, decimals: int = 2) -> str:
   if seeds:
     s += f"; leaving one seed out {pct(seeds['share_min'])}–{pct(seeds['share_max'])}%"
   return s + ")"
+
+
+def run_universal_line(interval, count: int, of: int) -> str:
+  """universal_line of a run's interval entry, or of its bare count where it has none."""
+  return universal_line(interval or {"count": count, "of": of, "share": count / max(of, 1)})
