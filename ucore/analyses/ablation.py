@@ -39,10 +39,9 @@ def mean_activations(model, batches: Iterable, hook: str = "mlp.hook_post") -> n
 def interventions_for(neurons: Sequence, mode: str, means: Optional[np.ndarray] = None,
                       value: float = 0.0, hook: str = "mlp.hook_post") -> dict:
   """hook name -> Intervention for a set of (layer, neuron). Every mode is a "fix" of the set's
-  units (zero: to 0.0, exactly what zero_neurons writes), with host-built index and value
-  arrays: sets of the same per-layer sizes (the universal set and its matched random sets) in
-  every mode share one compiled forward, and no per-shape conversion programs are compiled."""
-  from ucore.interventions import Intervention
+  units (zero: to 0.0, exactly what zero_neurons writes), so sets of the same per-layer sizes
+  (the universal set and its matched random sets) in every mode share one compiled forward."""
+  from ucore.interventions import fix_neurons
   if mode not in MODES:
     raise UserError(f"ablation mode {mode!r}; choose one of {', '.join(MODES)}")
   if mode == "mean" and means is None:
@@ -59,9 +58,7 @@ def interventions_for(neurons: Sequence, mode: str, means: Optional[np.ndarray] 
       vals = np.asarray(np.asarray(means)[l, ns], np.float32)
     else:
       vals = np.full(len(ns), value, np.float32)
-    # numpy leaves: a jitted forward takes them as they are (jnp.asarray would compile a
-    # staging/conversion program per shape)
-    out[f"blocks.{l}.{hook}"] = Intervention("fix", np.asarray(ns, np.int32), vals)
+    out[f"blocks.{l}.{hook}"] = fix_neurons(ns, vals)
   return out
 
 

@@ -209,14 +209,6 @@ class HookedTransformer:
                                self.options)
     return fn(self.params, _host_tokens(tokens), data)
 
-  def __hash__(self):
-    return id(self)
-
-  def __eq__(self, other):
-    return self is other
-
-
-
 
 def _host_tokens(tokens):
   """Host tokens as int32 numpy, passed to the jitted forward as they are (jnp.asarray would
